@@ -1,0 +1,359 @@
+"""Generation through the rotating Nearby Context Pool (DESIGN sections 4 and 6).
+
+For each step of the schedule (one patch, or a wavefront of patches whose context is finished):
+  1. take a free slot per (example, patch);
+  2. decode the patch's n tokens with the local stack; each step reads the context slots of the
+     patch's NCP and its own KV cache straight from the pool (slot indices);
+  3. run the global stack once on the finished patch and write its global K/V and the local
+     context K/V it will offer later into its slot;
+  4. free the slots whose last consumer has finished.
+
+Prompted tokens (outpainting, animation, teacher forcing) are written instead of sampled; a fully
+prompted patch skips step 2. Sampling randomness is keyed by (seed, example, patch, token), so the
+sequential and wavefront schedules give the same canvas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from nuwa_ds.model import orders as O
+from nuwa_ds.model.attention import TextContext, patch_attention, pool_decode_attention
+
+
+@dataclass
+class GenerationConfig:
+    temperature: float = 1.0
+    """Softmax temperature; 0 means greedy (argmax)."""
+    top_k: Optional[int] = None
+    """Keep only the k most likely tokens."""
+    top_p: Optional[float] = None
+    """Keep the smallest set of tokens whose probability reaches p (nucleus sampling)."""
+    cfg_scale: Optional[float] = None
+    """Classifier-free guidance scale for text; None or 1 disables the unconditional rows."""
+    seed: int = 0
+    """Seed of the per-(example, patch, token) random numbers."""
+    wavefront: bool = False
+    """Decode every patch whose context is finished together (same canvas, fewer steps)."""
+
+    def validate(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class GenerationResult:
+    tokens: torch.Tensor  # [B, T, H, W]
+    logits: Optional[torch.Tensor] = None  # [B, T, H, W, K] when asked for
+    stats: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------
+# Randomness keyed by position, and the sampler
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (lowbias32) on int64 tensors holding uint32 values."""
+    m = 0xFFFFFFFF
+    x = x & m
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & m
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & m
+    return x ^ (x >> 16)
+
+
+def keyed_uniform(seed: int, example: torch.Tensor, patch: torch.Tensor, token: int) -> torch.Tensor:
+    """Uniform [0, 1) numbers, one per row, that depend only on (seed, example, patch, token)."""
+    h = _mix32(torch.full_like(example, seed & 0xFFFFFFFF) ^ 0x9E3779B9)
+    for part in (example, patch, torch.full_like(example, token)):
+        h = _mix32(h ^ _mix32(part + 0x632BE5AB))
+    return (h >> 8).to(torch.float32) / float(1 << 24)
+
+
+def sample_tokens(logits: torch.Tensor, uniform: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
+    """logits [R, K] (float) + one uniform per row -> tokens [R] by inverse CDF over the filtered
+    distribution (temperature, top-k, top-p); greedy when temperature is 0."""
+    if cfg.temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / cfg.temperature
+    probs, index = torch.sort(torch.softmax(logits, dim=-1), dim=-1, descending=True, stable=True)
+    keep = torch.ones_like(probs, dtype=torch.bool)
+    if cfg.top_k is not None:
+        keep[:, cfg.top_k :] = False
+    if cfg.top_p is not None:
+        before = probs.cumsum(-1) - probs  # mass strictly above each token
+        keep &= before < cfg.top_p
+    probs = probs * keep
+    cdf = probs.cumsum(-1)
+    pick = torch.searchsorted(cdf, (uniform * cdf[:, -1]).unsqueeze(1), right=True).clamp(max=probs.shape[1] - 1)
+    return index.gather(1, pick).squeeze(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# The pool
+
+
+class RotatingPool:
+    """Preallocated K/V slots: ``[slots, layers, 2, heads, n, head_dim]`` for the global stack, the
+    local stack's context K/V, and the local stack's own KV cache of a patch being decoded."""
+
+    def __init__(self, cfg, num_slots: int, device, dtype):
+        n, D = cfg.tokens_per_patch, cfg.head_dim
+        kw = dict(device=device, dtype=dtype)
+        # zero-filled once: masked-out entries must never hold NaN bit patterns
+        self.global_kv = torch.zeros(num_slots, cfg.n_global_layers, 2, cfg.d_global // D, n, D, **kw)
+        self.context_kv = torch.zeros(num_slots, cfg.n_local_layers, 2, cfg.d_local // D, n, D, **kw)
+        self.own_kv = torch.zeros(num_slots, cfg.n_local_layers, 2, cfg.d_local // D, n, D, **kw)
+        self.num_slots = num_slots
+        self._free = list(range(num_slots - 1, -1, -1))
+        self.peak_in_use = 0
+
+    @staticmethod
+    def bytes_per_slot(cfg, dtype) -> int:
+        per_layer = 2 * cfg.tokens_per_patch * torch.tensor([], dtype=dtype).element_size()
+        return per_layer * (cfg.d_global * cfg.n_global_layers + 2 * cfg.d_local * cfg.n_local_layers)
+
+    @property
+    def in_use(self) -> int:
+        return self.num_slots - len(self._free)
+
+    def acquire(self, count: int) -> list[int]:
+        if count > len(self._free):
+            raise RuntimeError(f"pool exhausted: {count} slots asked, {len(self._free)} free of {self.num_slots}")
+        slots = [self._free.pop() for _ in range(count)]
+        self.peak_in_use = max(self.peak_in_use, self.in_use)
+        return slots
+
+    def release(self, slots: list[int]):
+        self._free.extend(slots)
+
+    @staticmethod
+    def view(kv: torch.Tensor, layer: int):
+        """(K, V) of one layer as [slots, n, heads, head_dim] views (no copy)."""
+        return kv[:, layer, 0].transpose(1, 2), kv[:, layer, 1].transpose(1, 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layouts: the pool side of the blocks' attention (see layers.py)
+
+
+class _PoolLayout:
+    def __init__(self, pool: RotatingPool, slots, ctx_slots, ctx_offset, own_offset, backend, text):
+        self.pool, self.slots, self.ctx_slots, self.ctx_offset = pool, slots, ctx_slots, ctx_offset
+        self.own_offset, self.backend, self.text = own_offset, backend, text
+
+    def _text(self, key, layer, kv_fn) -> Optional[TextContext]:
+        return self.text(key, layer, kv_fn) if self.text is not None else None
+
+
+class GlobalStepLayout(_PoolLayout):
+    """Global stack over finished patches: writes each layer's K/V into the rows' slots, reads the
+    context from the pool."""
+
+    def global_attend(self, layer, q, k, v, bias, text_kv):
+        kv = self.pool.global_kv
+        kv[self.slots, layer, 0] = k.transpose(1, 2)
+        kv[self.slots, layer, 1] = v.transpose(1, 2)
+        pool_k, pool_v = RotatingPool.view(kv, layer)
+        return patch_attention(q, k, v, pool_k, pool_v, self.ctx_slots, self.ctx_offset, self.own_offset, bias,
+                               causal=False, text=self._text("global", layer, text_kv), backend=self.backend)
+
+
+class DecodeStepLayout(_PoolLayout):
+    """One token of the local stack per row: appends K/V to the row's own cache at ``position``."""
+
+    position: int = 0
+
+    def local_attend(self, layer, q, k, v, bias, context_kv):
+        own = self.pool.own_kv
+        own[self.slots, layer, 0, :, self.position] = k[:, 0]
+        own[self.slots, layer, 1, :, self.position] = v[:, 0]
+        ctx_k, ctx_v = RotatingPool.view(self.pool.context_kv, layer)
+        own_k, own_v = RotatingPool.view(own, layer)
+        own_len = torch.full_like(self.slots, self.position + 1)
+        out = pool_decode_attention(q[:, 0], ctx_k, ctx_v, self.ctx_slots, self.ctx_offset, own_k, own_v,
+                                    self.slots, own_len, self.own_offset, bias,
+                                    text=self._text("local", layer, context_kv), backend=self.backend)
+        return out.unsqueeze(1)
+
+
+class _TextCache:
+    """Per-layer text K/V, computed once per generation and shared by every step."""
+
+    def __init__(self, states, length):
+        self.states, self.length, self.cache = states, length, {}
+        self.rows: Optional[torch.Tensor] = None  # text row of each attention row, set per step
+
+    def __call__(self, key, layer, kv_fn) -> TextContext:
+        if (key, layer) not in self.cache:
+            self.cache[(key, layer)] = kv_fn(self.states)
+        k, v = self.cache[(key, layer)]
+        return TextContext(k, v, self.length, self.rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+def _check_prompt(model, prompt, prompt_mask, batch_size, shape, device):
+    if prompt is None:
+        if prompt_mask is not None:
+            raise ValueError("prompt_mask given without prompt")
+        return None, None
+    if prompt_mask is None:
+        raise ValueError("prompt given without prompt_mask (which tokens to keep)")
+    if tuple(prompt.shape) != (batch_size, *shape):
+        raise ValueError(f"prompt must be [B, T, H, W] = {(batch_size, *shape)}, got {tuple(prompt.shape)}")
+    mask = prompt_mask.to(device=device, dtype=torch.bool).expand(batch_size, *shape)
+    given = prompt.to(device)[mask]
+    if given.numel() and (int(given.min()) < 0 or int(given.max()) >= model.config.vocab_size):
+        raise ValueError(f"prompt token ids must lie in [0, {model.config.vocab_size})")
+    return prompt.to(device).long().masked_fill(~mask, 0), mask
+
+
+def run_generation(model, shape, order: str, batch_size: int, prompt=None, prompt_mask=None, text=None,
+                   config: Optional[GenerationConfig] = None, return_logits: bool = False,
+                   progress: Optional[Callable[[int], None]] = None) -> GenerationResult:
+    from nuwa_ds.model.nuwa import from_patches, patch_canvas, to_patches
+
+    cfg = model.config
+    config = config or GenerationConfig()
+    config.validate()
+    shape = tuple(int(s) for s in shape)
+    pshape = patch_canvas(shape, cfg.patch_size)  # ValueError before any allocation
+    order_id = O.check_order(order)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    prompt, mask = _check_prompt(model, prompt, prompt_mask, batch_size, shape, device)
+    table = O.context_table(pshape, order, cfg.extents)
+    N, n, P = table.num_patches, cfg.tokens_per_patch, cfg.patch_size
+    backend = model.attention_backend(device)
+    own_offset = O.own_offset_id(cfg.extents)
+
+    # classifier-free guidance: rows B..2B-1 are the same canvases without text
+    text_ctx = model.encode_text(text, batch_size, device)
+    guided = text_ctx is not None and config.cfg_scale is not None and config.cfg_scale != 1.0
+    rows_b = 2 * batch_size if guided else batch_size
+    text_cache = None
+    if text_ctx is not None:
+        states, length = text_ctx
+        if guided:
+            states, length = torch.cat([states, states]), torch.cat([length, torch.zeros_like(length)])
+        text_cache = _TextCache(states, length)
+
+    schedule = table.steps(config.wavefront)
+    slots_per_canvas = table.slots_needed(config.wavefront)
+    pool = RotatingPool(cfg, rows_b * slots_per_canvas, device, dtype)
+    consumer_step = torch.empty(N, dtype=torch.long)
+    for s, patches in enumerate(schedule):
+        consumer_step[patches] = s
+    free_after = consumer_step[table.sequence[table.last_consumer]]  # step after which a patch is freed
+    has_consumer = table.last_consumer != table.position
+
+    prompt_p = to_patches(prompt, P) if prompt is not None else None
+    canvas = prompt_p.clone() if prompt_p is not None else torch.zeros(batch_size, N, n, dtype=torch.long,
+                                                                         device=device)
+    mask_p = to_patches(mask, P) if mask is not None else None
+    logits_out = (torch.empty(batch_size, N, n, cfg.vocab_size, dtype=torch.float32, device=device)
+                  if return_logits else None)
+    slot_of = torch.full((rows_b, N), -1, dtype=torch.long, device=device)
+    frame_of = torch.arange(pshape[0], device=device).repeat_interleave(pshape[1] * pshape[2])
+    ctx_index, ctx_offset = table.ctx_index.to(device), table.ctx_offset.to(device)
+    live: dict[int, list[int]] = {}
+    decoded = 0
+
+    for step, patches in enumerate(schedule):
+        patches = patches.to(device)
+        w = patches.numel()
+        rb = torch.arange(rows_b, device=device).repeat_interleave(w)  # internal row -> example row
+        rp = patches.repeat(rows_b)  # internal row -> canonical patch
+        slots = torch.tensor(pool.acquire(rb.numel()), device=device)
+        slot_of[rb, rp] = slots
+        for s_, p_ in zip(slots.tolist(), rp.tolist()):
+            live.setdefault(int(free_after[p_]), []).append(s_)
+        cidx = ctx_index[rp]
+        ctx_slots = torch.where(cidx >= 0, slot_of[rb.unsqueeze(1), cidx.clamp(min=0)], cidx)
+        coff = ctx_offset[rp]
+        if text_cache is not None:
+            text_cache.rows = rb
+        canon = rb % batch_size  # canvas row of each internal row
+
+        # 1. local decode of the patches that have tokens to sample (or logits to report)
+        need = torch.ones(rb.numel(), dtype=torch.bool, device=device)
+        if mask_p is not None and not return_logits:
+            need = ~mask_p[canon, rp].all(dim=1)
+        if bool(need.any()):
+            sel = need.nonzero().squeeze(1)
+            if guided:  # decode a pair (conditional, unconditional) together or not at all
+                sel = sel[sel < w * batch_size]
+                sel = torch.cat([sel, sel + w * batch_size])
+            _decode_patches(model, pool, sel, slots, ctx_slots, coff, rb, rp, canon, frame_of, order_id, own_offset,
+                            backend, text_cache, config, guided, batch_size, canvas, prompt_p, mask_p, logits_out)
+            decoded += int(sel.numel()) // (2 if guided else 1)
+
+        # 2. global stack on the finished patches that someone will read
+        run = has_consumer.to(device)[rp]
+        if bool(run.any()):
+            sel = run.nonzero().squeeze(1)
+            if text_cache is not None:
+                text_cache.rows = rb[sel]
+            layout = GlobalStepLayout(pool, slots[sel], ctx_slots[sel], coff[sel], own_offset, backend, text_cache)
+            states = model.global_model(canvas[canon[sel], rp[sel]], layout)  # [R, n, d_global]
+            for i, block in enumerate(model.local_model.blocks):
+                ck, cv = block.context_kv(states)
+                pool.context_kv[slots[sel], i, 0] = ck.transpose(1, 2)
+                pool.context_kv[slots[sel], i, 1] = cv.transpose(1, 2)
+
+        # 3. free the slots whose last consumer was in this step
+        pool.release(live.pop(step, []))
+        if progress is not None:
+            progress(w)
+
+    tokens = from_patches(canvas, shape, P)
+    logits = from_patches(logits_out, shape, P) if logits_out is not None else None
+    stats = dict(steps=len(schedule), patches=N, decoded_patches=decoded, slots_per_canvas=slots_per_canvas,
+                 pool_slots=pool.num_slots, peak_slots_in_use=pool.peak_in_use, slots_in_use_at_end=pool.in_use,
+                 pool_bytes=pool.num_slots * RotatingPool.bytes_per_slot(cfg, dtype))
+    return GenerationResult(tokens, logits, stats)
+
+
+def _decode_patches(model, pool, sel, slots, ctx_slots, coff, rb, rp, canon, frame_of, order_id, own_offset, backend,
+                    text_cache, config, guided, batch_size, canvas, prompt_p, mask_p, logits_out):
+    """Token-by-token decode of rows ``sel`` of this step (the local stack through the pool)."""
+    local, n = model.local_model, model.config.tokens_per_patch
+    R = sel.numel()
+    if text_cache is not None:
+        text_cache.rows = rb[sel]
+    layout = DecodeStepLayout(pool, slots[sel], ctx_slots[sel], coff[sel], own_offset, backend, text_cache)
+    order = torch.full((R,), order_id, dtype=torch.long, device=sel.device)
+    x = local.begin_of_patch(order, frame_of[rp[sel]])  # [R, d_local]
+    half = R // 2 if guided else R  # the first `half` rows are the (conditional) canvas rows
+    b, p = canon[sel][:half], rp[sel][:half]
+    for k in range(n):
+        layout.position = k
+        h = (x + local.pos[k]).unsqueeze(1)
+        for i, block in enumerate(local.blocks):
+            h = block(h, layout, i)
+        _, logits = model.head(h[:, 0], return_logits=True)
+        logits = logits.float()
+        if guided:
+            logits = logits[half:] + config.cfg_scale * (logits[:half] - logits[half:])
+        if logits_out is not None:
+            logits_out[b, p, k] = logits
+        token = sample_tokens(logits, keyed_uniform(config.seed, b, p, k), config)
+        if mask_p is not None:
+            token = torch.where(mask_p[b, p, k], prompt_p[b, p, k], token)
+        canvas[b, p, k] = token
+        if guided:
+            token = torch.cat([token, token])
+        x = local.embed(token)

@@ -1,0 +1,163 @@
+"""Transformer building blocks of both stacks, and the fused linear + cross-entropy head.
+
+Blocks never decide where their context comes from: they hand their projections to a *layout*
+(training: all patches of the batch at once, see ``nuwa.ParallelLayout``; generation: slots of the
+rotating pool, see ``generation``), which runs the patch attention and returns its output. That
+is how one set of blocks serves training, teacher-forced decoding and sampling, for every order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, ratio: float):
+        super().__init__()
+        hidden = int(round(dim * ratio / 64)) * 64 or int(dim * ratio)
+        self.fc = nn.Linear(dim, hidden, bias=False)
+        self.proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+
+
+class GlobalBlock(nn.Module):
+    """Patch-level block: a patch's tokens attend bidirectionally to themselves and to the same
+    layer's states of its NCP context patches."""
+
+    def __init__(self, dim: int, head_dim: int, mlp_ratio: float, num_bias: int, eps: float):
+        super().__init__()
+        self.heads, self.head_dim = dim // head_dim, head_dim
+        self.norm1 = RMSNorm(dim, eps)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+        self.norm2 = RMSNorm(dim, eps)
+        self.mlp = MLP(dim, mlp_ratio)
+        # per-head bias by patch offset; last column is the text block (ADC positions)
+        self.offset_bias = nn.Parameter(torch.zeros(self.heads, num_bias))
+
+    def text_kv(self, text_states: torch.Tensor):
+        """Keys/values of the text block from the same projections as the tokens: [Bt, S, H, D] x2."""
+        dim = self.heads * self.head_dim
+        kv = F.linear(text_states, self.qkv.weight[dim:])
+        return kv.view(*text_states.shape[:2], 2, self.heads, self.head_dim).unbind(2)
+
+    def forward(self, x: torch.Tensor, layout, layer: int) -> torch.Tensor:
+        R, n, dim = x.shape  # rows (patches), positions, width
+        q, k, v = self.qkv(self.norm1(x)).view(R, n, 3, self.heads, self.head_dim).unbind(2)
+        attn = layout.global_attend(layer, q, k, v, self.offset_bias, self.text_kv)  # [R, n, H, D]
+        x = x + self.proj(attn.reshape(R, n, dim))
+        return x + self.mlp(self.norm2(x))
+
+
+class LocalBlock(nn.Module):
+    """Token-level decoder block: causal over its own patch, plus context keys/values projected
+    from the *global* states of the NCP context patches (never its own patch's global state)."""
+
+    def __init__(self, dim: int, context_dim: int, head_dim: int, mlp_ratio: float, num_bias: int, eps: float):
+        super().__init__()
+        self.heads, self.head_dim = dim // head_dim, head_dim
+        self.norm1 = RMSNorm(dim, eps)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.context = nn.Linear(context_dim, 2 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+        self.norm2 = RMSNorm(dim, eps)
+        self.mlp = MLP(dim, mlp_ratio)
+        self.offset_bias = nn.Parameter(torch.zeros(self.heads, num_bias))
+
+    def context_kv(self, states: torch.Tensor):
+        """Context keys/values from global-stack states (or text states) [..., S, context_dim]."""
+        kv = self.context(states)
+        return kv.view(*states.shape[:-1], 2, self.heads, self.head_dim).unbind(-3)
+
+    def forward(self, x: torch.Tensor, layout, layer: int) -> torch.Tensor:
+        R, n, dim = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(R, n, 3, self.heads, self.head_dim).unbind(2)
+        attn = layout.local_attend(layer, q, k, v, self.offset_bias, self.context_kv)
+        x = x + self.proj(attn.reshape(R, n, dim))
+        return x + self.mlp(self.norm2(x))
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``h @ weight.T`` without holding the [M, V] logits.
+
+    Logits are made one chunk of rows at a time; their gradient is formed at once (softmax minus
+    one-hot) and folded into grad_h / grad_weight, so forward + backward cost the same three
+    matmuls as the unfused version while peak memory is one chunk of logits.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, chunk: int):
+        M = h.shape[0]
+        loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        for s in range(0, M, chunk):
+            hc, tc = h[s : s + chunk], targets[s : s + chunk]
+            logits = (hc @ weight.t()).float()  # [c, V]
+            lse = torch.logsumexp(logits, dim=-1)
+            loss += (lse - logits.gather(1, tc.unsqueeze(1)).squeeze(1)).sum()
+            probs = torch.exp_(logits.sub_(lse.unsqueeze(1)))
+            probs[torch.arange(hc.shape[0], device=h.device), tc] -= 1.0
+            probs = probs.div_(M).to(h.dtype)
+            grad_h[s : s + chunk] = probs @ weight
+            grad_w += (probs.t() @ hc).float()
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.weight_dtype = weight.dtype
+        return loss / M
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_out.to(grad_h.dtype), (grad_w * grad_out).to(ctx.weight_dtype), None, None
+
+
+class LMHead(nn.Module):
+    """Final norm + vocabulary projection; the loss path never materialises all logits."""
+
+    def __init__(self, dim: int, vocab: int, eps: float, chunk: int):
+        super().__init__()
+        self.norm = RMSNorm(dim, eps)
+        self.weight = nn.Parameter(torch.empty(vocab, dim))
+        self.chunk = chunk
+
+    def forward(self, h: torch.Tensor, targets: torch.Tensor | None = None, return_logits: bool = False):
+        """h [M, d] -> (mean loss or None, logits [M, V] or None)."""
+        h = self.norm(h)
+        loss = logits = None
+        if targets is not None:
+            if torch.is_grad_enabled() and (h.requires_grad or self.weight.requires_grad):
+                loss = _LinearCrossEntropy.apply(h, self.weight, targets, self.chunk)
+            else:
+                total = sum(F.cross_entropy((h[s : s + self.chunk] @ self.weight.t()).float(),
+                                            targets[s : s + self.chunk], reduction="sum")
+                            for s in range(0, h.shape[0], self.chunk))
+                loss = total / h.shape[0]
+        if return_logits:
+            logits = h @ self.weight.t()
+        return loss, logits
+
+
+def init_weights(module: nn.Module, std: float, num_layers: int):
+    """GPT-2 style: normal(0, std) everywhere, residual output projections scaled by 1/sqrt(2L)."""
+    for name, p in module.named_parameters():
+        if name.endswith("offset_bias"):
+            nn.init.zeros_(p)
+        elif p.dim() >= 2:
+            scale = 1 / math.sqrt(2 * num_layers) if name.endswith(("proj.weight",)) else 1.0
+            nn.init.normal_(p, mean=0.0, std=std * scale)

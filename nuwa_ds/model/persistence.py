@@ -1,0 +1,88 @@
+"""save_pretrained / from_pretrained: ``model.safetensors`` (sharded above a size limit, with an
+index) + ``config.json`` (+ the text tokenizer's files). No pickle, no DeepSpeed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+
+
+def write_weights(state: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int = 5 * 2**30):
+    """Write tensors as one safetensors file, or as shards + index when above ``max_shard_bytes``."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    shards, current, size = [], {}, 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = tensor.contiguous()
+        size += nbytes
+    shards.append(current)
+    if len(shards) == 1:
+        save_file(shards[0], str(directory / WEIGHTS), metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(directory / fname), metadata={"format": "pt"})
+        weight_map.update({k: fname for k in shard})
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    (directory / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+
+
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if (directory / WEIGHTS).is_file():
+        return load_file(str(directory / WEIGHTS))
+    if (directory / INDEX).is_file():
+        index = json.loads((directory / INDEX).read_text())
+        state = {}
+        for fname in sorted(set(index["weight_map"].values())):
+            state.update(load_file(str(directory / fname)))
+        return state
+    raise FileNotFoundError(f"no {WEIGHTS} or {INDEX} in {directory}")
+
+
+def save_pretrained(model, directory, dtype: Optional[torch.dtype] = None):
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu()
+             for k, v in model.state_dict().items()}
+    write_weights(state, directory)
+    model.config.to_json(directory / "config.json")
+    if model.text_tokenizer is not None:
+        model.text_tokenizer.save_pretrained(str(directory / "text_tokenizer"))
+
+
+def load_pretrained(cls, directory, device="cpu", dtype: Optional[torch.dtype] = None):
+    from nuwa_ds.model.nuwa import load_config_json
+
+    directory = Path(directory)
+    cfg = load_config_json(directory)
+    state = read_weights(directory)
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():  # parameters on the meta device: the model is never built twice
+        model = cls(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if missing or unexpected:
+        raise ValueError(f"weights in {directory} do not match the config: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+    if (directory / "text_tokenizer").is_dir():
+        import transformers
+
+        model.text_tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory / "text_tokenizer"),
+                                                                          local_files_only=True)
+        model.text_tokenizer.padding_side = "right"
+    return model.eval()
