@@ -52,10 +52,11 @@ class GlobalBlock(nn.Module):
         self.offset_bias = nn.Parameter(torch.zeros(self.heads, num_bias))
 
     def text_kv(self, text_states: torch.Tensor):
-        """Keys/values of the text block from the same projections as the tokens: [Bt, S, H, D] x2."""
-        dim = self.heads * self.head_dim
-        kv = F.linear(text_states, self.qkv.weight[dim:])
-        return kv.view(*text_states.shape[:2], 2, self.heads, self.head_dim).unbind(2)
+        """Keys/values of the text block from the same projections as the tokens: [Bt, S, H, D] x2.
+        Goes through ``self.qkv(...)`` (not its weight) so ZeRO-3 gathers the weight; the unused
+        query third costs little at caption lengths."""
+        qkv = self.qkv(text_states).view(*text_states.shape[:2], 3, self.heads, self.head_dim)
+        return qkv[:, :, 1], qkv[:, :, 2]
 
     def forward(self, x: torch.Tensor, layout, layer: int) -> torch.Tensor:
         R, n, dim = x.shape  # rows (patches), positions, width
