@@ -37,10 +37,12 @@ class NuwaOutput:
 
 
 def to_patches(tokens: torch.Tensor, P: int) -> torch.Tensor:
-    """[B, T, H, W] -> [B, N, n], patches in canonical (t, row, col) order, tokens raster in a patch."""
-    B, T, H, W = tokens.shape
-    x = tokens.reshape(B, T, H // P, P, W // P, P).permute(0, 1, 2, 4, 3, 5)
-    return x.reshape(B, T * (H // P) * (W // P), P * P)
+    """[B, T, H, W, ...] -> [B, N, n, ...], patches in canonical (t, row, col) order, tokens raster
+    inside a patch."""
+    B, T, H, W = tokens.shape[:4]
+    rest = tokens.shape[4:]
+    x = tokens.reshape(B, T, H // P, P, W // P, P, *rest).permute(0, 1, 2, 4, 3, 5, *range(6, 6 + len(rest)))
+    return x.reshape(B, T * (H // P) * (W // P), P * P, *rest)
 
 
 def from_patches(patches: torch.Tensor, shape: tuple[int, int, int], P: int) -> torch.Tensor:
@@ -212,13 +214,15 @@ class NuwaInfinity(nn.Module):
         nn.init.normal_(self.text_proj.weight, std=self.config.init_std)
         if self.config.freeze_text_encoder:
             self.text_encoder.requires_grad_(False)
+        self.train(self.training)  # a frozen encoder stays in eval mode (no dropout)
 
     def attach_text_encoder(self, path: str):
         """Load a transformers text encoder and its tokenizer from a local directory."""
         from nuwa_ds.model.text import load_text_encoder
 
         encoder, tokenizer = load_text_encoder(path)
-        self.config.text_encoder = encoder.config.to_dict()
+        # the encoder's own config, minus where it was loaded from (no machine paths in checkpoints)
+        self.config.text_encoder = {k: v for k, v in encoder.config.to_dict().items() if k != "_name_or_path"}
         self._build_text_encoder(self.config.text_encoder)
         self.text_encoder.load_state_dict(encoder.state_dict())
         self.text_tokenizer = tokenizer

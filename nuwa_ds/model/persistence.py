@@ -19,7 +19,11 @@ def write_weights(state: dict[str, torch.Tensor], directory: Path, max_shard_byt
 
     directory.mkdir(parents=True, exist_ok=True)
     shards, current, size = [], {}, 0
+    seen = set()
     for name, tensor in state.items():
+        if tensor.numel() and tensor.data_ptr() in seen:  # tied weights (e.g. T5 embeddings): store a copy
+            tensor = tensor.clone()
+        seen.add(tensor.data_ptr())
         nbytes = tensor.numel() * tensor.element_size()
         if current and size + nbytes > max_shard_bytes:
             shards.append(current)

@@ -1,0 +1,175 @@
+"""The core model: the parallel/pooled equivalence (DESIGN section 3), causality, text, the loss,
+persistence, and bad input."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model_helpers import relative_error, tiny_model, write_tiny_text_encoder
+from nuwa_ds import NuwaInfinity
+from nuwa_ds.model import ORDERS, context_table
+from nuwa_ds.model.nuwa import to_patches
+
+
+@pytest.fixture(scope="module")
+def text_dir(tmp_path_factory):
+    return write_tiny_text_encoder(tmp_path_factory.mktemp("t5"))
+
+
+CANVASES = {"image": (1, 8, 12), "video": (3, 8, 8)}
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("canvas", list(CANVASES))
+@pytest.mark.parametrize("with_text", [False, True])
+def test_teacher_forced_decode_equals_parallel_forward(order, canvas, with_text, text_dir):
+    model = tiny_model(extents=(1, 1, 1))
+    text = None
+    if with_text:
+        model.attach_text_encoder(text_dir)
+        text = ["a red fox in snow", ""]  # the second caption is empty: still a valid text block
+    tokens = torch.randint(0, model.config.vocab_size, (2, *CANVASES[canvas]))
+    with torch.no_grad():
+        parallel = model(tokens, order=order, text=text).logits
+    pooled = model.teacher_forced_decode(tokens, order=order, text=text)
+    assert pooled.shape == parallel.shape == (2, *CANVASES[canvas], model.config.vocab_size)
+    assert relative_error(pooled, parallel) <= 1e-4
+
+
+def test_equivalence_with_wavefront_and_mixed_unconditional_rows(text_dir):
+    model = tiny_model().attach_text_encoder(text_dir)
+    tokens = torch.randint(0, 256, (2, 1, 12, 8))
+    text = model.tokenize_text(["left", "right"])
+    text["attention_mask"][1] = 0  # row 1: caption dropped
+    with torch.no_grad():
+        parallel = model(tokens, order="down", text=text).logits
+        no_text_row = model(tokens[1:], order="down").logits
+    assert relative_error(parallel[1:], no_text_row) <= 1e-5  # dropped caption == no text at all
+    pooled = model.teacher_forced_decode(tokens, order="down", text=text, wavefront=True)
+    assert relative_error(pooled, parallel) <= 1e-4
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_causality_patches_and_tokens(order):
+    """Changing one patch changes no logits of patches generated before it, and changing token k of
+    a patch changes no logit at positions <= k of that patch."""
+    model = tiny_model(extents=(0, 1, 1))
+    P = model.config.patch_size
+    shape = (1, 3 * P, 3 * P)
+    tokens = torch.randint(0, 256, (1, *shape))
+    table = context_table((1, 3, 3), order, (0, 1, 1))
+    target = int(table.sequence[4])  # the 5th patch generated
+    changed = to_patches(tokens, P).clone()
+    changed[0, target] = (changed[0, target] + 1) % 256
+    from nuwa_ds.model.nuwa import from_patches
+
+    with torch.no_grad():
+        a = to_patches(model(tokens, order=order).logits, P)
+        b = to_patches(model(from_patches(changed, shape, P), order=order).logits, P)
+    diff = (a - b).abs().amax(dim=(0, 2, 3))  # per patch
+    for p in range(9):
+        if table.position[p] < table.position[target]:
+            assert diff[p] == 0, f"patch {p} (earlier than {target}) changed"
+    assert diff[target] > 0
+    later_readers = [p for p in range(9) if target in table.ctx_index[p].tolist()]
+    assert all(diff[p] > 0 for p in later_readers)
+
+    # within a patch: token k only influences positions > k
+    k = 5
+    within = to_patches(tokens, P).clone()
+    within[0, target, k] = (within[0, target, k] + 1) % 256
+    with torch.no_grad():
+        c = to_patches(model(from_patches(within, shape, P), order=order).logits, P)
+    d = (a - c).abs().amax(dim=(0, 3))  # [patches, positions]
+    assert (d[target, : k + 1] == 0).all() and d[target, k + 1 :].max() > 0
+
+
+def test_canvas_larger_than_trained_uses_only_relative_offsets():
+    model = tiny_model()
+    tokens = torch.randint(0, 256, (1, 1, 8, 40))
+    with torch.no_grad():
+        parallel = model(tokens, order="right").logits
+    assert relative_error(model.teacher_forced_decode(tokens, order="right"), parallel) <= 1e-4
+
+
+def test_per_example_orders_in_one_batch():
+    model = tiny_model()
+    tokens = torch.randint(0, 256, (4, 1, 8, 8))
+    with torch.no_grad():
+        mixed = model(tokens, order=list(ORDERS)).logits
+        for i, o in enumerate(ORDERS):
+            single = model(tokens[i : i + 1], order=o).logits
+            assert relative_error(mixed[i : i + 1], single) <= 1e-5
+
+
+def test_loss_is_chunked_cross_entropy_with_matching_gradients():
+    model = tiny_model(loss_chunk_tokens=37).train()
+    tokens = torch.randint(0, 256, (2, 1, 8, 8))
+    out = model(tokens, order="down", return_logits=False)
+    out.loss.backward()
+    fused = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    logits = model(tokens, order="down").logits
+    ref = F.cross_entropy(logits.reshape(-1, 256), tokens.reshape(-1))
+    ref.backward()
+    assert torch.allclose(out.loss, ref, rtol=1e-5)
+    for n, p in model.named_parameters():
+        assert torch.allclose(fused[n], p.grad, rtol=1e-4, atol=1e-7), n
+
+
+def test_gradients_reach_every_trainable_parameter(text_dir):
+    model = tiny_model().attach_text_encoder(text_dir).train()
+    out = model(torch.randint(0, 256, (2, 2, 8, 8)), order=["down", "left"], text=["a", "b"], return_logits=False)
+    out.loss.backward()
+    for name, p in model.named_parameters():
+        if name.startswith("text_encoder."):
+            assert not p.requires_grad  # frozen by default
+        else:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    tokens = torch.randint(0, 256, (2, 1, 8, 8))
+    grads = []
+    for ckpt in (False, True):
+        model = tiny_model(activation_checkpointing=ckpt).train()
+        model(tokens, order="down", return_logits=False).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-8)
+
+
+def test_save_and_load_pretrained(tmp_path, text_dir):
+    model = tiny_model().attach_text_encoder(text_dir)
+    model.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "model.safetensors").is_file() and (tmp_path / "m" / "config.json").is_file()
+    loaded = NuwaInfinity.from_pretrained(tmp_path / "m")
+    tokens = torch.randint(0, 256, (1, 1, 8, 8))
+    with torch.no_grad():
+        a = model(tokens, order="up", text=["x"]).logits
+        b = loaded(tokens, order="up", text=["x"]).logits
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda m: m(torch.zeros(1, 1, 6, 8, dtype=torch.long)), "multiples of the patch size"),
+    (lambda m: m(torch.zeros(1, 1, 8, 8, dtype=torch.long), order="diagonal"), "unknown order"),
+    (lambda m: m(torch.full((1, 1, 8, 8), 256)), r"token ids must lie in \[0, 256\)"),
+    (lambda m: m(torch.full((1, 1, 8, 8), -1)), "token ids"),
+    (lambda m: m(torch.zeros(1, 8, 8, dtype=torch.long)), r"\[B, T, H, W\]"),
+    (lambda m: m(torch.zeros(1, 1, 8, 8)), "integer tensor"),
+    (lambda m: m(torch.zeros(2, 1, 8, 8, dtype=torch.long), order=["down"]), "orders for a batch"),
+    (lambda m: m(torch.zeros(1, 1, 8, 8, dtype=torch.long), text=["a"]), "no text encoder"),
+    (lambda m: m.generate((1, 8, 6)), "multiples of the patch size"),
+    (lambda m: m.generate((1, 8, 8), order="sideways"), "unknown order"),
+    (lambda m: m.generate((1, 8, 8), prompt=torch.full((1, 1, 8, 8), 300),
+                          prompt_mask=torch.ones(1, 1, 8, 8, dtype=torch.bool)), "prompt token ids"),
+    (lambda m: m.generate((1, 8, 8), batch_size=0), "batch_size"),
+])
+def test_bad_input_raises_value_error(bad, message):
+    with pytest.raises(ValueError, match=message):
+        bad(tiny_model())
+
+
+def test_negative_extents_rejected_before_building():
+    with pytest.raises(ValueError, match="extents"):
+        tiny_model(extents=(0, -1, 1))
