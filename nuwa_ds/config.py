@@ -407,6 +407,22 @@ class TrainConfig(ConfigBase):
     """Non-finite losses in a row that stop the run."""
     tensorboard: bool = True
     """Write TensorBoard scalars under run_dir/tb."""
+    ds_config: str = "zero2"
+    """DeepSpeed config: a JSON file, or a name in ds_configs/ (zero1, zero2, zero3, zero3_offload).
+    Batch sizes, precision and clipping in it are filled from this section (``nuwa-ds train --ds-config``)."""
+    global_batch_size: Optional[int] = None
+    """Examples per optimizer step over all ranks; when set, it must equal micro_batch_size x
+    grad_accum_steps x world size (checked before any rank allocates memory)."""
+    adam_eps: float = 1e-8
+    """AdamW epsilon."""
+    replica_check_every: int = 0
+    """Every this many steps all ranks compare a SHA-256 of the full parameters and stop if they
+    differ; 0 checks only at the end of the run (one gather of the parameters)."""
+    init_from: Optional[str] = None
+    """Start from these weights (a ``save_pretrained``/export directory or a checkpoint directory of
+    an earlier run); optimizer, schedule and data position start fresh. Ignored when resuming."""
+    text_encoder_path: Optional[str] = None
+    """Local transformers text encoder directory attached at start (text-conditioned training)."""
 
     def validate(self):
         if self.precision not in ("auto", "bf16", "fp32"):
@@ -415,6 +431,14 @@ class TrainConfig(ConfigBase):
                      "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.global_batch_size is not None and self.global_batch_size < 1:
+            raise ConfigError(f"train.global_batch_size must be >= 1 (or null), got {self.global_batch_size}")
+        if self.replica_check_every < 0:
+            raise ConfigError(f"train.replica_check_every must be >= 0, got {self.replica_check_every}")
+        if self.lr <= 0 or not 0.0 <= self.min_lr_ratio <= 1.0 or self.warmup_steps < 0:
+            raise ConfigError("train.lr must be > 0, train.min_lr_ratio within [0, 1], train.warmup_steps >= 0")
+        if self.grad_clip < 0 or self.weight_decay < 0:
+            raise ConfigError("train.grad_clip and train.weight_decay must be >= 0 (0 turns them off)")
 
 
 @dataclass

@@ -1,0 +1,467 @@
+"""``nuwa-ds train``: DeepSpeed training of NUWA-Infinity under python, torchrun, deepspeed or srun.
+
+    nuwa-ds train --config tiny train.steps=100                       # one process, sets up its own rank
+    torchrun --nproc-per-node 8 -m nuwa_ds.cli train --config nuwa-350m --ds-config zero2 --resume auto
+    sbatch --nodes 4 slurm/train.sbatch nuwa-350m train.steps=100000  # see README "Training"
+
+Order of work: everything that can be wrong with the inputs is checked first (``preflight``: config,
+DeepSpeed config and batch triad, shards, ZeRO-3 settings against the model's shapes, the checkpoint to
+resume and its compatibility) without allocating the model; then the process group starts, the engine
+is built and ``Trainer.fit`` runs the loop. Python API: ``train(run_config, resume="auto")``.
+
+Exit codes: 0 finished, 75 stopped by a signal after saving (requeue me), 3 too many non-finite
+steps in a row (the last good checkpoint is named), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import resource
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from nuwa_ds.config import RunConfig
+from nuwa_ds.training import checkpoint as C
+from nuwa_ds.training import distributed as D
+from nuwa_ds.training import ds_config as DSC
+from nuwa_ds.training import optim
+from nuwa_ds.training.metrics import RunLogger
+from nuwa_ds.training.preemption import DIVERGED_EXIT_CODE, REQUEUE_EXIT_CODE, Faults, StopRequest
+
+
+# ----------------------------------------------------------------------------------------------
+# Preflight: every check that needs no allocation
+
+
+@dataclass
+class Plan:
+    ds: DSC.ResolvedDSConfig
+    resume_from: Optional[C.CheckpointInfo]
+    num_parameters: int
+    """All parameters of the model (from the meta-device build; ZeRO-3 engines hold only a shard)."""
+    notes: list[str] = field(default_factory=list)
+
+
+def meta_parameter_shapes(cfg: RunConfig) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of the model, built on the meta device (no memory)."""
+    from nuwa_ds.model import NuwaInfinity
+
+    with torch.device("meta"):
+        model = NuwaInfinity(dataclasses.replace(cfg.model))
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}
+
+
+def check_shards(pattern: str):
+    """Every local shard file of a brace pattern exists (URLs and pipes are the loader's business)."""
+    if "://" in pattern or pattern.startswith("pipe:"):
+        return
+    import braceexpand
+
+    paths = list(braceexpand.braceexpand(pattern))
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise ValueError(f"data.shards: {len(missing)} of {len(paths)} shard files do not exist (first: {missing[0]}); "
+                         f"fix the pattern or write the shards with `nuwa-ds prepare`")
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "text_encoder":
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def compare_with_checkpoint(cfg: RunConfig, info: C.CheckpointInfo, shapes: dict) -> list[str]:
+    """Refuse a checkpoint whose model has other parameter shapes; list every other difference."""
+    saved = RunConfig.from_json(info.path / C.RUN_CONFIG)
+    saved_shapes = meta_parameter_shapes(saved)
+    attached_text = cfg.train.text_encoder_path is not None
+    mismatched = sorted(k for k in set(shapes) | set(saved_shapes) if shapes.get(k) != saved_shapes.get(k)
+                        and not (attached_text and k.startswith("text_")))
+    old, new = _flatten(saved.to_dict()), _flatten(cfg.to_dict())
+    diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if mismatched:
+        model_diffs = [d for d in diffs if d.startswith("model.")] or ["(no config field differs)"]
+        raise ValueError(f"checkpoint {info.path} holds a model of another shape ({len(mismatched)} parameters differ, "
+                         f"e.g. {mismatched[0]}: {saved_shapes.get(mismatched[0])} -> {shapes.get(mismatched[0])}); "
+                         f"differences: {'; '.join(model_diffs)}. Use the checkpoint's config "
+                         f"({info.path / C.RUN_CONFIG}) or a new train.run_dir")
+    return diffs
+
+
+def preflight(cfg: RunConfig, dist: D.DistEnv, device_kind: str, resume: Optional[str]) -> Plan:
+    """All input checks, before any rank allocates memory; raises ValueError naming the fix."""
+    cfg.validate()
+    ds = DSC.resolve(cfg.train.ds_config, cfg.train, dist.world_size, device_kind)
+    if cfg.data.shards is not None:
+        check_shards(cfg.data.shards)
+    for path, what in ((cfg.train.init_from, "train.init_from"), (cfg.train.text_encoder_path, "train.text_encoder_path")):
+        if path is not None and not Path(path).exists():
+            raise ValueError(f"{what}={path} does not exist")
+    shapes = meta_parameter_shapes(cfg)
+    numels = {name: int(torch.Size(shape).numel()) for name, shape in shapes.items()}
+    DSC.check_fits_model(ds, numels)
+    notes = [f"DeepSpeed config {ds.source}: {n}" for n in ds.notes]
+    resume_from = None
+    if resume:
+        resume_from = C.resolve_resume(resume, Path(cfg.train.run_dir) / "checkpoints")
+    if resume_from is not None:
+        C.check_compatible(resume_from, dist.world_size, ds.stage, ds.source)
+        notes += [f"config differs from the checkpoint's: {d}"
+                  for d in compare_with_checkpoint(cfg, resume_from, shapes)]
+    return Plan(ds, resume_from, sum(numels.values()), notes)
+
+
+# ----------------------------------------------------------------------------------------------
+# The model and its weights
+
+
+def load_initial_weights(model, path: str):
+    """train.init_from: an exported / save_pretrained directory, or a (ZeRO) checkpoint of a run."""
+    from nuwa_ds.model.persistence import INDEX, WEIGHTS, read_weights
+
+    source = Path(path)
+    if (source / WEIGHTS).is_file() or (source / INDEX).is_file():
+        state = read_weights(source)
+    else:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        info = C.resolve_resume(str(source), source)
+        state = get_fp32_state_dict_from_zero_checkpoint(str(info.path.parent), tag=info.tag)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"train.init_from={path}: weights do not fit this model (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+
+
+def build_model(cfg: RunConfig):
+    from nuwa_ds.model import NuwaInfinity
+
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    model = NuwaInfinity(cfg.model)
+    if cfg.train.text_encoder_path is not None:
+        model.attach_text_encoder(cfg.train.text_encoder_path)
+    if cfg.train.init_from is not None:
+        load_initial_weights(model, cfg.train.init_from)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class StepResult:
+    loss: float
+    """Mean loss over micro-batches and ranks (NaN/inf when non-finite)."""
+    tokens: int
+    """Tokens over all ranks."""
+    flops: float
+    """Model FLOPs over all ranks (DESIGN's MFU convention)."""
+    stop: bool
+    """Some rank got a stop signal."""
+    applied: bool
+    """The optimizer update was applied (DeepSpeed skips it on non-finite gradients)."""
+
+
+@dataclass
+class TrainResult:
+    status: str
+    """'finished', 'preempted' or 'diverged'."""
+    step: int
+    checkpoint: Optional[Path]
+    run_dir: Path
+
+    @property
+    def exit_code(self) -> int:
+        return {"finished": 0, "preempted": REQUEUE_EXIT_CODE, "diverged": DIVERGED_EXIT_CODE}[self.status]
+
+
+class PhaseTimer:
+    """Wall time per phase of a step (synchronising the device at each boundary); for benchmarks."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.totals, self._last = device, {}, None
+
+    def mark(self, phase: Optional[str]):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        if phase is not None and self._last is not None:
+            self.totals[phase] = self.totals.get(phase, 0.0) + now - self._last
+        self._last = now
+
+
+class Trainer:
+    """The engine, the loader and the checkpoint manager of one rank."""
+
+    def __init__(self, cfg: RunConfig, plan: Plan, dist: D.DistEnv, device: torch.device):
+        import deepspeed
+
+        from data_pipelines import build_loader
+        from nuwa_ds.model.flops import peak_flops
+
+        self.cfg, self.plan, self.dist, self.device = cfg, plan, dist, device
+        self.run_dir = Path(cfg.train.run_dir)
+        model = build_model(cfg)
+        groups = optim.param_groups(model, cfg.train.weight_decay)
+        client_optimizer = None if plan.ds.json_optimizer else optim.adamw(groups, cfg.train, device)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=client_optimizer, model_parameters=groups if plan.ds.json_optimizer else None,
+            config=plan.ds.config, lr_scheduler=lambda opt: optim.schedule(opt, cfg.train), dist_init_required=False)
+        self.loader = build_loader(cfg.data, cfg.model, dist.rank, dist.world_size, cfg.train.micro_batch_size,
+                                   text_tokenizer=model.text_tokenizer)
+        self.faults = Faults()
+        self.checkpoints = C.CheckpointManager(self.run_dir / "checkpoints", dist.rank, dist.world_size,
+                                               cfg.train.keep_last, self.faults)
+        self.peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+        self._flops_per_token: dict = {}
+        self.code_version = C.code_version()
+
+    # -- one optimizer step ------------------------------------------------------------------------
+
+    def flops_per_token(self, canvas: tuple, order: str, text_len: int) -> float:
+        from nuwa_ds.model.flops import train_flops_per_token
+
+        key = (canvas, order, text_len)
+        if key not in self._flops_per_token:
+            self._flops_per_token[key] = train_flops_per_token(self.cfg.model, canvas, order, text_len)
+        return self._flops_per_token[key]
+
+    def _to_device(self, batch: dict):
+        tokens = batch["tokens"].to(self.device, non_blocking=True)
+        text = batch.get("text")
+        if text is not None:
+            text = {k: v.to(self.device, non_blocking=True) for k, v in text.items()}
+        return tokens, text
+
+    def _batch_flops(self, batch: dict) -> tuple[int, float]:
+        tokens = batch["tokens"]
+        canvas, per_example = tuple(tokens.shape[1:]), tokens[0].numel()
+        text = batch.get("text")
+        text_len = int(text["attention_mask"].sum(1).float().mean().round()) if text is not None else 0
+        flops = sum(per_example * self.flops_per_token(canvas, o, text_len) for o in batch["orders"])
+        return tokens.numel(), flops
+
+    def train_step(self, data_iter, step: int, stop_requested: bool = False,
+                   timer: Optional[PhaseTimer] = None) -> StepResult:
+        """Accumulate grad_accum_steps micro-batches, step the optimizer, and agree on the outcome with all ranks."""
+        engine, accum = self.engine, self.cfg.train.grad_accum_steps
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        tokens = flops = 0.0
+        for _ in range(accum):
+            if timer:
+                timer.mark(None)
+            batch = next(data_iter)
+            tokens_dev, text = self._to_device(batch)
+            if timer:
+                timer.mark("data")
+            loss = engine(tokens_dev, order=batch["orders"], text=text, return_logits=False).loss
+            loss = self.faults.loss(step, loss)
+            if timer:
+                timer.mark("forward")
+            engine.backward(loss)
+            if timer:
+                timer.mark("backward")
+            engine.step()  # applies the update at the accumulation boundary
+            if timer:
+                timer.mark("optimizer")
+            loss_sum += loss.detach().double()
+            n, f = self._batch_flops(batch)
+            tokens, flops = tokens + n, flops + f
+        # one small all-reduce per step: mean loss, work done, and whether any rank must stop
+        totals = torch.stack([loss_sum, torch.tensor(tokens, dtype=torch.float64, device=self.device),
+                              torch.tensor(flops, dtype=torch.float64, device=self.device),
+                              torch.tensor(float(stop_requested), dtype=torch.float64, device=self.device)])
+        totals = D.all_reduce_sum(totals).tolist()
+        return StepResult(loss=totals[0] / (accum * self.dist.world_size), tokens=int(totals[1]), flops=totals[2],
+                          stop=totals[3] > 0, applied=bool(engine.was_step_applied()))
+
+    # -- checkpoints, replicas ------------------------------------------------------------------
+
+    def save(self, step: int, logger: RunLogger) -> C.CheckpointInfo:
+        started = time.monotonic()
+        meta = {"zero_stage": self.plan.ds.stage, "precision": self.plan.ds.precision,
+                "code_version": self.code_version, "ds_config": self.plan.ds.source,
+                "skipped_steps": int(self.engine.skipped_steps)}
+        info = self.checkpoints.save(self.engine, step, self.loader.state_dict(), meta, self.cfg.to_json())
+        logger.event("checkpoint", f"checkpoint {info.path} ({time.monotonic() - started:.1f} s)", step=step,
+                     path=str(info.path), seconds=time.monotonic() - started)
+        return info
+
+    def parameter_digest(self) -> str:
+        """SHA-256 over the full parameters (gathered one at a time under ZeRO-3)."""
+        import deepspeed
+
+        digest = hashlib.sha256()
+        for name, param in self.engine.module.named_parameters():
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                digest.update(name.encode())
+                digest.update(param.detach().float().cpu().numpy().tobytes())
+        return digest.hexdigest()
+
+    def check_replicas(self, step: int, logger: RunLogger):
+        digests = D.all_gather_object(self.parameter_digest())
+        equal = len(set(digests)) == 1
+        logger.event("replica_check", None, step=step, equal=equal, digests=digests)
+        if not equal:
+            raise RuntimeError(f"step {step}: ranks hold different parameters ({digests}); stopping")
+
+    # -- the run ----------------------------------------------------------------------------------
+
+    def write_run_files(self):
+        if not self.dist.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.cfg.to_json(self.run_dir / "run_config.json")
+        (self.run_dir / "ds_config.json").write_text(json.dumps(self.plan.ds.config, indent=2) + "\n")
+
+    def resume(self, logger: RunLogger) -> int:
+        info = self.plan.resume_from
+        if info is None:
+            return 0
+        client = self.checkpoints.load(self.engine, info)
+        self.loader.load_state_dict(client["loader"])
+        logger.event("resume", f"resumed from {info.path} at step {client['step']}", step=client["step"],
+                     path=str(info.path))
+        return int(client["step"])
+
+    def metrics(self, result: StepResult, seconds: float, lr: float) -> dict:
+        grad_norm = self.engine.get_global_grad_norm()
+        if self.device.type == "cuda":
+            mem = torch.cuda.max_memory_allocated(self.device) / 2**30
+        else:
+            mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB, peak RSS
+        flops_per_s = result.flops / seconds
+        return {"loss": result.loss, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
+                "tokens_per_s": result.tokens / seconds, "step_time_s": seconds,
+                "mfu": flops_per_s / (self.peak * self.dist.world_size) if self.peak else None,
+                "mem_gib": mem, "skipped_steps": int(self.engine.skipped_steps)}
+
+    def fit(self, progress: Optional[bool] = None) -> TrainResult:
+        train = self.cfg.train
+        start_step = 0
+        logger = RunLogger(self.run_dir, self.dist.is_main, train.steps, start_step, train.log_every,
+                           train.tensorboard, progress)
+        stop = StopRequest().install()
+        try:
+            start_step = self.resume(logger)
+            logger.start_step = start_step
+            self.write_run_files()
+            for note in self.plan.notes:
+                logger.print(f"[nuwa-ds] {note}")
+            logger.event("start", f"training steps {start_step + 1}..{train.steps} on {self.dist.world_size} rank(s) "
+                         f"({self.device.type}, ZeRO-{self.plan.ds.stage}, {self.plan.ds.precision}, "
+                         f"{self.plan.num_parameters / 1e6:.2f}M parameters), run dir {self.run_dir}",
+                         step=start_step, world_size=self.dist.world_size, launcher=self.dist.launcher,
+                         code_version=self.code_version)
+            return self._loop(start_step, logger, stop)
+        finally:
+            stop.uninstall()
+            logger.close()
+
+    def _loop(self, start_step: int, logger: RunLogger, stop: StopRequest) -> TrainResult:
+        train = self.cfg.train
+        data_iter = iter(self.loader)
+        saved_step = start_step if self.plan.resume_from is not None else None
+        bad_in_row = 0
+        for step in range(start_step + 1, train.steps + 1):
+            lr = self.optimizer.param_groups[0]["lr"]
+            started = time.perf_counter()
+            result = self.train_step(data_iter, step, stop.requested)
+            logger.step(step, self.metrics(result, time.perf_counter() - started, lr))
+            bad_in_row = 0 if result.applied else bad_in_row + 1
+            if not result.applied:
+                logger.event("skip", f"step {step}: loss {result.loss} / non-finite gradients, update skipped "
+                             f"({bad_in_row} in a row)", step=step, loss=repr(result.loss))
+                if bad_in_row >= train.max_bad_steps:
+                    last = C.find_latest(self.run_dir / "checkpoints")
+                    named = str(last.path) if last else "none (no checkpoint written yet)"
+                    logger.event("diverged", f"{bad_in_row} non-finite steps in a row: stopping at step {step}; "
+                                 f"last good checkpoint: {named}", step=step, checkpoint=named)
+                    return TrainResult("diverged", step, last.path if last else None, self.run_dir)
+            if train.replica_check_every and step % train.replica_check_every == 0:
+                self.check_replicas(step, logger)
+            if step % train.save_every == 0 and bad_in_row == 0:
+                self.save(step, logger)
+                saved_step = step
+            self.faults.pause(step, stop)
+            if result.stop:
+                info = self.save(step, logger) if saved_step != step else None
+                path = info.path if info else self.run_dir / "checkpoints" / C.tag_for(step)
+                logger.event("preempted", f"stopped by {stop.signal_name or 'a signal on another rank'} after step "
+                             f"{step}; resume with --resume auto", step=step, checkpoint=str(path))
+                return TrainResult("preempted", step, path, self.run_dir)
+        final = train.steps
+        if saved_step != final:
+            self.save(final, logger)
+        self.check_replicas(final, logger)
+        logger.event("end", f"finished {final} steps", step=final)
+        return TrainResult("finished", final, self.run_dir / "checkpoints" / C.tag_for(final), self.run_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry points
+
+
+def _quiet_libraries():
+    if os.environ.get("NUWA_DEBUG"):
+        return
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.distributed")
+    from deepspeed.utils import logger as ds_logger
+
+    ds_logger.setLevel(logging.WARNING)
+
+
+def train(cfg: RunConfig, resume: Optional[str] = None, local_rank: Optional[int] = None,
+          progress: Optional[bool] = None) -> TrainResult:
+    """Train ``cfg`` on this process's rank (the python API of ``nuwa-ds train``).
+
+    ``resume``: None (fresh), ``"auto"`` (newest complete checkpoint under run_dir, or fresh), or a
+    checkpoint / checkpoint-root path. Raises ValueError on bad input before allocating anything."""
+    dist = D.detect(local_rank)
+    kind = D.device_type()
+    plan = preflight(cfg, dist, kind, resume)
+    _quiet_libraries()
+    device = D.init(dist, kind)
+    return Trainer(cfg, plan, dist, device).fit(progress)
+
+
+def add_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("--config", required=True, help="run preset (tiny, small, nuwa-350m, nuwa-1b) or JSON file")
+    parser.add_argument("--ds-config", default=None,
+                        help="DeepSpeed JSON or a name in ds_configs/ (zero1, zero2, zero3, zero3_offload); "
+                             "default: train.ds_config")
+    parser.add_argument("--resume", default=None, metavar="auto|PATH",
+                        help="'auto': continue from the newest complete checkpoint in train.run_dir (fresh start "
+                             "if none); or a checkpoint directory")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bar (default: when stderr is a terminal)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=100")
+
+
+def run(args) -> int:
+    overrides = list(args.overrides)
+    if args.ds_config:
+        overrides.append(f"train.ds_config={args.ds_config}")
+    cfg = RunConfig.load(args.config, overrides)
+    result = train(cfg, resume=args.resume, local_rank=args.local_rank, progress=args.progress)
+    return result.exit_code
+
+
+__all__ = ["train", "preflight", "Trainer", "TrainResult", "Plan", "add_arguments", "run"]
