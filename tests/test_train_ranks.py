@@ -1,0 +1,71 @@
+"""Two real ranks (torchrun, gloo, CPU) under ZeRO 1, 2 and 3; exact resume after SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from test_train_utils import events, logged_step, run, segments, start, train_cmd, wait_for
+
+pytestmark = pytest.mark.slow
+
+STEPS = ["train.steps=12", "train.save_every=4", "train.micro_batch_size=2"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One uninterrupted 2-rank run per ZeRO stage (shared by the tests below)."""
+    done = {}
+
+    def get(stage: int):
+        if stage not in done:
+            run_dir = tmp_path_factory.mktemp(f"zero{stage}")
+            rc = run(train_cmd(2, run_dir, f"train.ds_config=zero{stage}", *STEPS), run_dir / "log.txt")
+            assert rc == 0, (run_dir / "log.txt").read_text()[-3000:]
+            done[stage] = run_dir
+        return done[stage]
+
+    return get
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_two_ranks_train_and_agree(runs, stage):
+    run_dir = runs(stage)
+    (losses,) = segments(run_dir)
+    assert sorted(losses) == list(range(1, 13))
+    first, last = [losses[s] for s in (1, 2, 3)], [losses[s] for s in (10, 11, 12)]
+    assert sum(last) / 3 < sum(first) / 3 - 0.2, losses  # the loss falls
+    (check,) = events(run_dir, "replica_check")
+    assert len(check["digests"]) == 2 and check["equal"] and len(set(check["digests"])) == 1
+    (start_event,) = events(run_dir, "start")
+    assert start_event["world_size"] == 2 and start_event["launcher"] == "torchrun"
+    # checkpoints of steps 4, 8, 12 were written; keep_last=3 keeps all, 'latest' names the last
+    ckpt = run_dir / "checkpoints"
+    assert (ckpt / "latest").read_text() == "step_00000012"
+    assert sorted(p.name for p in ckpt.glob("step_*")) == ["step_00000004", "step_00000008", "step_00000012"]
+    assert {p.name for p in (ckpt / "step_00000012").glob("nuwa_rank*.pt")} == {"nuwa_rank00000.pt",
+                                                                                 "nuwa_rank00001.pt"}
+
+
+def test_exact_resume_after_sigkill(runs, tmp_path):
+    """SIGKILL between checkpoints, then --resume auto: every step's loss equals the uninterrupted run's,
+    bit for bit (fp32 on CPU), so the data order, the optimizer and the schedule all resumed exactly."""
+    (reference,) = segments(runs(2))
+    run_dir, log = tmp_path / "run", tmp_path / "killed.txt"
+    cmd = train_cmd(2, run_dir, "train.ds_config=zero2", *STEPS)
+    proc = start(cmd, log, NUWA_FAULT_PAUSE_AT_STEP=6)  # checkpoint at 4, killed after step 6
+    wait_for(lambda: logged_step(run_dir, 6)() and "pausing after step 6" in log.read_text(), proc, log)
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000004"
+
+    assert run(cmd + ["--resume", "auto"], tmp_path / "resumed.txt") == 0
+    killed, resumed = segments(run_dir)
+    assert sorted(killed) == list(range(1, 7)) and sorted(resumed) == list(range(5, 13))
+    (resume_event,) = events(run_dir, "resume")
+    assert resume_event["step"] == 4
+    for segment in (killed, resumed):
+        for step, loss in segment.items():
+            assert loss == reference[step], (step, loss, reference[step])  # bitwise

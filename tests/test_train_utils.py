@@ -1,0 +1,84 @@
+"""Helpers for the multi-process training tests (no tests here): launch real ranks, read metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# the tiny preset on 8x8-token canvases (4 patches): each step is a few tens of ms on one CPU core
+TINY = ["data.canvas=[1,8,8]", "train.log_every=1", "train.tensorboard=false"]
+_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                "TORCHELASTIC_RUN_ID", "GROUP_RANK")
+
+
+def clean_env(**extra) -> dict:
+    """The test environment without any rank variables (each launch sets up its own) or fault hooks."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in _LAUNCH_VARS and not k.startswith(("SLURM_", "NUWA_FAULT_"))}
+    env.update(DS_ACCELERATOR="cpu", PYTHONWARNINGS="ignore::FutureWarning", OMP_NUM_THREADS="1")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def train_cmd(nproc: int, run_dir: Path, *args: str) -> list[str]:
+    """``nuwa-ds train`` under plain python (nproc=0) or torchrun with nproc ranks (gloo, CPU)."""
+    launcher = [sys.executable]
+    if nproc:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return [*launcher, "-m", "nuwa_ds.cli", "train", "--config", "tiny", f"train.run_dir={run_dir}", *TINY, *args]
+
+
+def start(cmd: list[str], log: Path, **env) -> subprocess.Popen:
+    """Start in its own session (so the test can signal the whole group) with output to ``log``."""
+    return subprocess.Popen(cmd, cwd=ROOT, env=clean_env(**env), stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def run(cmd: list[str], log: Path, timeout: float = 240, **env) -> int:
+    proc = start(cmd, log, **env)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        raise AssertionError(f"timed out; log:\n{log.read_text()[-3000:]}") from None
+
+
+def records(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def segments(run_dir: Path) -> list[dict[int, float]]:
+    """Per process lifetime (split at each 'start' event): {step: loss}."""
+    out: list[dict[int, float]] = []
+    for rec in records(run_dir):
+        if rec.get("event") == "start":
+            out.append({})
+        elif "loss" in rec and "event" not in rec:
+            out[-1][rec["step"]] = rec["loss"]
+    return out
+
+
+def events(run_dir: Path, name: str) -> list[dict]:
+    return [r for r in records(run_dir) if r.get("event") == name]
+
+
+def wait_for(predicate, proc: subprocess.Popen, log: Path, timeout: float = 180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited ({proc.returncode}) early; log:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting; log:\n{log.read_text()[-3000:]}")
+
+
+def logged_step(run_dir: Path, step: int):
+    return lambda: any(r.get("step") == step and "loss" in r for r in records(run_dir))
