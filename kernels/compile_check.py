@@ -1,0 +1,153 @@
+"""Compile every kernel launch for a GPU target on a machine without one, and report its resources.
+
+    python -m kernels.compile_check [--arch 90] [--dtype bf16] [--head-dim 64]
+
+Runs the real launchers on small CPU tensors with each kernel replaced by a recorder, then
+compiles each recorded launch with triton's bundled compiler and ptxas for ``sm_<arch>``: a compile
+error, register spills or a shared-memory overflow shows here, before any GPU time is spent.
+Must run without ``TRITON_INTERPRET`` (the interpreter has no compiler). The GPU machine's triton
+may be older than the local one; this catches most, not all, version differences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+class _Recorder:
+    """Stands in for ``kernel[grid]``: records the call instead of launching."""
+
+    def __init__(self, kernel, log: list):
+        self.kernel, self.log = kernel, log
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.log.append((self.kernel, args, kwargs))
+
+        return launch
+
+
+def _compile(kernel, args, kwargs, arch: int):
+    """Compile one recorded launch the way ``JITFunction.run`` would on the GPU: the same binder
+    specialises integer arguments (== 1, multiples of 16) and pointer alignment, which decides
+    whether loads are vectorised."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    backend = make_backend(GPUTarget("cuda", arch, 32))
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound_args, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound_args, specialization, options)
+    src = ASTSource(kernel, signature, constexprs, attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options.__dict__), constexprs, options
+
+
+def _resources(cubin: bytes) -> str:
+    """Registers, stack and local memory (spills) from cuobjdump, plus the SASS instruction mix that
+    tells whether the tensor cores and wide loads are used."""
+    import collections
+
+    import triton
+
+    tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "k.cubin"
+        path.write_bytes(cubin)
+        usage = subprocess.run([str(tools / "cuobjdump"), "--dump-resource-usage", str(path)],
+                               capture_output=True, text=True).stdout
+        sass = subprocess.run([str(tools / "cuobjdump"), "--dump-sass", str(path)], capture_output=True,
+                              text=True).stdout
+    res = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", usage)
+    ops = collections.Counter(re.findall(r"^\s+/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)", sass, re.M))
+    mix = {}
+    for op, count in ops.items():
+        for family in ("HGMMA", "HMMA", "LDG", "LDGSTS", "UTMALDG", "LDL", "STL", "MUFU.EX2"):
+            if op.startswith(family):
+                mix[op] = count
+    regs = f"regs={res.group(1)} stack={res.group(2)} local={res.group(3)}" if res else "regs=?"
+    return regs + " " + " ".join(f"{k}:{v}" for k, v in sorted(mix.items()))
+
+
+def compile_launches(log: list, arch: int) -> list[str]:
+    lines, seen = [], set()
+    for kernel, args, kwargs in log:
+        compiled, constexprs, options = _compile(kernel, args, dict(kwargs), arch)
+        if compiled.hash in seen:
+            continue
+        seen.add(compiled.hash)
+        names = {(p.num,): p.name for p in kernel.params if p.is_constexpr}
+        flags = ",".join(f"{names[k]}={v}" for k, v in constexprs.items() if k in names)
+        lines.append(f"{kernel.fn.__name__} [{flags}] warps={options.num_warps} stages={options.num_stages} "
+                     f"smem={compiled.metadata.shared}B {_resources(compiled.asm['cubin'])}")
+    return lines
+
+
+def record_model_launches(dtype: torch.dtype, head_dim: int, n: int = 256) -> list:
+    """Launches of a training step (global + local stack, with text) and a decode step."""
+    import kernels.patch_attention as PA
+    import kernels.pool_decode as PD
+    from nuwa_ds.model.attention import TextContext
+    from nuwa_ds.model.orders import context_table, own_offset_id
+
+    log: list = []
+    originals = {}
+    for module, names in ((PA, ("_fwd_kernel", "_bwd_dq_kernel", "_bwd_dkv_kernel")),
+                          (PD, ("_split_kernel", "_combine_kernel"))):
+        for name in names:
+            originals[(module, name)] = getattr(module, name)
+            setattr(module, name, _Recorder(getattr(module, name), log))
+    try:
+        H, D, ext = 2, head_dim, (0, 1, 1)
+        table = context_table((1, 2, 2), "down", ext)
+        R, I = 4, 10
+        qkv = torch.randn(R, n, 3, H, D, dtype=dtype)
+        q, k, v = qkv.unbind(2)
+        ctx = torch.randn(R, n, 2, H, D, dtype=dtype).unbind(2)
+        bias = torch.zeros(H, I)
+        text = TextContext(torch.randn(1, 77, H, D, dtype=dtype), torch.randn(1, 77, H, D, dtype=dtype),
+                           torch.tensor([7]), torch.zeros(R, dtype=torch.long))
+        own = own_offset_id(ext)
+        for causal, shared, with_text in ((False, True, True), (True, False, True), (True, False, False)):
+            ck, cv = (k, v) if shared else ctx
+            p = PA._check(q, k, v, ck, cv, table.ctx_index, table.ctx_offset, own, bias, causal,
+                          text if with_text else None, None)
+            tk, tv = (text.k, text.v) if with_text else (None, None)
+            out, lse = PA._forward(p, q, k, v, ck, cv, tk, tv, bias, store_lse=True)
+            PA._backward(p, out, q, k, v, ck, cv, tk, tv, bias, out, lse, needs=dict(ctx=True, text=True))
+        pool = torch.randn(8, 1, 2, H, n, D, dtype=dtype)
+        pk, pv = pool[:, 0, 0].transpose(1, 2), pool[:, 0, 1].transpose(1, 2)
+        for splits in (1, 4):
+            PD.pool_decode_attention(q[:, 0], pk, pv, table.ctx_index, table.ctx_offset, pk, pv,
+                                     torch.arange(R), torch.full((R,), n), own, bias, text, num_splits=splits)
+    finally:
+        for (module, name), fn in originals.items():
+            setattr(module, name, fn)
+    return log
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, default=90)
+    parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    parser.add_argument("--head-dim", type=int, default=64)
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("unset TRITON_INTERPRET: the interpreter cannot compile", file=sys.stderr)
+        return 2
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    for line in compile_launches(record_model_launches(dtype, args.head_dim), args.arch):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

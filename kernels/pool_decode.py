@@ -1,0 +1,248 @@
+"""Pool-indexed decode attention in Triton: one query token per row against the K/V of its context
+slots and its own KV cache, read in place from the rotating pool (DESIGN section 4 and 5).
+
+Each row r (a patch being decoded) sees, in one softmax,
+  * its own cache ``own_k[own_slot[r], :own_len[r]]`` (the tokens decoded so far, incl. this one),
+  * the context slots ``pool_k[s]`` for each s in ``ctx_slots[r]`` (all m keys),
+  * an optional text block (valid prefix of its caption),
+with ``bias[h, id]`` added per block. The pool tensors are ``[slots, layers, 2, H, n, D]``; the
+views passed here (``[S, m, H, D]``, strides (layer-slab, D, n*D, 1)) are read by slot index, never
+gathered.
+
+Flash-decoding: the keys of a row form a list of BLOCK_N-key units (own cache, then context
+entries, then text). With few rows the (row, head) pairs cannot fill the GPU, so each pair's units
+are cut into ``num_splits`` equal ranges, one program each; every program keeps a partial softmax
+(max, sum, unnormalised output) and ``_combine_kernel`` merges them. With one split the first
+kernel writes the output directly. Memory-bound: judged in TB/s of K/V read.
+Reference: ``nuwa_ds.model.attention.reference_pool_decode_attention``. Inference only.
+
+Versions (timings: docs/kernels.md):
+  v1  split kernel + combine; fp32 math on upcast tiles (free in a memory-bound kernel).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._common import (INDEX_DTYPES, INTERPRET, LOG2E, MAX_HEAD_DIM, RCP_LN2, SUPPORTED_DTYPES, alloc_output, block_d,
+                             check_same, check_tensor, check_text, compact_context, device_function, load_tile,
+                             num_sms)
+
+
+@device_function
+def _decode_step(acc, m_i, l_i, q, k, v, bias2, qk_scale, valid, MASKED: tl.constexpr):
+    """One unit of keys for a single query: q [BD], k/v [BN, BD] (fp32), valid [BN]."""
+    s = tl.sum(k * q[None, :], 1) * qk_scale + bias2
+    if MASKED:
+        s = tl.where(valid, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 0))
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(s - m_new)
+    l_i = l_i * alpha + tl.sum(p, 0)
+    acc = acc * alpha + tl.sum(p[:, None] * v, 0)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _split_kernel(
+    Q, PK, PV, CtxSlot, CtxBid, CtxCnt, OK, OV, OwnSlot, OwnLen, TK, TV, TIdx, TLen, Bias,
+    Out, PartM, PartL, PartAcc,
+    s_qr, s_qh, s_qd, s_pkb, s_pkn, s_pkh, s_pkd, s_pvb, s_pvn, s_pvh, s_pvd,
+    s_okb, s_okn, s_okh, s_okd, s_ovb, s_ovn, s_ovh, s_ovd,
+    s_tkb, s_tkn, s_tkh, s_tkd, s_tvb, s_tvn, s_tvh, s_tvd,
+    s_or, s_oh, s_od, s_bh, C, H, own_bid, text_bid, qk_scale, units_per_split, num_splits,
+    M_K: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_TEXT: tl.constexpr, SINGLE: tl.constexpr,
+):
+    MASK_M: tl.constexpr = M_K % BLOCK_N != 0
+    MASK_D: tl.constexpr = BLOCK_D != HEAD_DIM
+    CTX_TILES: tl.constexpr = (M_K + BLOCK_N - 1) // BLOCK_N
+    pid = tl.program_id(0)
+    split, rh = pid % num_splits, pid // num_splits
+    r, h = (rh // H).to(tl.int64), rh % H
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    if MASK_D:
+        q = tl.load(Q + r * s_qr + h * s_qh + offs_d * s_qd, mask=offs_d < HEAD_DIM, other=0.0).to(tl.float32)
+    else:
+        q = tl.load(Q + r * s_qr + h * s_qh + offs_d * s_qd).to(tl.float32)
+    bias_h = Bias + h * s_bh
+
+    # this program's range of units: own cache units, then context units, then text units
+    own_len = tl.load(OwnLen + r)
+    own_units = tl.cdiv(own_len, BLOCK_N)
+    ctx_units = tl.load(CtxCnt + r) * CTX_TILES
+    u0 = split * units_per_split
+    u1 = u0 + units_per_split
+
+    m_i = float("-inf")
+    l_i = 0.0
+    acc = tl.zeros([BLOCK_D], tl.float32)
+
+    slot = tl.load(OwnSlot + r).to(tl.int64)
+    k_own, v_own = OK + slot * s_okb + h * s_okh, OV + slot * s_ovb + h * s_ovh
+    b_own = tl.load(bias_h + own_bid).to(tl.float32) * RCP_LN2
+    for u in range(u0, tl.minimum(u1, own_units)):
+        keys = u * BLOCK_N + offs_n
+        k = load_tile(k_own, keys, s_okn, offs_d, s_okd, own_len, HEAD_DIM, True, MASK_D, True)
+        v = load_tile(v_own, keys, s_ovn, offs_d, s_ovd, own_len, HEAD_DIM, True, MASK_D, True)
+        acc, m_i, l_i = _decode_step(acc, m_i, l_i, q, k, v, b_own, qk_scale, keys < own_len, True)
+
+    for u in range(tl.maximum(u0, own_units), tl.minimum(u1, own_units + ctx_units)):
+        w = u - own_units
+        e = w // CTX_TILES
+        keys = (w % CTX_TILES) * BLOCK_N + offs_n
+        s = tl.load(CtxSlot + r * C + e).to(tl.int64)
+        b = tl.load(bias_h + tl.load(CtxBid + r * C + e)).to(tl.float32) * RCP_LN2
+        k = load_tile(PK + s * s_pkb + h * s_pkh, keys, s_pkn, offs_d, s_pkd, M_K, HEAD_DIM, MASK_M, MASK_D, True)
+        v = load_tile(PV + s * s_pvb + h * s_pvh, keys, s_pvn, offs_d, s_pvd, M_K, HEAD_DIM, MASK_M, MASK_D, True)
+        acc, m_i, l_i = _decode_step(acc, m_i, l_i, q, k, v, b, qk_scale, keys < M_K, MASK_M)
+
+    if HAS_TEXT:
+        t = tl.load(TIdx + r).to(tl.int64)
+        text_len = tl.load(TLen + t)
+        first = own_units + ctx_units
+        b_text = tl.load(bias_h + text_bid).to(tl.float32) * RCP_LN2
+        for u in range(tl.maximum(u0, first), tl.minimum(u1, first + tl.cdiv(text_len, BLOCK_N))):
+            keys = (u - first) * BLOCK_N + offs_n
+            k = load_tile(TK + t * s_tkb + h * s_tkh, keys, s_tkn, offs_d, s_tkd, text_len, HEAD_DIM, True, MASK_D,
+                          True)
+            v = load_tile(TV + t * s_tvb + h * s_tvh, keys, s_tvn, offs_d, s_tvd, text_len, HEAD_DIM, True, MASK_D,
+                          True)
+            acc, m_i, l_i = _decode_step(acc, m_i, l_i, q, k, v, b_text, qk_scale, keys < text_len, True)
+
+    if SINGLE:
+        out = acc / l_i
+        tl.store(Out + r * s_or + h * s_oh + offs_d * s_od, out.to(Out.dtype.element_ty), mask=offs_d < HEAD_DIM)
+    else:  # an empty split leaves (-inf, 0, 0), which the combine weighs as zero
+        tl.store(PartM + pid, m_i)
+        tl.store(PartL + pid, l_i)
+        tl.store(PartAcc + pid * BLOCK_D + offs_d, acc)
+
+
+@triton.jit
+def _combine_kernel(PartM, PartL, PartAcc, Out, s_or, s_oh, s_od, H, num_splits,
+                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
+    rh = tl.program_id(0)
+    r, h = (rh // H).to(tl.int64), rh % H
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    part = rh.to(tl.int64) * num_splits + offs_s
+    ms = tl.load(PartM + part, mask=offs_s < num_splits, other=float("-inf"))
+    ls = tl.load(PartL + part, mask=offs_s < num_splits, other=0.0)
+    accs = tl.load(PartAcc + part[:, None] * BLOCK_D + offs_d[None, :], mask=offs_s[:, None] < num_splits, other=0.0)
+    m = tl.max(ms, 0)  # finite: every row has at least its current token
+    w = tl.math.exp2(ms - m)
+    out = tl.sum(w[:, None] * accs, 0) / tl.sum(w * ls, 0)
+    tl.store(Out + r * s_or + h * s_oh + offs_d * s_od, out.to(Out.dtype.element_ty), mask=offs_d < HEAD_DIM)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launcher
+
+
+def default_block_n(head_dim: int) -> int:
+    if INTERPRET:
+        return 64
+    return 64 if head_dim > 64 else 128
+
+
+def choose_splits(rows_heads: int, max_units: int, device: torch.device) -> int:
+    """Enough programs to give every SM a few (rows x heads alone often cannot), never more splits
+    than a row has units."""
+    sms = num_sms(device)
+    if sms is None:
+        return 1
+    return max(1, min(max_units, triton.cdiv(4 * sms, max(rows_heads, 1))))
+
+
+def _check(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_v, own_slot, own_len, own_bias_id, bias, text):
+    check_tensor("q", q, 3, SUPPORTED_DTYPES)
+    dev, dtype = q.device, q.dtype
+    R, H, D = q.shape
+    if D > MAX_HEAD_DIM:
+        raise ValueError(f"head size {D} > {MAX_HEAD_DIM} is not supported by the Triton kernels")
+    for name, t in (("pool_k", pool_k), ("pool_v", pool_v), ("own_k", own_k), ("own_v", own_v)):
+        check_tensor(name, t, 4, (dtype,), dev)
+        if tuple(t.shape[2:]) != (H, D):
+            raise ValueError(f"{name} must be [S, L, {H}, {D}] (heads and head size of q), got {tuple(t.shape)}")
+    check_same("pool_k, pool_v", pool_k, pool_v, attr="shape")
+    check_same("own_k, own_v", own_k, own_v, attr="shape")
+    check_tensor("ctx_slots", ctx_slots, 2, INDEX_DTYPES, dev)
+    check_tensor("ctx_bias_id", ctx_bias_id, 2, INDEX_DTYPES, dev)
+    if ctx_slots.shape[0] != R or ctx_bias_id.shape != ctx_slots.shape:
+        raise ValueError(f"ctx_slots and ctx_bias_id must both be [R={R}, C], got {tuple(ctx_slots.shape)} and "
+                         f"{tuple(ctx_bias_id.shape)}")
+    check_tensor("own_slot", own_slot, 1, INDEX_DTYPES, dev)
+    check_tensor("own_len", own_len, 1, INDEX_DTYPES, dev)
+    if own_slot.shape[0] != R or own_len.shape[0] != R:
+        raise ValueError(f"own_slot and own_len must have R={R} entries, got {own_slot.shape[0]} and {own_len.shape[0]}")
+    check_tensor("bias", bias, 2, (torch.float32, torch.float16, torch.bfloat16), dev)
+    if bias.shape[0] != H:
+        raise ValueError(f"bias must be [H={H}, I], got {tuple(bias.shape)}")
+    if not 0 <= int(own_bias_id) < bias.shape[1]:
+        raise ValueError(f"own_bias_id {own_bias_id} outside the bias table's {bias.shape[1]} columns")
+    return check_text(text, R, H, D, dtype, dev)
+
+
+def pool_decode_attention(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_v, own_slot, own_len,
+                          own_bias_id: int, bias, text=None, num_splits: Optional[int] = None,
+                          block_n: Optional[int] = None, num_warps: int = 4, num_stages: int = 3) -> torch.Tensor:
+    """One query per row against pool slots; same contract as
+    ``nuwa_ds.model.attention.pool_decode_attention``. Returns [R, H, D] in q's dtype.
+
+    own_slot and own_len must hold in-range values (slots of own_k, 1 <= own_len <= n): they change
+    every token, and checking them would cost a device sync per layer per token. Context slots and
+    text indices are checked (once per tensor, cached). ``num_splits``/``block_n``/``num_warps``/
+    ``num_stages`` override the launch (tests and benchmarks)."""
+    text_tables = _check(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_v, own_slot, own_len, own_bias_id,
+                         bias, text)
+    R, H, D = q.shape
+    S, m = pool_k.shape[:2]
+    n = own_k.shape[1]
+    slots, slot_bias, count = compact_context(ctx_slots, ctx_bias_id, S, bias.shape[1])
+    out = alloc_output((R, H, D), q.dtype, q.device)
+    if R == 0:
+        return out
+    has_text = text is not None
+    tk, tv = (text.k, text.v) if has_text else (q.unsqueeze(1), q.unsqueeze(1))
+    tidx, tlen = text_tables if has_text else (count, count)
+    BLOCK_N = block_n or default_block_n(D)
+    BLOCK_D = block_d(D)
+    max_units = (triton.cdiv(n, BLOCK_N) + ctx_slots.shape[1] * triton.cdiv(m, BLOCK_N)
+                 + (triton.cdiv(tk.shape[1], BLOCK_N) if has_text else 0))
+    splits = num_splits or choose_splits(R * H, max_units, q.device)
+    splits = max(1, min(splits, max_units))
+    units_per_split = triton.cdiv(max_units, splits)
+    single = splits == 1
+    part_m = part_l = part_acc = out
+    if not single:
+        part_m = alloc_output((R * H * splits,), torch.float32, q.device)
+        part_l = alloc_output((R * H * splits,), torch.float32, q.device)
+        part_acc = alloc_output((R * H * splits, BLOCK_D), torch.float32, q.device)
+    _split_kernel[(R * H * splits,)](
+        q, pool_k, pool_v, slots, slot_bias, count, own_k, own_v, own_slot, own_len, tk, tv, tidx, tlen, bias,
+        out, part_m, part_l, part_acc,
+        *q.stride(), *pool_k.stride(), *pool_v.stride(), *own_k.stride(), *own_v.stride(), *tk.stride(), *tv.stride(),
+        *out.stride(), bias.stride(0), slots.shape[1], H, int(own_bias_id), bias.shape[1] - 1, LOG2E / math.sqrt(D),
+        units_per_split, splits, M_K=m, HEAD_DIM=D, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, HAS_TEXT=has_text,
+        SINGLE=single, num_warps=num_warps, num_stages=num_stages,
+    )
+    if not single:
+        _combine_kernel[(R * H,)](part_m, part_l, part_acc, out, *out.stride(), H, splits, HEAD_DIM=D,
+                                  BLOCK_D=BLOCK_D, BLOCK_S=max(2, triton.next_power_of_2(splits)), num_warps=1)
+    return out
+
+
+def kv_bytes_read(ctx_slots: torch.Tensor, own_len: torch.Tensor, m: int, H: int, D: int, itemsize: int,
+                  text=None) -> int:
+    """Bytes of K and V one call reads (the decode's useful traffic)."""
+    keys = int((ctx_slots >= 0).sum()) * m + int(own_len.sum())
+    if text is not None:
+        keys += int(text.length[text.index].sum())
+    return 2 * keys * H * D * itemsize
