@@ -1,0 +1,88 @@
+"""slurm/train.sbatch under a real single-node Slurm (brought up by scripts/slurm_up.sh).
+
+2 CPU ranks train a few steps and checkpoint; the pre-timeout signal (delivered at once with
+``scancel --batch --signal=USR1``) makes the job checkpoint and requeue itself; the requeued job (same
+id, SLURM_RESTART_COUNT=1) resumes from that checkpoint and finishes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from test_train_utils import ROOT, TINY, clean_env, events, records, segments
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+
+def _why_no_slurm() -> str | None:
+    if os.name != "posix" or os.geteuid() != 0:
+        return "bringing up Slurm needs root"
+    if shutil.which("sbatch") is None and shutil.which("apt-get") is None:
+        return "Slurm is not installed and there is no apt-get to install it"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    reason = _why_no_slurm()
+    if reason:
+        pytest.skip(reason)
+    up = subprocess.run(["bash", str(ROOT / "scripts" / "slurm_up.sh")], capture_output=True, text=True, timeout=600)
+    assert up.returncode == 0, up.stderr[-3000:]
+
+
+def job_state(job_id: str) -> dict:
+    out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+    return dict(re.findall(r"(\w+)=(\S+)", out))
+
+
+def wait_until(predicate, what: str, log, timeout: float = 240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}; job log:\n{log.read_text()[-4000:] if log.exists() else ''}")
+
+
+def test_train_sbatch_checkpoints_requeues_and_resumes(slurm, tmp_path):
+    run_dir, log = tmp_path / "run", tmp_path / "job.out"
+    env = clean_env(RUN_DIR=run_dir, NPROC_PER_NODE=2, NUWA_FAULT_PAUSE_AT_STEP=4, SHUTDOWN_TIMEOUT=60)
+    submit = subprocess.run(
+        ["sbatch", "--parsable", "--job-name=nuwa-test", "--gpus-per-node=0", "--cpus-per-task=2", "--time=10",
+         f"--output={log}", "slurm/train.sbatch", "tiny", *TINY, "train.steps=8", "train.save_every=2",
+         "train.micro_batch_size=2"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert submit.returncode == 0, submit.stderr
+    job_id = submit.stdout.strip().split(";")[0]
+    try:
+        # first run: steps 1-4 with checkpoints at 2 and 4, then the fault hook holds it after step 4
+        wait_until(lambda: "pausing after step 4" in (log.read_text() if log.exists() else "")
+                   and [e["step"] for e in events(run_dir, "checkpoint")] == [2, 4], "step 4 and its checkpoint", log)
+        subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], check=True, timeout=30)
+        wait_until(lambda: job_state(job_id).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"),
+                   "the requeued job to finish", log)
+    finally:
+        subprocess.run(["scancel", job_id], capture_output=True)
+    state = job_state(job_id)
+    text = log.read_text()
+    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", (state, text[-4000:])
+    assert "restart 0:" in text and "restart 1:" in text and "requeueing job" in text, text[-4000:]
+    # the ranks finished step 5, saved it and stopped; the requeued run resumed there and finished
+    (preempted,) = events(run_dir, "preempted")
+    assert preempted["step"] == 5
+    (resumed,) = events(run_dir, "resume")
+    assert resumed["step"] == 5 and resumed["path"].endswith("step_00000005")
+    first, second = segments(run_dir)
+    assert sorted(first) == [1, 2, 3, 4, 5] and sorted(second) == [6, 7, 8]
+    assert events(run_dir, "end")[-1]["step"] == 8
+    assert all(r["world_size"] == 2 and r["launcher"] == "torchrun" for r in records(run_dir)
+               if r.get("event") == "start")
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000008"
+    assert (run_dir / "logs" / f"job{job_id}.restart1").is_dir()  # per-job, per-restart rank logs
