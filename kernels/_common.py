@@ -140,7 +140,8 @@ class _TableCache:
 _CACHE = _TableCache()
 
 
-def compact_context(ctx_index: torch.Tensor, ctx_bias_id: torch.Tensor, num_blocks: int, num_bias: int):
+def compact_context(ctx_index: torch.Tensor, ctx_bias_id: torch.Tensor, num_blocks: int, num_bias: int,
+                    names: tuple[str, str, str] = ("ctx_index", "ctx_bias_id", "ctx_k")):
     """Valid entries first (stable), as int32, plus the count per row; checks every value once.
 
     ctx_index [R, C] (-1 = none), ctx_bias_id [R, C] -> (index [R, C], bias_id [R, C], count [R]).
@@ -151,9 +152,9 @@ def compact_context(ctx_index: torch.Tensor, ctx_bias_id: torch.Tensor, num_bloc
             bad_block = ((ctx_index < -1) | (ctx_index >= num_blocks)).any()
             bad_bias = ((ctx_bias_id < 0) | (ctx_bias_id >= num_bias)) & (ctx_index >= 0)
             if bool(bad_block):
-                raise ValueError(f"ctx_index entries must be -1 or in [0, {num_blocks}) (blocks of ctx_k)")
+                raise ValueError(f"{names[0]} entries must be -1 or in [0, {num_blocks}) (blocks of {names[2]})")
             if bool(bad_bias.any()):
-                raise ValueError(f"ctx_bias_id entries of valid context must lie in [0, {num_bias}) (columns of bias)")
+                raise ValueError(f"{names[1]} entries of valid context must lie in [0, {num_bias}) (columns of bias)")
         invalid = (ctx_index < 0).to(torch.int8)
         perm = torch.sort(invalid, dim=1, stable=True).indices
         index = ctx_index.gather(1, perm).to(torch.int32).contiguous()

@@ -55,7 +55,7 @@ def _split_kernel(
     s_qr, s_qh, s_qd, s_pkb, s_pkn, s_pkh, s_pkd, s_pvb, s_pvn, s_pvh, s_pvd,
     s_okb, s_okn, s_okh, s_okd, s_ovb, s_ovn, s_ovh, s_ovd,
     s_tkb, s_tkn, s_tkh, s_tkd, s_tvb, s_tvn, s_tvh, s_tvd,
-    s_or, s_oh, s_od, s_bh, C, H, own_bid, text_bid, qk_scale, units_per_split, num_splits,
+    s_or, s_oh, s_od, s_bh, s_own_slot, s_own_len, C, H, own_bid, text_bid, qk_scale, units_per_split, num_splits,
     M_K: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_TEXT: tl.constexpr, SINGLE: tl.constexpr,
 ):
@@ -74,7 +74,7 @@ def _split_kernel(
     bias_h = Bias + h * s_bh
 
     # this program's range of units: own cache units, then context units, then text units
-    own_len = tl.load(OwnLen + r)
+    own_len = tl.load(OwnLen + r * s_own_len)
     own_units = tl.cdiv(own_len, BLOCK_N)
     ctx_units = tl.load(CtxCnt + r) * CTX_TILES
     u0 = split * units_per_split
@@ -84,7 +84,7 @@ def _split_kernel(
     l_i = 0.0
     acc = tl.zeros([BLOCK_D], tl.float32)
 
-    slot = tl.load(OwnSlot + r).to(tl.int64)
+    slot = tl.load(OwnSlot + r * s_own_slot).to(tl.int64)
     k_own, v_own = OK + slot * s_okb + h * s_okh, OV + slot * s_ovb + h * s_ovh
     b_own = tl.load(bias_h + own_bid).to(tl.float32) * RCP_LN2
     for u in range(u0, tl.minimum(u1, own_units)):
@@ -205,7 +205,8 @@ def pool_decode_attention(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_
     R, H, D = q.shape
     S, m = pool_k.shape[:2]
     n = own_k.shape[1]
-    slots, slot_bias, count = compact_context(ctx_slots, ctx_bias_id, S, bias.shape[1])
+    slots, slot_bias, count = compact_context(ctx_slots, ctx_bias_id, S, bias.shape[1],
+                                             names=("ctx_slots", "ctx_bias_id", "pool_k"))
     out = alloc_output((R, H, D), q.dtype, q.device)
     if R == 0:
         return out
@@ -229,7 +230,7 @@ def pool_decode_attention(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_
         q, pool_k, pool_v, slots, slot_bias, count, own_k, own_v, own_slot, own_len, tk, tv, tidx, tlen, bias,
         out, part_m, part_l, part_acc,
         *q.stride(), *pool_k.stride(), *pool_v.stride(), *own_k.stride(), *own_v.stride(), *tk.stride(), *tv.stride(),
-        *out.stride(), bias.stride(0), slots.shape[1], H, int(own_bias_id), bias.shape[1] - 1, LOG2E / math.sqrt(D),
+        *out.stride(), bias.stride(0), own_slot.stride(0), own_len.stride(0), slots.shape[1], H, int(own_bias_id), bias.shape[1] - 1, LOG2E / math.sqrt(D),
         units_per_split, splits, M_K=m, HEAD_DIM=D, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, HAS_TEXT=has_text,
         SINGLE=single, num_warps=num_warps, num_stages=num_stages,
     )

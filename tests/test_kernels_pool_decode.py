@@ -1,0 +1,100 @@
+"""kernels/pool_decode.py against the reference (nuwa_ds.model.attention) on pool views, with
+NaN-poisoned outputs and partial buffers. CPU: TRITON_INTERPRET=1; GPU: run with TRITON_INTERPRET=0."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kernels._common as common
+from kernels.pool_decode import pool_decode_attention
+from nuwa_ds.model.attention import TextContext, reference_pool_decode_attention
+
+DEVICE = "cuda" if torch.cuda.is_available() and not common.INTERPRET else "cpu"
+TOLERANCE = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+@pytest.fixture(autouse=True)
+def _poison_outputs(monkeypatch):
+    monkeypatch.setattr(common, "POISON_OUTPUTS", True)
+
+
+def relative_error(a, b) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def make_decode(dtype=torch.float32, heads=3, head_dim=16, n=16, slots=7, layers=2, with_text=False):
+    """Rows as generation makes them: the pool [S, layers, 2, H, n, D] is read through the
+    per-layer views; context lists have -1 holes and one row has no context at all; own caches are
+    filled to different lengths (1 = only the current token)."""
+    pool = torch.randn(slots, layers, 2, heads, n, head_dim, dtype=dtype, device=DEVICE)
+    own = torch.randn(slots, layers, 2, heads, n, head_dim, dtype=dtype, device=DEVICE)
+    layer = layers - 1
+    args = dict(
+        q=torch.randn(4, 3, heads, head_dim, dtype=dtype, device=DEVICE)[:, 0],  # a strided view, as in the model
+        pool_k=pool[:, layer, 0].transpose(1, 2), pool_v=pool[:, layer, 1].transpose(1, 2),
+        ctx_slots=torch.tensor([[2, -1, 5, 0], [-1, -1, -1, -1], [6, 1, 3, -1], [4, 4, -1, 2]], device=DEVICE),
+        ctx_bias_id=torch.randint(0, 9, (4, 4), device=DEVICE),
+        own_k=own[:, layer, 0].transpose(1, 2), own_v=own[:, layer, 1].transpose(1, 2),
+        own_slot=torch.tensor([4, 1, 3, 0], device=DEVICE), own_len=torch.tensor([n, 1, n // 2 + 1, 3], device=DEVICE),
+        own_bias_id=4, bias=torch.randn(heads, 10, device=DEVICE), text=None)
+    if with_text:
+        args["text"] = TextContext(torch.randn(2, 5, heads, head_dim, dtype=dtype, device=DEVICE),
+                                   torch.randn(2, 5, heads, head_dim, dtype=dtype, device=DEVICE),
+                                   torch.tensor([3, 0], device=DEVICE), torch.tensor([0, 1, 0, 1], device=DEVICE))
+    return args
+
+
+def check(args, **launch):
+    out = pool_decode_attention(**args, **launch)
+    cast = {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in args.items()}
+    if args["text"] is not None:
+        t = args["text"]
+        cast["text"] = TextContext(t.k.double(), t.v.double(), t.length, t.index)
+    ref = reference_pool_decode_attention(**cast)
+    assert out.dtype == args["q"].dtype and out.shape == ref.shape
+    assert not out.isnan().any(), "unwritten (poisoned) output elements"
+    assert relative_error(out, ref) <= TOLERANCE[out.dtype], f"{relative_error(out, ref):.2e}"
+
+
+@pytest.mark.parametrize("with_text", [False, True])
+@pytest.mark.parametrize("splits", [1, 3, 40])
+def test_matches_reference_for_any_split(splits, with_text):
+    """40 splits is more than any row has units: empty splits must combine as zero weight."""
+    check(make_decode(with_text=with_text), num_splits=splits)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_inputs(dtype):
+    check(make_decode(dtype=dtype, with_text=True), num_splits=3)
+
+
+def test_odd_head_size_and_small_units():
+    """D = 24 (masked head dimension) and 8-key units (several units per block, partial own cache)."""
+    check(make_decode(head_dim=24, with_text=True), num_splits=3, block_n=8)
+
+
+def test_default_launch_with_broadcast_lengths():
+    """own_len as generation's CUDA-graph step passes it: a 0-dim position expanded (stride 0)."""
+    args = make_decode(with_text=True)
+    args["own_len"] = torch.tensor(6, device=DEVICE).expand(4)
+    check(args)
+
+
+BAD = {
+    "q not [R, H, D]": (lambda a: a.update(q=a["q"][None]), "q must have 3 dimensions"),
+    "pool of another head size": (lambda a: a.update(pool_k=a["pool_k"][..., :8], pool_v=a["pool_v"][..., :8]),
+                                  "pool_k must be"),
+    "slot out of range": (lambda a: a.update(ctx_slots=a["ctx_slots"] + 10), "ctx_slots entries must be -1 or in"),
+    "own_slot per row": (lambda a: a.update(own_slot=a["own_slot"][:2]), "own_slot and own_len"),
+    "own_bias_id": (lambda a: a.update(own_bias_id=10), "own_bias_id"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_raises_value_error(case):
+    args = make_decode()
+    mutate, message = BAD[case]
+    mutate(args)
+    with pytest.raises(ValueError, match=message):
+        pool_decode_attention(**args)
