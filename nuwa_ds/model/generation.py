@@ -38,6 +38,8 @@ class GenerationConfig:
     """Seed of the per-(example, patch, token) random numbers."""
     wavefront: bool = False
     """Decode every patch whose context is finished together (same canvas, fewer steps)."""
+    cuda_graph: bool = True
+    """On CUDA, capture the token step in a CUDA graph (one per number of rows) and replay it."""
 
     def validate(self):
         if self.temperature < 0:
@@ -70,10 +72,11 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def keyed_uniform(seed: int, example: torch.Tensor, patch: torch.Tensor, token: int) -> torch.Tensor:
-    """Uniform [0, 1) numbers, one per row, that depend only on (seed, example, patch, token)."""
+def keyed_uniform(seed: int, example: torch.Tensor, patch: torch.Tensor, token) -> torch.Tensor:
+    """Uniform [0, 1) numbers, one per row, that depend only on (seed, example, patch, token);
+    ``token`` is an int or a 0-dim tensor (the CUDA-graph step keeps it on the device)."""
     h = _mix32(torch.full_like(example, seed & 0xFFFFFFFF) ^ 0x9E3779B9)
-    for part in (example, patch, torch.full_like(example, token)):
+    for part in (example, patch, torch.zeros_like(example) + token):
         h = _mix32(h ^ _mix32(part + 0x632BE5AB))
     return (h >> 8).to(torch.float32) / float(1 << 24)
 
@@ -170,7 +173,7 @@ class GlobalStepLayout(_PoolLayout):
 class DecodeStepLayout(_PoolLayout):
     """One token of the local stack per row: appends K/V to the row's own cache at ``position``."""
 
-    position: int = 0
+    position: torch.Tensor  # 0-dim long tensor, shared with TokenStep (advanced inside CUDA graphs)
 
     def local_attend(self, layer, q, k, v, bias, context_kv):
         own = self.pool.own_kv
@@ -178,7 +181,7 @@ class DecodeStepLayout(_PoolLayout):
         own[self.slots, layer, 1, :, self.position] = v[:, 0]
         ctx_k, ctx_v = RotatingPool.view(self.pool.context_kv, layer)
         own_k, own_v = RotatingPool.view(own, layer)
-        own_len = torch.full_like(self.slots, self.position + 1)
+        own_len = (self.position + 1).expand(self.slots.shape)
         out = pool_decode_attention(q[:, 0], ctx_k, ctx_v, self.ctx_slots, self.ctx_offset, own_k, own_v,
                                     self.slots, own_len, self.own_offset, bias,
                                     text=self._text("local", layer, context_kv), backend=self.backend)
@@ -197,6 +200,42 @@ class _TextCache:
             self.cache[(key, layer)] = kv_fn(self.states)
         k, v = self.cache[(key, layer)]
         return TextContext(k, v, self.length, self.rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory, before anything is allocated
+
+
+def estimate_generation_memory(cfg, shape, order: str, batch_size: int = 1, wavefront: bool = False,
+                               guided: bool = False, dtype=None, backend: str = "reference",
+                               return_logits: bool = False) -> dict:
+    """Bytes the pool and the per-step activations of a generation will take (weights excluded).
+
+    The pool depends on the order's frontier (slots per canvas), not on the canvas length; the
+    activations on the widest step (rows decoded together)."""
+    from nuwa_ds.model.nuwa import patch_canvas
+
+    dtype = dtype or torch.float32
+    elt = torch.tensor([], dtype=dtype).element_size()
+    table = O.context_table(patch_canvas(shape, cfg.patch_size), order, cfg.extents)
+    rows_b = batch_size * (2 if guided else 1)
+    pool = rows_b * table.slots_needed(wavefront) * RotatingPool.bytes_per_slot(cfg, dtype)
+    width = max(len(w) for w in table.steps(wavefront))
+    rows = rows_b * width
+    n, C = cfg.tokens_per_patch, table.max_context
+    d = max(cfg.d_global, cfg.d_local)
+    hidden = int(d * cfg.mlp_ratio)
+    heads = d // cfg.head_dim
+    # global step over `rows` patches: residual, qkv, mlp hidden, and the attention itself
+    act = rows * n * (4 * d + hidden) * elt
+    if backend == "reference":  # gathered context blocks and the explicit mask/score matrix
+        act += rows * (C + 1) * n * 2 * d * elt + 2 * rows * heads * n * (C + 1) * n * 4
+    act += rows * cfg.vocab_size * 4 * 3  # decode-step logits and sampling buffers (fp32)
+    canvas = batch_size * table.num_patches * n * 8
+    if return_logits:
+        canvas += batch_size * table.num_patches * n * cfg.vocab_size * 4
+    return {"pool": pool, "activations": act, "canvas": canvas, "total": pool + act + canvas,
+            "slots_per_canvas": table.slots_needed(wavefront), "rows_per_step": rows}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,6 +310,7 @@ def run_generation(model, shape, order: str, batch_size: int, prompt=None, promp
     ctx_index, ctx_offset = table.ctx_index.to(device), table.ctx_offset.to(device)
     live: dict[int, list[int]] = {}
     decoded = 0
+    use_graph = device.type == "cuda" and config.cuda_graph
 
     for step, patches in enumerate(schedule):
         patches = patches.to(device)
@@ -297,8 +337,11 @@ def run_generation(model, shape, order: str, batch_size: int, prompt=None, promp
             if guided:  # decode a pair (conditional, unconditional) together or not at all
                 sel = sel[sel < w * batch_size]
                 sel = torch.cat([sel, sel + w * batch_size])
-            _decode_patches(model, pool, sel, slots, ctx_slots, coff, rb, rp, canon, frame_of, order_id, own_offset,
-                            backend, text_cache, config, guided, batch_size, canvas, prompt_p, mask_p, logits_out)
+            half = sel[: sel.numel() // 2] if guided else sel
+            step_fn = TokenStep(model, pool, slots[sel], ctx_slots[sel], coff[sel], own_offset, backend, text_cache,
+                                rb[sel], order_id, frame_of[rp[sel]], canon[half], rp[half], config, guided,
+                                canvas, prompt_p, mask_p, logits_out)
+            step_fn.run_patch(n, use_graph=use_graph)
             decoded += int(sel.numel()) // (2 if guided else 1)
 
         # 2. global stack on the finished patches that someone will read
@@ -327,33 +370,71 @@ def run_generation(model, shape, order: str, batch_size: int, prompt=None, promp
     return GenerationResult(tokens, logits, stats)
 
 
-def _decode_patches(model, pool, sel, slots, ctx_slots, coff, rb, rp, canon, frame_of, order_id, own_offset, backend,
-                    text_cache, config, guided, batch_size, canvas, prompt_p, mask_p, logits_out):
-    """Token-by-token decode of rows ``sel`` of this step (the local stack through the pool)."""
-    local, n = model.local_model, model.config.tokens_per_patch
-    R = sel.numel()
-    if text_cache is not None:
-        text_cache.rows = rb[sel]
-    layout = DecodeStepLayout(pool, slots[sel], ctx_slots[sel], coff[sel], own_offset, backend, text_cache)
-    order = torch.full((R,), order_id, dtype=torch.long, device=sel.device)
-    x = local.begin_of_patch(order, frame_of[rp[sel]])  # [R, d_local]
-    half = R // 2 if guided else R  # the first `half` rows are the (conditional) canvas rows
-    b, p = canon[sel][:half], rp[sel][:half]
-    for k in range(n):
-        layout.position = k
-        h = (x + local.pos[k]).unsqueeze(1)
+class TokenStep:
+    """One token of the local stack for a fixed set of rows, with every per-token input in device
+    tensors (position, previous token), so the same step runs eagerly on CPU and is captured once
+    in a CUDA graph per row count on GPU, then replayed n times per patch.
+
+    Rows are internal rows (with guidance: the conditional rows, then the unconditional ones);
+    ``b``/``p`` are the canvas row and canonical patch of the first ``half`` rows.
+    """
+
+    def __init__(self, model, pool, slots, ctx_slots, ctx_offset, own_offset, backend, text_cache, text_rows,
+                 order_id, frame, b, p, config, guided, canvas, prompt_p, mask_p, logits_out):
+        self.model, self.config, self.guided = model, config, guided
+        self.canvas, self.prompt_p, self.mask_p, self.logits_out = canvas, prompt_p, mask_p, logits_out
+        self.b, self.p, self.half = b, p, b.numel()
+        self.text_cache, self.text_rows = text_cache, text_rows
+        self.layout = DecodeStepLayout(pool, slots, ctx_slots, ctx_offset, own_offset, backend, text_cache)
+        device = slots.device
+        self.position = torch.zeros((), dtype=torch.long, device=device)  # token index inside the patch
+        self.layout.position = self.position
+        order = torch.full((slots.numel(),), order_id, dtype=torch.long, device=device)
+        self.bos = model.local_model.begin_of_patch(order, frame)  # [R, d_local]
+        self.prev = torch.zeros(slots.numel(), dtype=torch.long, device=device)
+        self.graph = None
+
+    def __call__(self):
+        """Decode token ``position`` of every row; advance ``position``."""
+        if self.text_cache is not None:
+            self.text_cache.rows = self.text_rows
+        local, k = self.model.local_model, self.position
+        x = torch.where(k == 0, self.bos, local.embed(self.prev)) + local.pos[k]
+        h = x.unsqueeze(1)  # [R, 1, d_local]
         for i, block in enumerate(local.blocks):
-            h = block(h, layout, i)
-        _, logits = model.head(h[:, 0], return_logits=True)
+            h = block(h, self.layout, i)
+        _, logits = self.model.head(h[:, 0], return_logits=True)
         logits = logits.float()
-        if guided:
-            logits = logits[half:] + config.cfg_scale * (logits[:half] - logits[half:])
-        if logits_out is not None:
-            logits_out[b, p, k] = logits
-        token = sample_tokens(logits, keyed_uniform(config.seed, b, p, k), config)
-        if mask_p is not None:
-            token = torch.where(mask_p[b, p, k], prompt_p[b, p, k], token)
-        canvas[b, p, k] = token
-        if guided:
-            token = torch.cat([token, token])
-        x = local.embed(token)
+        if self.guided:
+            logits = logits[self.half :] + self.config.cfg_scale * (logits[: self.half] - logits[self.half :])
+        if self.logits_out is not None:
+            self.logits_out[self.b, self.p, k] = logits
+        token = sample_tokens(logits, keyed_uniform(self.config.seed, self.b, self.p, k), self.config)
+        if self.mask_p is not None:
+            token = torch.where(self.mask_p[self.b, self.p, k], self.prompt_p[self.b, self.p, k], token)
+        self.canvas[self.b, self.p, k] = token
+        self.prev.copy_(torch.cat([token, token]) if self.guided else token)
+        self.position.add_(1)
+
+    def run_patch(self, n: int, use_graph: bool):
+        self.position.zero_()
+        if not use_graph:
+            for _ in range(n):
+                self()
+            return
+        if self.graph is None:
+            self._capture()
+            self.position.zero_()
+        for _ in range(n):
+            self.graph.replay()
+
+    def _capture(self):
+        # warm up on a side stream (allocator, lazy kernels), then capture one step
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            self()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self()
