@@ -1,0 +1,271 @@
+"""``nuwa-ds eval``: FID and Block-FID between two image folders, with the FID Inception weights
+from a local file in the pytorch-fid format (FID_WEIGHTS_URL).
+
+    nuwa-ds eval --real REAL_DIR --fake FAKE_DIR --inception-weights pt_inception-2015-12-05-6726825d.pth \\
+        [--block-size 256] [--batch-size 50] [--device auto] [--workers 4] [--out eval.json]
+
+Each folder is decoded once; whole images (resized to 299x299 as pytorch-fid does) feed the FID
+statistics and, with ``--block-size``, the non-overlapping blocks of each image feed the Block-FID
+statistics (definition: ``nuwa_ds.metrics.images`` and docs/decisions.md). ``--real`` / ``--fake`` may
+also be a statistics ``.npz`` (pytorch-fid's ``mu``/``sigma``, or one written by ``--save-stats``), so
+a reference set is featurised once. Python: ``compute_fid``, ``compute_block_fid``, ``evaluate``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from nuwa_ds.metrics.fid import FeatureStats, frechet_distance
+from nuwa_ds.metrics.images import ImageFolder, cut_blocks, scan_folder
+from nuwa_ds.metrics.inception import (FEATURE_DIM, FID_WEIGHTS_SHA256_PREFIX, FIDInceptionV3, file_sha256,
+                                       load_fid_inception, read_state_dict)
+
+PathLike = Union[str, Path]
+# below this many samples the 2048-d covariance is rank deficient and FID is strongly biased upward
+RELIABLE_SAMPLES = FEATURE_DIM
+
+__all__ = ["compute_fid", "compute_block_fid", "evaluate", "folder_statistics", "add_arguments", "run"]
+
+
+def resolve_device(device: Optional[Union[str, torch.device]]) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} requested but CUDA is not available")
+    return device
+
+
+class _FeatureSink:
+    """Collects preprocessed [n, 3, 299, 299] inputs, runs the network per ``batch_size`` rows and
+    merges the features into one FeatureStats."""
+
+    def __init__(self, network: FIDInceptionV3, batch_size: int):
+        self.network, self.batch_size = network, batch_size
+        self.stats = FeatureStats(FEATURE_DIM)
+        self.pending: list[torch.Tensor] = []
+        self.rows = 0
+
+    def add(self, images: torch.Tensor) -> None:
+        """uint8 [n, 3, H, W] (all one size). Resized in chunks so a canvas of thousands of blocks
+        never exists as float at full size all at once."""
+        for chunk in images.split(self.batch_size):
+            x = FIDInceptionV3.preprocess(chunk.float() / 255.0)  # [n, 3, 299, 299] in [-1, 1]
+            self.pending.append(x.contiguous(memory_format=torch.channels_last))
+            self.rows += x.shape[0]
+            while self.rows >= self.batch_size:
+                self._run(self.batch_size)
+
+    def flush(self) -> FeatureStats:
+        if self.rows:
+            self._run(self.rows)
+        return self.stats
+
+    def _run(self, n: int) -> None:
+        batch = torch.cat(self.pending)
+        self.pending = [batch[n:]] if batch.shape[0] > n else []
+        self.rows = batch.shape[0] - n
+        self.stats.update(self.network.features(batch[:n]))  # [n, 2048]
+
+
+def folder_statistics(folder: PathLike, network: FIDInceptionV3, *, block_size: Optional[int] = None,
+                      batch_size: int = 50, num_workers: int = 0, progress: bool = False,
+                      ) -> dict[str, FeatureStats]:
+    """One pass over ``folder``: ``{"fid": stats}`` of whole images and, with ``block_size``,
+    ``{"block_fid": stats}`` of their blocks. ``network`` is on the device to compute on."""
+    from tqdm import tqdm
+
+    paths, _ = scan_folder(folder, None)
+    device = next(network.parameters()).device
+    sinks = {"fid": _FeatureSink(network, batch_size)}
+    if block_size is not None:
+        sinks["block_fid"] = _FeatureSink(network, batch_size)
+    loader = torch.utils.data.DataLoader(ImageFolder(paths), batch_size=None, num_workers=num_workers,
+                                         pin_memory=device.type == "cuda")
+    # fp32 convolutions (no TF32): FID values must not depend on the GPU generation
+    with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, benchmark=True, allow_tf32=False):
+        for image in tqdm(loader, total=len(paths), desc=f"features {Path(folder).name}", unit="img",
+                          disable=not progress, file=sys.stderr):
+            image = image.to(device, non_blocking=True)  # uint8 [3, H, W]
+            sinks["fid"].add(image[None])
+            if block_size is not None:
+                sinks["block_fid"].add(cut_blocks(image, block_size))  # [blocks, 3, b, b]
+        return {name: sink.flush() for name, sink in sinks.items()}
+
+
+# ----------------------------------------------------------------------------- statistics files
+
+def save_statistics(stats: dict[str, FeatureStats], path: PathLike, block_size: Optional[int]) -> None:
+    """One .npz: pytorch-fid's ``mu``/``sigma`` (+ ``count``, ``rows``), and ``block_*`` with Block-FID."""
+    arrays = stats["fid"].arrays()
+    if "block_fid" in stats:
+        arrays.update(stats["block_fid"].arrays(prefix="block_"), block_size=np.int64(block_size))
+    np.savez(path, **arrays)
+
+
+def load_statistics(path: Path, block_size: Optional[int]) -> dict[str, FeatureStats]:
+    with np.load(path) as data:
+        stats = {"fid": FeatureStats.from_arrays(data, source=str(path))}
+        if block_size is not None:
+            stored = int(data["block_size"]) if "block_size" in data else None
+            if stored != block_size:
+                raise ValueError(f"{path} holds no Block-FID statistics for {block_size}px blocks "
+                                 f"(stored: {stored}); compute them from the image folder")
+            stats["block_fid"] = FeatureStats.from_arrays(data, prefix="block_", source=str(path))
+    return stats
+
+
+# ----------------------------------------------------------------------------- the evaluation
+
+def _check_source(source: Path, block_size: Optional[int], role: str) -> dict:
+    """Validate one side before any network is built: counts from file headers only."""
+    if source.is_file() and source.suffix == ".npz":
+        return {"path": str(source), "statistics_file": True}
+    paths, blocks = scan_folder(source, block_size)
+    if len(paths) < 2:
+        raise ValueError(f"{role} folder {source} holds {len(paths)} image(s); FID needs at least 2")
+    if block_size is not None and blocks < 2:
+        raise ValueError(f"{role} folder {source} yields {blocks} block(s) of {block_size}x{block_size} px; "
+                         f"Block-FID needs at least 2 (images smaller than a block contribute none)")
+    info = {"path": str(source), "images": len(paths)}
+    if block_size is not None:
+        info["blocks"] = blocks
+    return info
+
+
+def _check_options(block_size, batch_size, num_workers, method) -> None:
+    if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
+        raise ValueError(f"block size must be a positive integer (pixels), got {block_size!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"workers must be a non-negative integer, got {num_workers!r}")
+    if method not in ("eigh", "sqrtm"):
+        raise ValueError(f"unknown FID method {method!r}; choose 'eigh' or 'sqrtm'")
+
+
+def _network(weights: Union[PathLike, FIDInceptionV3], device: torch.device) -> tuple[FIDInceptionV3, dict]:
+    if isinstance(weights, FIDInceptionV3):
+        return weights.to(device).to(memory_format=torch.channels_last), {"path": None}
+    path = Path(weights)
+    sha = file_sha256(path)
+    network = load_fid_inception(path, device).to(memory_format=torch.channels_last)
+    return network, {"path": str(path), "sha256": sha,
+                     "pytorch_fid_file": sha.startswith(FID_WEIGHTS_SHA256_PREFIX)}
+
+
+def evaluate(real: PathLike, fake: PathLike, weights: Union[PathLike, FIDInceptionV3], *,
+             block_size: Optional[int] = None, batch_size: int = 50, device=None, num_workers: int = 0,
+             method: str = "eigh", progress: bool = False, save_stats: Optional[PathLike] = None) -> dict:
+    """FID (and Block-FID with ``block_size``) between ``real`` and ``fake``: image folders or
+    statistics ``.npz`` files. Every input is checked before the network is built. Returns a dict
+    with ``fid``, ``block_fid`` (or None) and what was measured."""
+    _check_options(block_size, batch_size, num_workers, method)
+    device = resolve_device(device)
+    if not isinstance(weights, FIDInceptionV3) and not Path(weights).is_file():
+        read_state_dict(weights)  # raises FileNotFoundError naming the file and the download URL
+    sources = {"real": Path(real), "fake": Path(fake)}
+    info = {role: _check_source(path, block_size, role) for role, path in sources.items()}
+    network, weights_info = _network(weights, device)
+
+    start = time.perf_counter()
+    stats = {}
+    for role, path in sources.items():
+        if info[role].get("statistics_file"):
+            stats[role] = load_statistics(path, block_size)
+        else:
+            stats[role] = folder_statistics(path, network, block_size=block_size, batch_size=batch_size,
+                                            num_workers=num_workers, progress=progress)
+            if save_stats is not None:
+                Path(save_stats).mkdir(parents=True, exist_ok=True)
+                save_statistics(stats[role], Path(save_stats) / f"{role}.npz", block_size)
+    features_s = time.perf_counter() - start
+    result = {"fid": frechet_distance(stats["real"]["fid"], stats["fake"]["fid"], method)}
+    result["block_fid"] = (frechet_distance(stats["real"]["block_fid"], stats["fake"]["block_fid"], method)
+                           if block_size is not None else None)
+    for role in sources:
+        info[role]["fid_samples"] = stats[role]["fid"].count
+        if block_size is not None:
+            info[role]["block_fid_samples"] = stats[role]["block_fid"].count
+        small = [k for k, s in stats[role].items() if s.count < RELIABLE_SAMPLES]
+        if small:
+            warnings.warn(f"{role}: {', '.join(f'{k} from {stats[role][k].count} samples' for k in small)}: "
+                          f"fewer than {RELIABLE_SAMPLES} samples bias FID upward; compare only scores "
+                          f"computed from equal sample counts")
+    result.update(block_size=block_size, real=info["real"], fake=info["fake"], weights=weights_info,
+                  method=method, device=str(device), batch_size=batch_size,
+                  seconds={"features": round(features_s, 3),
+                           "frechet": round(time.perf_counter() - start - features_s, 3)})
+    return result
+
+
+def compute_fid(folder_a: PathLike, folder_b: PathLike, weights: Union[PathLike, FIDInceptionV3], *,
+                batch_size: int = 50, device=None, num_workers: int = 0, method: str = "eigh") -> float:
+    """FID between two image folders (or statistics files); ``weights`` is the pytorch-fid weights
+    file or an already loaded FIDInceptionV3 (to reuse it across calls)."""
+    return evaluate(folder_a, folder_b, weights, batch_size=batch_size, device=device,
+                    num_workers=num_workers, method=method)["fid"]
+
+
+def compute_block_fid(folder_a: PathLike, folder_b: PathLike, weights: Union[PathLike, FIDInceptionV3], *,
+                      block_size: int = 256, batch_size: int = 50, device=None, num_workers: int = 0,
+                      method: str = "eigh") -> float:
+    """Block-FID: FID over the non-overlapping ``block_size`` px blocks of every image (remainders
+    dropped; see nuwa_ds.metrics.images)."""
+    return evaluate(folder_a, folder_b, weights, block_size=block_size, batch_size=batch_size, device=device,
+                    num_workers=num_workers, method=method)["block_fid"]
+
+
+# ----------------------------------------------------------------------------- command line
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--real", required=True, help="folder of reference images (PNG/JPG/..., any sizes; "
+                        "not recursive) or a statistics .npz")
+    parser.add_argument("--fake", required=True, help="folder of generated images, or a statistics .npz")
+    parser.add_argument("--inception-weights", required=True, metavar="FILE",
+                        help="local pytorch-fid Inception weights (pt_inception-2015-12-05-6726825d.pth, "
+                             "or the same tensors as .safetensors)")
+    parser.add_argument("--block-size", type=int, default=None, metavar="PX",
+                        help="also compute Block-FID over non-overlapping PX x PX blocks (e.g. 256)")
+    parser.add_argument("--batch-size", type=int, default=50, help="network batch size (default 50)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--workers", type=int, default=0, help="image decoding processes (default 0: in-process)")
+    parser.add_argument("--fid-method", choices=("eigh", "sqrtm"), default="eigh",
+                        help="trace term: exact symmetric eigenvalues (default) or scipy sqrtm as pytorch-fid")
+    parser.add_argument("--save-stats", metavar="DIR", default=None,
+                        help="write real.npz / fake.npz feature statistics, reusable as --real / --fake")
+    parser.add_argument("--out", metavar="JSON", default=None, help="write the results as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args) -> int:
+    result = evaluate(args.real, args.fake, args.inception_weights, block_size=args.block_size,
+                      batch_size=args.batch_size, device=args.device, num_workers=args.workers,
+                      method=args.fid_method, progress=not args.quiet, save_stats=args.save_stats)
+    real, fake = result["real"], result["fake"]
+    print(f"FID {result['fid']:.4f}  (real {real['fid_samples']} images, fake {fake['fid_samples']} images)")
+    if result["block_fid"] is not None:
+        print(f"Block-FID@{result['block_size']} {result['block_fid']:.4f}  "
+              f"(real {real['block_fid_samples']} blocks, fake {fake['block_fid_samples']} blocks)")
+    weights = result["weights"]
+    if weights.get("sha256") and not weights["pytorch_fid_file"]:
+        print(f"note: {weights['path']} has sha256 {weights['sha256'][:8]}..., not the pytorch-fid file "
+              f"({FID_WEIGHTS_SHA256_PREFIX}...): compare these scores only with scores from the same weights",
+              file=sys.stderr)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, out)  # atomic: a reader never sees half a file
+        print(f"wrote {out}")
+    return 0
