@@ -2,6 +2,8 @@
 
     nuwa-ds train --config tiny train.steps=100                       # one process, sets up its own rank
     torchrun --nproc-per-node 8 -m nuwa_ds.cli train --config nuwa-350m --ds-config zero2 --resume auto
+    deepspeed --num_gpus 8 --module nuwa_ds.train --config nuwa-350m            # adds --local_rank=N
+    srun --ntasks-per-node 8 python -m nuwa_ds.cli train --config nuwa-350m      # one task per GPU
     sbatch --nodes 4 slurm/train.sbatch nuwa-350m train.steps=100000  # see README "Training"
 
 Order of work: everything that can be wrong with the inputs is checked first (``preflight``: config,
@@ -464,4 +466,17 @@ def run(args) -> int:
     return result.exit_code
 
 
-__all__ = ["train", "preflight", "Trainer", "TrainResult", "Plan", "add_arguments", "run"]
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m nuwa_ds.train ...``: the same command for launchers that put their own flags first
+    (``deepspeed --module nuwa_ds.train`` passes ``--local_rank=N`` before our arguments)."""
+    import sys
+
+    from nuwa_ds.cli import main as cli_main
+
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+
+
+__all__ = ["train", "preflight", "Trainer", "TrainResult", "Plan", "add_arguments", "run", "main"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -86,3 +87,18 @@ def test_train_sbatch_checkpoints_requeues_and_resumes(slurm, tmp_path):
                if r.get("event") == "start")
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000008"
     assert (run_dir / "logs" / f"job{job_id}.restart1").is_dir()  # per-job, per-restart rank logs
+
+
+def test_srun_tasks_are_ranks(slurm, tmp_path):
+    """Without torchrun: ``srun -n 2 python -m nuwa_ds.cli train`` makes each task a rank (SLURM_PROCID)."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        ["srun", "--ntasks=2", "--cpus-per-task=1", "--time=5", sys.executable, "-m", "nuwa_ds.cli", "train",
+         "--config", "tiny", f"train.run_dir={run_dir}", *TINY, "train.steps=3", "train.ds_config=zero3"],
+        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    (start,) = events(run_dir, "start")
+    assert start["launcher"] == "srun" and start["world_size"] == 2
+    (check,) = events(run_dir, "replica_check")
+    assert check["equal"] and len(check["digests"]) == 2
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000003"

@@ -221,7 +221,8 @@ def test_detect_srun_task(monkeypatch):
 def test_detect_torchrun_and_deepspeed_launcher(monkeypatch):
     _env(monkeypatch, RANK=3, WORLD_SIZE=4, LOCAL_RANK=1, LOCAL_WORLD_SIZE=2, MASTER_ADDR="h", MASTER_PORT=1,
          SLURM_PROCID=0, SLURM_STEP_NUM_TASKS=1)  # torchrun inside an srun step: torchrun's variables win
-    assert D.detect(local_rank_arg=1) == D.DistEnv(3, 4, 1, 2, "torchrun")
+    assert D.detect() == D.DistEnv(3, 4, 1, 2, "torchrun")
+    assert D.detect(local_rank_arg=1) == D.DistEnv(3, 4, 1, 2, "deepspeed")
     with pytest.raises(ValueError, match="--local_rank=0 disagrees with LOCAL_RANK=1"):
         D.detect(local_rank_arg=0)
 

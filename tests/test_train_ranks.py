@@ -1,4 +1,5 @@
-"""Two real ranks (torchrun, gloo, CPU) under ZeRO 1, 2 and 3; exact resume after SIGKILL."""
+"""Two real ranks (gloo, CPU; torchrun and the deepspeed launcher) under ZeRO 1, 2 and 3; exact resume
+after SIGKILL."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ pytestmark = pytest.mark.slow
 STEPS = ["train.steps=12", "train.save_every=4", "train.micro_batch_size=2"]
 
 
+# ZeRO-1 runs under the deepspeed launcher (which passes --local_rank), the others under torchrun
+LAUNCHERS = {1: "deepspeed", 2: "torchrun", 3: "torchrun"}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One uninterrupted 2-rank run per ZeRO stage (shared by the tests below)."""
@@ -22,7 +27,8 @@ def runs(tmp_path_factory):
     def get(stage: int):
         if stage not in done:
             run_dir = tmp_path_factory.mktemp(f"zero{stage}")
-            rc = run(train_cmd(2, run_dir, f"train.ds_config=zero{stage}", *STEPS), run_dir / "log.txt")
+            rc = run(train_cmd(2, run_dir, f"train.ds_config=zero{stage}", *STEPS, launcher=LAUNCHERS[stage]),
+                     run_dir / "log.txt")
             assert rc == 0, (run_dir / "log.txt").read_text()[-3000:]
             done[stage] = run_dir
         return done[stage]
@@ -40,7 +46,7 @@ def test_two_ranks_train_and_agree(runs, stage):
     (check,) = events(run_dir, "replica_check")
     assert len(check["digests"]) == 2 and check["equal"] and len(set(check["digests"])) == 1
     (start_event,) = events(run_dir, "start")
-    assert start_event["world_size"] == 2 and start_event["launcher"] == "torchrun"
+    assert start_event["world_size"] == 2 and start_event["launcher"] == LAUNCHERS[stage]
     # checkpoints of steps 4, 8, 12 were written; keep_last=3 keeps all, 'latest' names the last
     ckpt = run_dir / "checkpoints"
     assert (ckpt / "latest").read_text() == "step_00000012"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -26,12 +27,23 @@ def clean_env(**extra) -> dict:
     return env
 
 
-def train_cmd(nproc: int, run_dir: Path, *args: str) -> list[str]:
-    """``nuwa-ds train`` under plain python (nproc=0) or torchrun with nproc ranks (gloo, CPU)."""
-    launcher = [sys.executable]
-    if nproc:
-        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    return [*launcher, "-m", "nuwa_ds.cli", "train", "--config", "tiny", f"train.run_dir={run_dir}", *TINY, *args]
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_cmd(nproc: int, run_dir: Path, *args: str, launcher: str = "torchrun") -> list[str]:
+    """``nuwa-ds train`` under plain python (nproc=0), or with nproc ranks (gloo, CPU) under torchrun or
+    the deepspeed launcher (which passes --local_rank=N first, hence ``-m nuwa_ds.train``)."""
+    command = ["-m", "nuwa_ds.cli", "train"]
+    prefix = [sys.executable]
+    if nproc and launcher == "torchrun":
+        prefix += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    elif nproc and launcher == "deepspeed":
+        prefix += ["-m", "deepspeed.launcher.runner", f"--num_gpus={nproc}", f"--master_port={free_port()}"]
+        command = ["--module", "nuwa_ds.train"]
+    return [*prefix, *command, "--config", "tiny", f"train.run_dir={run_dir}", *TINY, *args]
 
 
 def start(cmd: list[str], log: Path, **env) -> subprocess.Popen:

@@ -23,7 +23,7 @@ class DistEnv:
     local_rank: int
     local_world_size: int
     launcher: str
-    """'python', 'torchrun' (also the deepspeed launcher) or 'srun'."""
+    """'python', 'torchrun', 'deepspeed' (its launcher) or 'srun'."""
 
     @property
     def is_main(self) -> bool:
@@ -60,7 +60,7 @@ def detect(local_rank_arg: int | None = None) -> DistEnv:
     """Read (and, for python / srun, complete) the process-group environment."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
-        launcher = "torchrun"
+        launcher = "torchrun" if local_rank_arg is None else "deepspeed"  # the deepspeed launcher adds --local_rank
         if "LOCAL_RANK" not in env:
             env["LOCAL_RANK"] = str(local_rank_arg if local_rank_arg is not None else 0)
         env.setdefault("LOCAL_WORLD_SIZE", env.get("LOCAL_SIZE", "1"))
