@@ -334,7 +334,8 @@ class DataConfig(ConfigBase):
     canvas: tuple[int, int, int] = (1, 64, 64)
     """Training canvas in tokens (T, H, W); H and W multiples of the patch size."""
     canvases: list[tuple[int, int, int]] = field(default_factory=list)
-    """Extra canvas sizes (aspect buckets); each batch uses one size, chosen with a seeded RNG."""
+    """Extra canvas sizes (aspect buckets); each batch uses one size. Shards: a sample goes to the
+    fitting canvas closest to its aspect ratio; synthetic grids: a seeded random size per batch."""
     orders: dict[str, float] = field(default_factory=lambda: {"down": 1.0, "up": 1.0, "right": 1.0, "left": 1.0})
     """Order sampling weights; one order is drawn per example."""
     caption_dropout: float = 0.1
@@ -344,7 +345,8 @@ class DataConfig(ConfigBase):
     samples_per_epoch: int = 100_000
     """Length of one resampled 'epoch' per rank (resampled shards never run dry)."""
     shuffle_buffer: int = 1000
-    """Samples held in the shuffle buffer per worker."""
+    """Shards: usable samples each loader stream pools and shuffles at a time (whole shards are read
+    until this many are pooled); also what bounds a worker's memory."""
     seed: int = 1234
     """Data RNG seed (crops, orders, shard sampling)."""
     prefetch_factor: int = 4
@@ -367,6 +369,9 @@ class DataConfig(ConfigBase):
         for canvas in [self.canvas, *self.canvases]:
             if len(canvas) != 3 or any(c < 1 for c in canvas):
                 raise ConfigError(f"data.canvas: expected (T, H, W) token sizes >= 1, got {canvas}")
+        for name in ("shuffle_buffer", "prefetch_factor", "samples_per_epoch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass

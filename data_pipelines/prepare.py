@@ -1,0 +1,521 @@
+"""``nuwa-ds prepare``: pictures / videos (+ captions) -> VQ tokens -> WebDataset tar shards.
+
+Geometry (docs/decisions.md, "Shards"):
+
+* A picture is resized (Lanczos, aspect kept) so its **short side** is ``image_size`` pixels
+  (``image_size=0`` keeps the native size), then both sides are cut down to multiples of
+  ``align = patch_size * f`` pixels by a centred crop (less than ``align`` pixels lost per side pair),
+  so every token grid is a whole number of patches.
+* A long panorama stays whole while its long side is at most ``max_aspect`` x its short side; beyond
+  that it is cut into the fewest equal, evenly spaced pieces of that length that cover it (each piece
+  its own sample, keys ``..._p00``, ``..._p01``; pieces may overlap slightly, nothing is dropped).
+* A video is decoded with PyAV, frames sampled at ``fps`` (every frame if the source is slower), each
+  frame under the same rule, and cut into clips of ``clip_frames`` consecutive sampled frames (keys
+  ``..._c0000``...); a tail shorter than a clip is dropped, unless the whole video is shorter than
+  one clip, which then becomes one shorter clip.
+
+Tokenizing runs in batches of ``batch_size`` frames on the GPU when there is one (``device='auto'``).
+Each finished shard updates ``prepare_state.json`` atomically; running the same command again after
+an interruption continues from the last finished shard and produces the same shards as an
+uninterrupted run. The result is described by ``manifest.json`` (brace pattern, sample counts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from data_pipelines.samples import encode_sample
+from data_pipelines.sources import Captions, Source, iter_sources, open_source_image
+
+log = logging.getLogger("nuwa_ds.prepare")
+STATE_FILE = "prepare_state.json"
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclass
+class PrepareOptions:
+    image_size: int = 256
+    """Short side in pixels after resizing (0: keep the native size)."""
+    patch_size: int = 16
+    """Model patch size in tokens: pixel sizes are cut to multiples of patch_size * f."""
+    max_aspect: float = 20.0
+    """Long side / short side kept whole; longer panoramas are cut into pieces of this aspect."""
+    fps: float = 8.0
+    """Video frames sampled per second (every frame if the source is slower)."""
+    clip_frames: int = 16
+    """Sampled frames per video sample."""
+    batch_size: int = 32
+    """Frames per tokenizer call."""
+    workers: int = 4
+    """Threads decoding and resizing pictures."""
+    shard_maxcount: int = 5000
+    """Samples per shard at most."""
+    shard_maxsize: float = 1e9
+    """Bytes per shard at most (approximately)."""
+    prefix: str = "shard"
+    """Shard file names: {prefix}-000000.tar ..."""
+    progress: bool = True
+    """Show a progress bar."""
+    overwrite: bool = False
+    """Delete the shards of a different earlier run in the output folder instead of refusing."""
+
+    def validate(self):
+        if self.image_size < 0:
+            raise ValueError("image_size must be >= 0 (0 keeps the native size)")
+        for name in ("patch_size", "clip_frames", "batch_size", "workers", "shard_maxcount"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_aspect < 1:
+            raise ValueError("max_aspect must be >= 1")
+        if self.fps <= 0:
+            raise ValueError("fps must be > 0")
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", self.prefix):
+            raise ValueError(f"prefix {self.prefix!r}: letters, digits, '_' and '-' only")
+
+
+class SkipSource(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+# ----------------------------------------------------------------------------------------------
+# Geometry
+
+
+def plan_crops(width: int, height: int, image_size: int, align: int, max_aspect: float):
+    """The stated resize/crop rule: ``((resized_w, resized_h), [(left, top, right, bottom), ...])``."""
+    if image_size:
+        scale = image_size / min(width, height)
+        width, height = max(1, round(width * scale)), max(1, round(height * scale))
+    short, long = min(width, height), max(width, height)
+    short_aligned = (short // align) * align
+    if short_aligned == 0:
+        raise SkipSource("too_small", f"short side {short}px < {align}px (one patch)")
+    limit = max(align, int(max_aspect * short_aligned) // align * align)
+    long_aligned = (long // align) * align
+    if long_aligned <= limit:
+        starts, length = [(long - long_aligned) // 2], long_aligned
+    else:
+        pieces = math.ceil(long / limit)
+        starts = [round(i * (long - limit) / (pieces - 1)) for i in range(pieces)]
+        length = limit
+    s0 = (short - short_aligned) // 2
+    boxes = []
+    for start in starts:
+        if width >= height:
+            boxes.append((start, s0, start + length, s0 + short_aligned))
+        else:
+            boxes.append((s0, start, s0 + short_aligned, start + length))
+    return (width, height), boxes
+
+
+def _resize(img, size):
+    from PIL import Image
+
+    if img.size == tuple(size):
+        return img
+    return img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Output: ShardWriter + resume bookkeeping
+
+
+def settings_fingerprint(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer) -> dict:
+    """Identifies the tokenizer's weights cheaply (config + hash of the codebook and first conv)."""
+    digest = hashlib.sha256()
+    for name in ("quant_conv.weight", "encoder.conv_in.weight"):
+        digest.update(tokenizer.state_dict()[name].detach().float().cpu().numpy().tobytes())
+    return {"config": tokenizer.config.to_dict(), "weights_sha256": digest.hexdigest()[:16]}
+
+
+def brace_pattern(prefix: str, num_shards: int) -> str:
+    return f"{prefix}-{{{0:06d}..{max(0, num_shards - 1):06d}}}.tar"
+
+
+class ShardOutput:
+    """``webdataset.ShardWriter`` plus what a restart needs, saved each time a shard is finished:
+    how many shards are complete, how many sources are entirely inside them, and which samples of
+    the source in progress they already hold."""
+
+    def __init__(self, out_dir: Path, opts: PrepareOptions, state: dict, on_shard_closed: Optional[Callable]):
+        import webdataset as wds
+
+        self.out_dir, self.opts, self.state = out_dir, opts, state
+        self.on_shard_closed = on_shard_closed
+        self.open_count = 0
+        self.current_source: Optional[int] = None
+        self.current_keys: list[str] = []
+        self.counts: Counter = Counter(state.get("counts", {}))
+        self.writer = wds.ShardWriter(str(out_dir / f"{opts.prefix}-%06d.tar"), maxcount=opts.shard_maxcount,
+                                      maxsize=opts.shard_maxsize, post=self._closed,
+                                      start_shard=state["closed_shards"], verbose=0, encoder=False, mtime=0.0)
+
+    def write(self, source_index: int, sample: dict):
+        if source_index != self.current_source:
+            self.current_source, self.current_keys = source_index, []
+        self.writer.write(sample)  # may close the previous shard first (-> _closed)
+        self.open_count += 1
+        self.current_keys.append(sample["__key__"])
+
+    def source_finished(self, source_index: int):
+        self.state["sources_done"] = source_index + 1
+        self.current_source, self.current_keys = None, []
+
+    def _closed(self, fname: str):
+        self.state["shard_samples"].append(self.open_count)
+        self.state["closed_shards"] += 1
+        self.state["partial_source"] = self.current_source
+        self.state["partial_keys"] = list(self.current_keys)
+        self.state["counts"] = dict(self.counts)
+        self.open_count = 0
+        write_json_atomic(self.out_dir / STATE_FILE, self.state)
+        if self.on_shard_closed is not None:
+            self.on_shard_closed(Path(fname), dict(self.state))
+
+    def close(self):
+        self.writer.close()
+
+
+def write_json_atomic(path: Path, data: dict):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _shard_files(out_dir: Path, prefix: str) -> list[tuple[int, Path]]:
+    found = []
+    for path in out_dir.glob(f"{prefix}-*.tar"):
+        match = re.fullmatch(rf"{re.escape(prefix)}-(\d+)\.tar", path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def _resume_state(out_dir: Path, settings: dict, opts: PrepareOptions) -> dict:
+    """The state to continue from (fresh when nothing was started); removes unfinished shards."""
+    fingerprint = settings_fingerprint(settings)
+    fresh = {"fingerprint": fingerprint, "settings": settings, "closed_shards": 0, "shard_samples": [],
+             "sources_done": 0, "partial_source": None, "partial_keys": [], "counts": {}, "complete": False}
+    state_path = out_dir / STATE_FILE
+    state = json.loads(state_path.read_text()) if state_path.is_file() else None
+    shards = _shard_files(out_dir, opts.prefix)
+    if state is not None and state.get("fingerprint") != fingerprint or state is None and shards:
+        if not opts.overwrite:
+            raise ValueError(f"{out_dir} holds shards of a different prepare run (other inputs, settings or "
+                             f"tokenizer); choose another output folder or pass --overwrite")
+        state = None
+    if state is None:
+        for _, path in shards:
+            path.unlink()
+        for name in (STATE_FILE, MANIFEST_FILE):
+            (out_dir / name).unlink(missing_ok=True)
+        return fresh
+    for index, path in shards:  # a shard that was being written when the run stopped
+        if index >= state["closed_shards"]:
+            path.unlink()
+    return state
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizing
+
+
+@torch.no_grad()
+def encode_frames(tokenizer, frames: np.ndarray, batch_size: int) -> np.ndarray:
+    """uint8 [N, H, W, 3] -> int16 tokens [N, H/f, W/f], in batches on the tokenizer's device."""
+    out = []
+    for start in range(0, len(frames), batch_size):
+        chunk = torch.from_numpy(np.ascontiguousarray(frames[start:start + batch_size]))
+        images = chunk.to(tokenizer.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+        out.append(tokenizer.encode(images).to("cpu", torch.int16).numpy())
+    return np.concatenate(out)
+
+
+def _image_pieces(source: Source, opts: PrepareOptions, align: int):
+    """Decode + resize + crop one picture (runs in a thread): (meta base, [(suffix, crop box, array)])."""
+    try:
+        img = open_source_image(source)
+    except Exception as exc:  # noqa: BLE001 - a broken picture is skipped and counted, never fatal
+        raise SkipSource("unreadable", str(exc)[:160]) from None
+    size, boxes = plan_crops(img.width, img.height, opts.image_size, align, opts.max_aspect)
+    resized = _resize(img, size)
+    pieces = [("" if len(boxes) == 1 else f"_p{i:02d}", box, np.asarray(resized.crop(box)))
+              for i, box in enumerate(boxes)]
+    return {"source_hw": [img.height, img.width], "resized_hw": [size[1], size[0]]}, pieces
+
+
+def _meta(source: Source, base: dict, box, tokens_thw, tokenizer, **extra) -> dict:
+    f = tokenizer.downsample
+    return {"source": source.origin, "kind": source.kind, **base, "crop_yx": [box[1], box[0]],
+            "pixel_hw": [box[3] - box[1], box[2] - box[0]], "token_thw": list(tokens_thw), "downsample": f,
+            "codebook_size": tokenizer.codebook_size, "caption": source.caption,
+            **{"fps": None, "frame_start": 0, **extra}}
+
+
+class Preparer:
+    """One prepare run (see the module docstring); :func:`prepare_shards` is the entry point."""
+
+    def __init__(self, tokenizer, opts: PrepareOptions, output: ShardOutput, skip_keys: set[str]):
+        self.tokenizer, self.opts, self.output = tokenizer, opts, output
+        self.align = opts.patch_size * tokenizer.downsample
+        self.skip_keys = skip_keys  # samples of the interrupted source already in finished shards
+        self.counts = output.counts
+
+    def _skip(self, source: Source, exc: SkipSource):
+        self.counts[f"skipped_{exc.reason}"] += 1
+        log.warning("skipping %s: %s", source.origin, exc)
+
+    def _emit(self, source: Source, key: str, tokens: np.ndarray, meta: dict):
+        if key in self.skip_keys:
+            return
+        self.output.write(source.index, encode_sample(key, tokens, meta))
+        self.counts["samples"] += 1
+        self.counts["frames"] += tokens.shape[0]
+
+    def images(self, batch: list[Source], pool: ThreadPoolExecutor):
+        """Decode a window of pictures in threads, tokenize them grouped by size, write in order."""
+        loaded = list(pool.map(lambda s: self._try(_image_pieces, s, self.opts, self.align), batch))
+        by_shape: dict[tuple, list[tuple[int, int]]] = {}  # array shape -> [(source i, piece j)]
+        for i, result in enumerate(loaded):
+            if not isinstance(result, SkipSource):
+                for j, (_, _, array) in enumerate(result[1]):
+                    by_shape.setdefault(array.shape, []).append((i, j))
+        tokens_of: dict[tuple[int, int], np.ndarray] = {}
+        for refs in by_shape.values():
+            arrays = np.stack([loaded[i][1][j][2] for i, j in refs])
+            tokens_of.update(zip(refs, encode_frames(self.tokenizer, arrays, self.opts.batch_size)))
+        for i, (source, result) in enumerate(zip(batch, loaded)):
+            if isinstance(result, SkipSource):
+                self._skip(source, result)
+            else:
+                base, pieces = result
+                for j, (suffix, box, _) in enumerate(pieces):
+                    tokens = tokens_of[(i, j)][None]  # [1, h, w]
+                    self._emit(source, source.key + suffix, tokens,
+                               _meta(source, base, box, tokens.shape, self.tokenizer))
+                self.counts["images"] += 1
+            self.output.source_finished(source.index)
+
+    @staticmethod
+    def _try(fn, *args):
+        try:
+            return fn(*args)
+        except SkipSource as exc:
+            return exc
+
+    def video(self, source: Source):
+        """Sampled frames -> clips of clip_frames -> one sample per clip (and per panorama piece)."""
+        from nuwa_ds.tokenizer.media import iter_video_frames, sampled_fps, video_info
+
+        opts = self.opts
+        try:
+            info = video_info(source.path)
+            frames = iter_video_frames(source.path, opts.fps)
+            first_time, first = next(frames)
+        except Exception as exc:  # noqa: BLE001 - unreadable / empty video: skipped and counted
+            self._skip(source, SkipSource("unreadable", str(exc)[:160] or "no frames"))
+            self.output.source_finished(source.index)
+            return
+        fps = sampled_fps(info["fps"], opts.fps)
+        try:
+            size, boxes = plan_crops(first.width, first.height, opts.image_size, self.align, opts.max_aspect)
+        except SkipSource as exc:
+            self._skip(source, exc)
+            self.output.source_finished(source.index)
+            return
+        base = {"source_hw": [first.height, first.width], "resized_hw": [size[1], size[0]]}
+        clip, start_time, clip_index, sampled = [], first_time, 0, 0
+        for t, frame in _chain([(first_time, first)], frames):
+            if not clip:
+                start_time = t
+            resized = _resize(frame.convert("RGB"), size)
+            clip.append([np.asarray(resized.crop(box)) for box in boxes])
+            sampled += 1
+            if len(clip) == opts.clip_frames:
+                self._video_clip(source, base, boxes, clip, clip_index, sampled - len(clip), start_time, fps)
+                clip, clip_index = [], clip_index + 1
+        if clip and clip_index == 0:  # the whole video is shorter than one clip
+            self._video_clip(source, base, boxes, clip, 0, 0, start_time, fps)
+        self.counts["videos"] += 1
+        self.output.source_finished(source.index)
+
+    def _video_clip(self, source, base, boxes, clip, clip_index, frame_start, start_time, fps):
+        for p, box in enumerate(boxes):
+            frames = np.stack([per_box[p] for per_box in clip])
+            tokens = encode_frames(self.tokenizer, frames, self.opts.batch_size)  # [T, h, w]
+            key = f"{source.key}_c{clip_index:04d}" + ("" if len(boxes) == 1 else f"_p{p:02d}")
+            meta = _meta(source, base, box, tokens.shape, self.tokenizer, fps=fps, frame_start=frame_start,
+                         time_start=round(start_time, 4))
+            self._emit(source, key, tokens, meta)
+
+
+def _chain(head, tail):
+    yield from head
+    yield from tail
+
+
+def prepare_shards(inputs, out_dir, tokenizer, *, captions=None, device="auto",
+                   options: PrepareOptions | None = None, on_shard_closed: Optional[Callable] = None,
+                   **option_overrides) -> dict:
+    """Tokenize pictures / videos into WebDataset shards in ``out_dir``; returns the manifest.
+
+    ``inputs``: folders, ``.tar`` files of pictures, or single files. ``tokenizer``: a
+    :class:`~nuwa_ds.tokenizer.VQTokenizer` or a directory written by ``save_pretrained``.
+    ``captions``: optional CSV / JSONL file. ``on_shard_closed(path, state)`` is called after each
+    finished shard (progress reporting)."""
+    from nuwa_ds.tokenizer import VQTokenizer, resolve_device
+
+    opts = options or PrepareOptions()
+    for key, value in option_overrides.items():
+        if not hasattr(opts, key):
+            raise ValueError(f"unknown prepare option {key!r}")
+        setattr(opts, key, value)
+    opts.validate()
+    dev = resolve_device(device)
+    if not isinstance(tokenizer, VQTokenizer):
+        tokenizer = VQTokenizer.from_pretrained(tokenizer)
+    tokenizer = tokenizer.to(dev).eval()
+    caption_table = Captions(captions)
+    inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    for item in inputs:
+        if not Path(item).exists():
+            raise FileNotFoundError(f"input {item} does not exist")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    geometry = {k: v for k, v in asdict(opts).items() if k not in ("batch_size", "workers", "progress", "overwrite")}
+    settings = {"inputs": [str(i) for i in inputs], "captions": None if captions is None else str(captions),
+                "options": geometry, "tokenizer": tokenizer_fingerprint(tokenizer)}
+    state = _resume_state(out_dir, settings, opts)
+    if state.get("complete"):
+        log.info("%s is already complete", out_dir)
+        return json.loads((out_dir / MANIFEST_FILE).read_text())
+    skip_keys = set(state["partial_keys"]) if state["partial_source"] is not None else set()
+    resume_from = state["sources_done"]
+
+    output = ShardOutput(out_dir, opts, state, on_shard_closed)
+    preparer = Preparer(tokenizer, opts, output, skip_keys)
+    started = time.perf_counter()
+    progress = _progress(inputs, opts.progress)
+    window: list[Source] = []
+    with ThreadPoolExecutor(max_workers=opts.workers) as pool:
+        for source in iter_sources(inputs, caption_table):
+            progress.update(1)
+            if source.index < resume_from:
+                continue
+            if source.kind == "video":
+                if window:
+                    preparer.images(window, pool)
+                    window = []
+                preparer.video(source)
+            else:
+                window.append(source)
+                if len(window) >= max(opts.batch_size, 4 * opts.workers):
+                    preparer.images(window, pool)
+                    window = []
+        if window:
+            preparer.images(window, pool)
+    output.close()
+    progress.close()
+    return _finish(out_dir, opts, state, output, tokenizer, time.perf_counter() - started)
+
+
+def _progress(inputs, enabled: bool):
+    from tqdm import tqdm
+
+    total = None
+    if all(Path(i).is_dir() or Path(i).suffix.lower() != ".tar" for i in inputs):
+        from data_pipelines.sources import _kind
+
+        total = sum(1 for i in inputs for p in ([Path(i)] if Path(i).is_file() else Path(i).rglob("*"))
+                    if p.is_file() and _kind(p.name))
+    return tqdm(total=total, unit="src", desc="prepare", disable=not enabled, mininterval=1.0)
+
+
+def _finish(out_dir: Path, opts: PrepareOptions, state: dict, output: ShardOutput, tokenizer, seconds: float):
+    shard_samples = list(state["shard_samples"])
+    while shard_samples and shard_samples[-1] == 0:  # the writer always opens one more shard
+        (out_dir / f"{opts.prefix}-{len(shard_samples) - 1:06d}.tar").unlink(missing_ok=True)
+        shard_samples.pop()
+    counts = dict(output.counts)
+    manifest = {"shards": brace_pattern(opts.prefix, len(shard_samples)), "num_shards": len(shard_samples),
+                "num_samples": sum(shard_samples), "shard_samples": shard_samples, "counts": counts,
+                "downsample": tokenizer.downsample, "codebook_size": tokenizer.codebook_size,
+                "patch_size": opts.patch_size, "seconds_last_run": round(seconds, 2),
+                "settings": state["settings"]}
+    write_json_atomic(out_dir / MANIFEST_FILE, manifest)
+    state.update(complete=True, shard_samples=shard_samples, closed_shards=len(shard_samples), counts=counts)
+    write_json_atomic(out_dir / STATE_FILE, state)
+    return manifest
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser):
+    defaults = PrepareOptions()
+    parser.add_argument("inputs", nargs="+", help="folders of pictures and/or videos, .tar files of pictures, or files")
+    parser.add_argument("--out", required=True, help="output folder for the shards, manifest.json and prepare_state.json")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--tokenizer", help="a tokenizer folder (nuwa-ds tokenizer-train / VQTokenizer.save_pretrained)")
+    group.add_argument("--taming-ckpt", help="a taming-transformers / latent-diffusion VQGAN .ckpt")
+    parser.add_argument("--taming-config", default=None,
+                        help="its model .yaml or a preset name (default: inferred from the weights)")
+    parser.add_argument("--captions", default=None, help="CSV / TSV / JSONL with path and caption columns")
+    parser.add_argument("--image-size", type=int, default=defaults.image_size, help="short side in pixels (0: native)")
+    parser.add_argument("--patch-size", type=int, default=defaults.patch_size, help="model patch size in tokens")
+    parser.add_argument("--max-aspect", type=float, default=defaults.max_aspect,
+                        help="panoramas up to this long/short ratio stay whole")
+    parser.add_argument("--fps", type=float, default=defaults.fps, help="video frames sampled per second")
+    parser.add_argument("--clip-frames", type=int, default=defaults.clip_frames, help="frames per video sample")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="frames per tokenizer call")
+    parser.add_argument("--workers", type=int, default=defaults.workers, help="picture decoding threads")
+    parser.add_argument("--shard-maxcount", type=int, default=defaults.shard_maxcount)
+    parser.add_argument("--shard-maxsize", type=float, default=defaults.shard_maxsize)
+    parser.add_argument("--prefix", default=defaults.prefix)
+    parser.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda")
+    parser.add_argument("--overwrite", action="store_true", help="replace shards of a different earlier run")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args) -> int:
+    from nuwa_ds.tokenizer import VQTokenizer
+
+    if args.taming_ckpt:
+        tokenizer = VQTokenizer.from_taming_checkpoint(args.taming_ckpt, args.taming_config)
+    else:
+        tokenizer = VQTokenizer.from_pretrained(args.tokenizer)
+    opts = PrepareOptions(image_size=args.image_size, patch_size=args.patch_size, max_aspect=args.max_aspect,
+                          fps=args.fps, clip_frames=args.clip_frames, batch_size=args.batch_size,
+                          workers=args.workers, shard_maxcount=args.shard_maxcount, shard_maxsize=args.shard_maxsize,
+                          prefix=args.prefix, progress=not args.no_progress, overwrite=args.overwrite)
+    manifest = prepare_shards(args.inputs, args.out, tokenizer, captions=args.captions, device=args.device,
+                              options=opts)
+    counts = manifest["counts"]
+    print(f"{manifest['num_samples']} samples in {manifest['num_shards']} shards; "
+          f"images {counts.get('images', 0)}, videos {counts.get('videos', 0)}, "
+          f"skipped {sum(v for k, v in counts.items() if k.startswith('skipped_'))}")
+    print(f"data.shards={Path(args.out) / manifest['shards']}")
+    return 0

@@ -1,0 +1,543 @@
+"""A VQGAN (encoder, vector quantizer, decoder) laid out like taming-transformers' ``VQModel``.
+
+Module and parameter names follow taming's ``Encoder`` / ``Decoder`` / ``VectorQuantizer2`` /
+``GumbelQuantize`` exactly (``encoder.down.{i}.block.{j}.norm1.weight``, ``quantize.embedding.weight``,
+``quant_conv``, ``post_quant_conv``...), so the checkpoints users already have (taming f16 / 16384
+codes, latent-diffusion's vq-f8, the Gumbel f8) load with no renaming, and a tokenizer trained here can
+be read by their code too. Only inference paths live here; ``train.py`` adds the training losses.
+
+Shapes: images ``[B, 3, H, W]`` in [-1, 1]; latents ``[B, embed_dim, h, w]`` with ``h = H / f``;
+tokens ``[B, h, w]`` (int64 code indices).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nuwa_ds.config import ConfigBase, ConfigError
+
+WEIGHTS_FILE = "tokenizer.safetensors"
+CONFIG_FILE = "tokenizer_config.json"
+FORMAT = "nuwa_ds.vqgan"
+
+
+@dataclass
+class VQConfig(ConfigBase):
+    """The VQGAN architecture (taming's ``ddconfig`` + ``n_embed`` / ``embed_dim``)."""
+
+    ch: int = 128
+    """Base channel width; level i has ch * ch_mult[i] channels."""
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    """Channel multiplier per resolution level; the downsampling factor f is 2 ** (len - 1)."""
+    num_res_blocks: int = 2
+    """Residual blocks per level in the encoder (the decoder has one more per level, as in taming)."""
+    attn_resolutions: tuple[int, ...] = (16,)
+    """Levels whose spatial size (counted from ``resolution``) gets self-attention blocks."""
+    resolution: int = 256
+    """Nominal training resolution: only decides where attention blocks sit (any input size works)."""
+    z_channels: int = 256
+    """Channels of the encoder output / decoder input."""
+    embed_dim: int = 256
+    """Width of a codebook vector."""
+    n_embed: int = 16384
+    """Codebook size (number of tokens)."""
+    in_channels: int = 3
+    """Image channels in."""
+    out_ch: int = 3
+    """Image channels out."""
+    dropout: float = 0.0
+    """Dropout inside residual blocks (training only)."""
+    quantizer: str = "vq"
+    """'vq' (nearest codebook vector, taming VectorQuantizer2) or 'gumbel' (taming GumbelQuantize:
+    argmax of a 1x1 projection at inference)."""
+    norm_groups: int = 32
+    """GroupNorm groups (taming fixes 32); must divide every channel count."""
+
+    def validate(self):
+        for name in ("ch", "num_res_blocks", "resolution", "z_channels", "embed_dim", "n_embed",
+                     "in_channels", "out_ch", "norm_groups"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"tokenizer.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.ch_mult or any(m < 1 for m in self.ch_mult):
+            raise ConfigError(f"tokenizer.ch_mult must be a non-empty list of positive ints, got {self.ch_mult}")
+        if self.quantizer not in ("vq", "gumbel"):
+            raise ConfigError(f"tokenizer.quantizer must be 'vq' or 'gumbel', got {self.quantizer!r}")
+        for width in {self.ch * m for m in self.ch_mult}:
+            if width % self.norm_groups:
+                raise ConfigError(f"tokenizer: channel width {width} (ch * ch_mult) is not a multiple of "
+                                  f"norm_groups={self.norm_groups}")
+        if self.quantizer == "gumbel" and self.embed_dim != self.z_channels:
+            # taming's GumbelVQ feeds quant_conv's embed_dim channels into a proj built for z_channels
+            raise ConfigError("tokenizer: a gumbel quantizer needs embed_dim == z_channels (as in taming)")
+        if self.n_embed > 32767:
+            raise ConfigError("tokenizer.n_embed must fit int16 token shards (<= 32767)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("tokenizer.dropout must be within [0, 1)")
+
+    def __post_init__(self):
+        self.ch_mult = tuple(self.ch_mult)
+        self.attn_resolutions = tuple(self.attn_resolutions)
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "VQConfig":
+        if name not in VQ_PRESETS:
+            raise ConfigError(f"unknown tokenizer preset {name!r}; choose one of {', '.join(VQ_PRESETS)}")
+        return cls.from_dict({**VQ_PRESETS[name], **overrides})
+
+    @classmethod
+    def from_taming(cls, params: dict) -> "VQConfig":
+        """From a taming / latent-diffusion ``model.params`` dict (``ddconfig``, ``n_embed``,
+        ``embed_dim``; a ``target`` naming ``GumbelVQ`` selects the Gumbel quantizer)."""
+        if "params" in params and "ddconfig" not in params:  # the whole `model:` section
+            target = params.get("target", "")
+            params = dict(params["params"], _target=target)
+        if "ddconfig" not in params:
+            raise ConfigError("a taming config needs model.params.ddconfig (and n_embed, embed_dim)")
+        dd = dict(params["ddconfig"])
+        if dd.pop("double_z", False):
+            raise ConfigError("ddconfig.double_z=true is a KL autoencoder, not a VQGAN")
+        known = {"ch", "ch_mult", "num_res_blocks", "attn_resolutions", "resolution", "z_channels",
+                 "in_channels", "out_ch", "dropout"}
+        data = {k: v for k, v in dd.items() if k in known}
+        data["n_embed"] = params["n_embed"]
+        data["embed_dim"] = params["embed_dim"]
+        if "Gumbel" in str(params.get("_target", "")) or "kl_weight" in params:
+            data["quantizer"] = "gumbel"
+        return cls.from_dict(data)
+
+
+VQ_PRESETS: dict[str, dict] = {
+    # taming-transformers vqgan_imagenet_f16_16384 (the usual NUWA tokenizer): 256 px -> 16 x 16 tokens.
+    "taming-f16-16384": dict(ch=128, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16],
+                             z_channels=256, embed_dim=256, n_embed=16384),
+    # taming-transformers vqgan_imagenet_f16_1024.
+    "taming-f16-1024": dict(ch=128, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16],
+                            z_channels=256, embed_dim=256, n_embed=1024),
+    # latent-diffusion first_stage_models/vq-f8 (taming VQModel layout, 4-dim codes).
+    "ldm-f8-16384": dict(ch=128, ch_mult=[1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[32],
+                         z_channels=4, embed_dim=4, n_embed=16384),
+    # taming-transformers vqgan_gumbel_f8 (GumbelVQ).
+    "taming-gumbel-f8-8192": dict(ch=128, ch_mult=[1, 1, 2, 4], num_res_blocks=2, attn_resolutions=[32],
+                                  z_channels=256, embed_dim=256, n_embed=8192, quantizer="gumbel"),
+    # Ours, for `nuwa-ds tokenizer-train` on CPU (the demo): f8, no attention (so tiles decode like
+    # the whole canvas), 8-dim codes (low-dimensional codes keep most of the codebook in use).
+    "demo-f8": dict(ch=32, ch_mult=[1, 2, 2, 4], num_res_blocks=1, attn_resolutions=[], resolution=64,
+                    z_channels=64, embed_dim=8, n_embed=1024),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks (taming/modules/diffusionmodules/model.py layout, no timestep embedding)
+
+
+def swish(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(x)
+
+
+def group_norm(channels: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, dropout: float, groups: int):
+        super().__init__()
+        self.norm1 = group_norm(in_channels, groups)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = group_norm(out_channels, groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        # taming names the 1x1 channel-changing shortcut `nin_shortcut`
+        self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(swish(self.norm1(x)))
+        h = self.conv2(self.dropout(swish(self.norm2(h))))
+        return (x if self.nin_shortcut is None else self.nin_shortcut(x)) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all positions, with 1x1-conv projections."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.norm = group_norm(channels, groups)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        h = self.norm(x)
+        # (B, C, H, W) -> (B, 1, H*W, C): one head of width C; SDPA scales by C^-0.5 as taming does
+        q, k, v = (proj(h).flatten(2).transpose(1, 2).unsqueeze(1) for proj in (self.q, self.k, self.v))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return x + self.proj_out(out.squeeze(1).transpose(1, 2).reshape(B, C, H, W))
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # taming pads right/bottom only (asymmetric), then a stride-2 3x3 conv
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def _mid_block(channels: int, cfg: VQConfig) -> nn.Module:
+    mid = nn.Module()
+    mid.block_1 = ResnetBlock(channels, channels, cfg.dropout, cfg.norm_groups)
+    mid.attn_1 = AttnBlock(channels, cfg.norm_groups)
+    mid.block_2 = ResnetBlock(channels, channels, cfg.dropout, cfg.norm_groups)
+    return mid
+
+
+def _level(in_ch: int, out_ch: int, n_blocks: int, attn: bool, cfg: VQConfig) -> nn.Module:
+    """One resolution level: `block` (ResnetBlocks) and `attn` (an AttnBlock after each block, or none)."""
+    level = nn.Module()
+    level.block = nn.ModuleList()
+    level.attn = nn.ModuleList()
+    for _ in range(n_blocks):
+        level.block.append(ResnetBlock(in_ch, out_ch, cfg.dropout, cfg.norm_groups))
+        in_ch = out_ch
+        if attn:
+            level.attn.append(AttnBlock(out_ch, cfg.norm_groups))
+    return level
+
+
+def _run_level(level: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    for i, block in enumerate(level.block):
+        h = block(h)
+        if len(level.attn):
+            h = level.attn[i](h)
+    return h
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: VQConfig):
+        super().__init__()
+        widths = [cfg.ch * m for m in cfg.ch_mult]
+        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, 3, padding=1)
+        self.down = nn.ModuleList()
+        res, block_in = cfg.resolution, cfg.ch
+        for i, width in enumerate(widths):
+            level = _level(block_in, width, cfg.num_res_blocks, res in cfg.attn_resolutions, cfg)
+            block_in = width
+            if i != len(widths) - 1:
+                level.downsample = Downsample(width)
+                res //= 2
+            self.down.append(level)
+        self.mid = _mid_block(block_in, cfg)
+        self.norm_out = group_norm(block_in, cfg.norm_groups)
+        self.conv_out = nn.Conv2d(block_in, cfg.z_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, z, H/f, W/f)
+        h = self.conv_in(x)
+        for level in self.down:
+            h = _run_level(level, h)
+            if hasattr(level, "downsample"):
+                h = level.downsample(h)
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
+        return self.conv_out(swish(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: VQConfig):
+        super().__init__()
+        n = len(cfg.ch_mult)
+        block_in = cfg.ch * cfg.ch_mult[-1]
+        res = cfg.resolution // 2 ** (n - 1)
+        self.conv_in = nn.Conv2d(cfg.z_channels, block_in, 3, padding=1)
+        self.mid = _mid_block(block_in, cfg)
+        levels = []
+        for i in reversed(range(n)):  # built lowest resolution first, stored in taming's index order
+            width = cfg.ch * cfg.ch_mult[i]
+            level = _level(block_in, width, cfg.num_res_blocks + 1, res in cfg.attn_resolutions, cfg)
+            block_in = width
+            if i != 0:
+                level.upsample = Upsample(width)
+                res *= 2
+            levels.insert(0, level)
+        self.up = nn.ModuleList(levels)
+        self.norm_out = group_norm(block_in, cfg.norm_groups)
+        self.conv_out = nn.Conv2d(block_in, cfg.out_ch, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # (B, z, h, w) -> (B, 3, h*f, w*f)
+        h = self.conv_in(z)
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
+        for level in reversed(self.up):
+            h = _run_level(level, h)
+            if hasattr(level, "upsample"):
+                h = level.upsample(h)
+        return self.conv_out(swish(self.norm_out(h)))
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-neighbour codebook (taming ``VectorQuantizer2``): ``embedding.weight`` [n_embed, embed_dim]."""
+
+    def __init__(self, n_embed: int, embed_dim: int):
+        super().__init__()
+        self.embedding = nn.Embedding(n_embed, embed_dim)
+        self.embedding.weight.data.uniform_(-1.0 / n_embed, 1.0 / n_embed)
+
+    def codes(self, z: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+        """(B, e, h, w) -> (B, h, w) indices of the nearest codes, in chunks of positions so the
+        (positions x n_embed) distance matrix stays small (16384 codes x 8192 rows = 512 MiB fp32)."""
+        B, e, h, w = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, e).float()
+        book = self.embedding.weight.float()
+        book_sq = (book * book).sum(1)
+        out = torch.empty(flat.shape[0], dtype=torch.long, device=z.device)
+        for start in range(0, flat.shape[0], chunk):
+            rows = flat[start:start + chunk]
+            # |z - c|^2 = |z|^2 - 2 z.c + |c|^2 ; |z|^2 is constant per row and does not change the argmin
+            out[start:start + chunk] = torch.addmm(book_sq, rows, book.t(), alpha=-2.0).argmin(1)
+        return out.view(B, h, w)
+
+    def lookup(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, h, w) -> (B, e, h, w)
+        return self.embedding(tokens).permute(0, 3, 1, 2)
+
+
+class GumbelQuantizer(nn.Module):
+    """Taming ``GumbelQuantize`` at inference: the token is the argmax of ``proj`` (1x1 conv to n_embed
+    logits); its vector is ``embed.weight[token]``."""
+
+    def __init__(self, z_channels: int, embed_dim: int, n_embed: int):
+        super().__init__()
+        self.proj = nn.Conv2d(z_channels, n_embed, 1)
+        self.embed = nn.Embedding(n_embed, embed_dim)
+
+    def codes(self, z: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+        return self.proj(z).argmax(1)
+
+    def lookup(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.embed(tokens).permute(0, 3, 1, 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# The tokenizer
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """'auto' -> the GPU when there is one, else the CPU; 'cuda' without a GPU is a ValueError."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but no CUDA GPU is visible")
+    return device
+
+
+def _blend_window(length: int, ramp: int, ramp_start: bool, ramp_end: bool) -> torch.Tensor:
+    """1-D tile weights: 1 inside, a linear ramp (never 0) over `ramp` pixels at each side that
+    overlaps a neighbouring tile, so overlapping tiles cross-fade instead of meeting at a seam."""
+    w = torch.ones(length)
+    if ramp > 0:
+        up = (torch.arange(ramp, dtype=torch.float32) + 0.5) / ramp
+        if ramp_start:
+            w[:ramp] = up
+        if ramp_end:
+            w[length - ramp:] = up.flip(0)
+    return w
+
+
+def _tile_starts(size: int, tile: int, stride: int) -> list[int]:
+    """Tile origins covering [0, size): every `stride`, the last one flush with the end."""
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, stride))
+    return starts + [size - tile]
+
+
+class VQTokenizer(nn.Module):
+    """Images <-> token grids. ``encode`` / ``decode`` / ``decode_tiled``; ``save_pretrained`` /
+    ``from_pretrained`` (safetensors + JSON); ``from_taming_checkpoint`` for taming ``.ckpt`` files."""
+
+    def __init__(self, config: VQConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        if config.quantizer == "vq":
+            self.quantize = VectorQuantizer(config.n_embed, config.embed_dim)
+        else:
+            self.quantize = GumbelQuantizer(config.z_channels, config.embed_dim, config.n_embed)
+        self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
+        self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
+
+    # -- properties the rest of the project reads
+    @property
+    def downsample(self) -> int:
+        """f: pixels per token along each side."""
+        return self.config.downsample
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.n_embed
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # -- encode / decode
+    def _check_images(self, images: torch.Tensor):
+        if images.dim() != 4 or images.shape[1] != self.config.in_channels:
+            raise ValueError(f"images must be [B, {self.config.in_channels}, H, W], got {tuple(images.shape)}")
+        f = self.downsample
+        if images.shape[2] % f or images.shape[3] % f:
+            raise ValueError(f"image size {tuple(images.shape[2:])} is not a multiple of the downsampling "
+                             f"factor {f}; crop or resize first")
+
+    def _check_tokens(self, tokens: torch.Tensor):
+        if tokens.dim() != 3:
+            raise ValueError(f"tokens must be [B, h, w], got {tuple(tokens.shape)}")
+        if tokens.dtype.is_floating_point:
+            raise ValueError(f"tokens must be an integer tensor, got {tokens.dtype}")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.codebook_size):
+            raise ValueError(f"tokens must lie in [0, {self.codebook_size}), got "
+                             f"[{int(tokens.min())}, {int(tokens.max())}]")
+
+    def latents(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> pre-quantization latents (B, e, h, w) (what training quantizes)."""
+        return self.quant_conv(self.encoder(images))
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1], ``[B, 3, H, W]`` (H, W multiples of f) -> tokens ``[B, H/f, W/f]``."""
+        self._check_images(images)
+        images = images.to(self.device, torch.float32)
+        return self.quantize.codes(self.latents(images))
+
+    def decode_latents(self, z_q: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.post_quant_conv(z_q))
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens ``[B, h, w]`` -> images ``[B, 3, h*f, w*f]`` in [-1, 1]."""
+        self._check_tokens(tokens)
+        tokens = tokens.to(self.device, torch.long)
+        return self.decode_latents(self.quantize.lookup(tokens)).clamp_(-1.0, 1.0)
+
+    @torch.no_grad()
+    def decode_tiled(self, tokens: torch.Tensor, tile: int = 32, overlap: int = 8,
+                     tiles_per_batch: int = 8) -> torch.Tensor:
+        """Decode a canvas too large to decode at once: overlapping ``tile x tile``-token windows,
+        decoded a batch of windows at a time and cross-faded over the overlap (linear ramps), so no
+        seam shows. The output is assembled on the CPU; only windows visit the device.
+
+        Equal to :meth:`decode` when the canvas fits in one tile; close to it otherwise (GroupNorm and
+        attention see a window instead of the whole canvas; the overlap hides the difference)."""
+        self._check_tokens(tokens)
+        if tile < 1 or not 0 <= overlap < tile:
+            raise ValueError(f"need tile >= 1 and 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
+        B, h, w = tokens.shape
+        if h <= tile and w <= tile:
+            return self.decode(tokens).cpu()
+        f = self.downsample
+        th, tw = min(tile, h), min(tile, w)
+        windows = [(b, y, x) for b in range(B)
+                   for y in _tile_starts(h, th, tile - overlap) for x in _tile_starts(w, tw, tile - overlap)]
+        out = torch.zeros(B, self.config.out_ch, h * f, w * f)
+        weight = torch.zeros(1, 1, h * f, w * f)
+        ramp = overlap * f
+        for start in range(0, len(windows), tiles_per_batch):
+            chunk = windows[start:start + tiles_per_batch]
+            batch = torch.stack([tokens[b, y:y + th, x:x + tw] for b, y, x in chunk])
+            pixels = self.decode(batch).float().cpu()  # (n, 3, th*f, tw*f)
+            for (b, y, x), img in zip(chunk, pixels):
+                wy = _blend_window(th * f, ramp, y > 0, y + th < h)
+                wx = _blend_window(tw * f, ramp, x > 0, x + tw < w)
+                wgt = wy[:, None] * wx[None, :]
+                ys, xs = slice(y * f, (y + th) * f), slice(x * f, (x + tw) * f)
+                out[b, :, ys, xs] += img * wgt
+                weight[0, 0, ys, xs] += wgt
+        return out / weight
+
+    # -- persistence
+    def save_pretrained(self, directory) -> Path:
+        """``tokenizer.safetensors`` + ``tokenizer_config.json`` (no pickle)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+        meta = {"format": FORMAT, "version": 1, **self.config.to_dict()}
+        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory, device="cpu") -> "VQTokenizer":
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory / name} not found: not a tokenizer directory "
+                                        f"(written by VQTokenizer.save_pretrained / nuwa-ds tokenizer-train)")
+        meta = json.loads((directory / CONFIG_FILE).read_text())
+        if meta.pop("format", None) != FORMAT:
+            raise ValueError(f"{directory / CONFIG_FILE} is not a {FORMAT} config")
+        meta.pop("version", None)
+        model = cls(VQConfig.from_dict(meta))
+        model.load_weights(load_file(str(directory / WEIGHTS_FILE)), source=str(directory))
+        return model.to(resolve_device(device)).eval()
+
+    def load_weights(self, state: dict[str, torch.Tensor], source: str = "state dict"):
+        """Strict load with one clear error listing missing, unexpected and mis-shaped keys."""
+        own = self.state_dict()
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+        if missing or unexpected or shapes:
+            raise ValueError(f"weights in {source} do not match the tokenizer config: "
+                             f"missing {missing[:6]}{'...' if len(missing) > 6 else ''} ({len(missing)}), "
+                             f"unexpected {unexpected[:6]}{'...' if len(unexpected) > 6 else ''} "
+                             f"({len(unexpected)}), shape mismatches {shapes[:4]}")
+        self.load_state_dict(state, strict=True)
+
+    @classmethod
+    def from_taming_checkpoint(cls, ckpt_path, config=None, device="cpu") -> "VQTokenizer":
+        """A taming-transformers / latent-diffusion VQGAN ``.ckpt``. ``config``: a :class:`VQConfig`,
+        a preset name, a taming ``model.params`` dict, a path to the model's ``.yaml`` / ``.json``,
+        or None to infer the architecture from the weights."""
+        from nuwa_ds.tokenizer.checkpoints import load_taming_state_dict, resolve_taming_config
+
+        state = load_taming_state_dict(ckpt_path)
+        cfg = resolve_taming_config(config, state)
+        model = cls(cfg)
+        model.load_weights(state, source=str(ckpt_path))
+        return model.to(resolve_device(device)).eval()
+
+
+def psnr(reference: torch.Tensor, estimate: torch.Tensor) -> float:
+    """PSNR in dB of images in [-1, 1], measured on 8-bit values (as image codecs report it)."""
+    ref = ((reference.clamp(-1, 1) + 1) * 127.5).round()
+    est = ((estimate.clamp(-1, 1) + 1) * 127.5).round()
+    mse = float(((ref - est) ** 2).mean())
+    return float("inf") if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)
+
+
+__all__ = ["VQConfig", "VQ_PRESETS", "VQTokenizer", "resolve_device", "psnr"]
