@@ -1,0 +1,545 @@
+"""``nuwa-ds bench kernels``: the Triton kernels beside their peers, after a correctness gate.
+
+GPU (one process, side by side):
+  * checks   bf16, D = 64 and 128: forward and every gradient of ``patch_attention`` (both
+             stacks, with text) and ``pool_decode_attention`` against the float64 reference;
+  * patch    fwd and fwd+bwd TFLOP/s counting only attended (query, key) pairs, 16x16-token
+             patches, canvases 4x4, 8x8 and 3 frames of 4x4, extents (0,1,1) and (1,1,1); beside
+             FlexAttention with the same block mask and bias (compiled) and dense cuDNN SDPA causal
+             over the whole sequence (what one runs without the NCP);
+  * decode   TB/s of K/V read from pool slots, beside cuDNN SDPA decode on the same K/V laid out
+             contiguously and the GPU's copy bandwidth measured in the same run.
+CPU (``--device cpu``): the kernels under the Triton interpreter on tiny shapes; correctness only,
+its times say nothing about a GPU.
+
+Settings (``--set key=value``): head_dims=[64,128], stacks=["local"], peers=true, checks=true,
+decode=true, sweep=[] (head dims whose tile alternatives to time), cases="all" or a list of case names.
+FLOP convention: fwd = 4 D H x attended pairs (a causal own block counts n(n+1)/2 pairs), fwd+bwd =
+3.5 x fwd; dense causal SDPA counts S^2/2 pairs per sequence.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+D_MODEL = 1024  # heads = D_MODEL / head_dim, as in the nuwa-350m preset
+PATCH = 16
+# (name, canvas in patches (T, Hp, Wp), batch): ~24-32k tokens per call
+CANVASES = (("4x4", (1, 4, 4), 8), ("8x8", (1, 8, 8), 2), ("3x4x4", (3, 4, 4), 2))
+EXTENTS = ((0, 1, 1), (1, 1, 1))
+FLEX_OPTIONS = ({}, {"BLOCK_M": 64, "BLOCK_N": 64, "num_stages": 2, "BLOCK_M1": 32, "BLOCK_N1": 64,
+                     "BLOCK_M2": 64, "BLOCK_N2": 32})
+
+
+@dataclass(frozen=True)
+class PatchCase:
+    canvas_name: str
+    canvas: tuple[int, int, int]
+    batch: int
+    extents: tuple[int, int, int]
+    head_dim: int
+    stack: str  # "local": causal own block, context from another tensor; "global": full, context = k
+    order: str = "down"
+    patch: int = PATCH
+    num_heads: int = 0  # 0: D_MODEL / head_dim
+
+    @property
+    def name(self) -> str:
+        e = "".join(map(str, self.extents))
+        return f"{self.stack}-{self.canvas_name}-e{e}-D{self.head_dim}"
+
+    @property
+    def heads(self) -> int:
+        return self.num_heads or max(1, D_MODEL // self.head_dim)
+
+
+def _build(case: PatchCase, device, dtype, text_len: int = 0):
+    """Random leaves laid out as the model's (q, k, v and context each [R, n, H, D]) plus the
+    context tables of the batch (every example in ``case.order``)."""
+    from nuwa_ds.model import orders as O
+    from nuwa_ds.model.attention import TextContext
+
+    table = O.context_table(case.canvas, case.order, case.extents)
+    N, B, H, D, n = table.num_patches, case.batch, case.heads, case.head_dim, case.patch ** 2
+    R = B * N
+    offsets = torch.arange(B).repeat_interleave(N).unsqueeze(1) * N
+    idx = table.ctx_index.repeat(B, 1)
+    ctx_index = torch.where(idx >= 0, idx + offsets, idx).to(device)
+    ctx_bias_id = table.ctx_offset.repeat(B, 1).to(device)
+    leaf = lambda *shape: torch.randn(*shape, dtype=dtype, device=device).requires_grad_()  # noqa: E731
+    q, k, v = leaf(R, n, H, D), leaf(R, n, H, D), leaf(R, n, H, D)
+    ctx_k, ctx_v = (leaf(R, n, H, D), leaf(R, n, H, D)) if case.stack == "local" else (k, v)
+    bias = (torch.randn(H, O.num_offsets(case.extents) + 1, device=device) * 0.5).requires_grad_()
+    text = None
+    if text_len:
+        length = torch.randint(0, text_len + 1, (B,), device=device)
+        length[0] = text_len
+        text = TextContext(leaf(B, text_len, H, D), leaf(B, text_len, H, D), length,
+                           torch.arange(B, device=device).repeat_interleave(N))
+    return dict(q=q, k=k, v=v, ctx_k=ctx_k, ctx_v=ctx_v, ctx_index=ctx_index, ctx_bias_id=ctx_bias_id,
+                own_bias_id=O.own_offset_id(case.extents), bias=bias, causal=case.stack == "local", text=text,
+                table=table)
+
+
+def _named_leaves(inputs) -> dict:
+    """The differentiable inputs by name (the global stack's context is k/v itself: listed once)."""
+    out = {}
+    for name in ("q", "k", "v", "ctx_k", "ctx_v", "bias"):
+        if all(inputs[name] is not t for t in out.values()):
+            out[name] = inputs[name]
+    if inputs["text"] is not None:
+        out.update(text_k=inputs["text"].k, text_v=inputs["text"].v)
+    return out
+
+
+def _leaves(inputs) -> list:
+    return list(_named_leaves(inputs).values())
+
+
+def _call_args(inputs) -> dict:
+    return {k: v for k, v in inputs.items() if k != "table"}
+
+
+def useful_pairs(inputs, n: int) -> int:
+    from kernels.patch_attention import attended_pairs
+
+    text = inputs["text"]
+    return attended_pairs(inputs["ctx_index"], n, n, inputs["causal"],
+                          text.length if text is not None else None, text.index if text is not None else None)
+
+
+def _timer(quick: bool):
+    import triton
+
+    def measure(fn) -> float:
+        """Median milliseconds (CUDA events, L2 flushed between runs by do_bench)."""
+        return float(triton.testing.do_bench(fn, warmup=10 if quick else 25, rep=40 if quick else 100,
+                                             return_mode="median"))
+
+    return measure
+
+
+def _fwd_bwd(fn, leaves, out_grad):
+    def run():
+        for t in leaves:
+            t.grad = None
+        fn().backward(out_grad)
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------------
+# Peers
+
+
+def _flex_setup(case: PatchCase, inputs):
+    """FlexAttention over the batch's token sequence with the same block mask and per-head bias.
+    The local stack reads two key sets: they are given to flex pre-concatenated (copy not timed)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    table, B, H, D, n = inputs["table"], case.batch, case.heads, case.head_dim, case.patch ** 2
+    N = table.num_patches
+    S = N * n
+    allowed = torch.zeros(N, N, dtype=torch.bool)
+    bias_id = torch.full((N, N), inputs["own_bias_id"], dtype=torch.long)
+    rows = torch.arange(N).unsqueeze(1).expand_as(table.ctx_index)
+    valid = table.ctx_index >= 0
+    allowed[rows[valid], table.ctx_index[valid]] = True
+    bias_id[rows[valid], table.ctx_index[valid]] = table.ctx_offset[valid]
+    device = inputs["q"].device
+    allowed, bias_id = allowed.to(device), bias_id.to(device)
+    bias = inputs["bias"].detach()  # flex gets no bias gradient (favours flex slightly)
+
+    def seq(t):  # [R, n, H, D] -> [B, H, S, D] contiguous leaf
+        return t.detach().reshape(B, S, H, D).transpose(1, 2).contiguous().requires_grad_()
+
+    q = seq(inputs["q"])
+    if case.stack == "local":
+        k = torch.cat([seq(inputs["ctx_k"]), seq(inputs["k"])], dim=2).detach().requires_grad_()
+        v = torch.cat([seq(inputs["ctx_v"]), seq(inputs["v"])], dim=2).detach().requires_grad_()
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            qp, in_ctx = q_idx // n, kv_idx < S
+            kp = torch.where(in_ctx, kv_idx // n, (kv_idx - S) // n)
+            own = (kp == qp) & (kv_idx - S <= q_idx)
+            return torch.where(in_ctx, allowed[qp, kp], own)
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            qp = q_idx // n
+            kp = torch.where(kv_idx < S, kv_idx // n, qp)
+            return score + bias[h, bias_id[qp, kp]]
+
+        kv_len = 2 * S
+    else:
+        k, v = seq(inputs["k"]), seq(inputs["v"])
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            qp, kp = q_idx // n, kv_idx // n
+            return allowed[qp, kp] | (kp == qp)
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score + bias[h, bias_id[q_idx // n, kv_idx // n]]
+
+        kv_len = S
+    block_mask = create_block_mask(mask_mod, None, None, S, kv_len, device=device, BLOCK_SIZE=128)
+    return q, k, v, score_mod, block_mask
+
+
+def bench_flex(case, inputs, measure, out_grad) -> dict:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    torch._dynamo.reset()
+    q, k, v, score_mod, block_mask = _flex_setup(case, inputs)
+    flex = torch.compile(flex_attention, dynamic=False)
+    grad = out_grad.detach().reshape(case.batch, -1, case.heads, case.head_dim).transpose(1, 2).contiguous()
+    errors = []
+    for options in FLEX_OPTIONS:
+        try:
+            fn = lambda: flex(q, k, v, score_mod=score_mod, block_mask=block_mask,  # noqa: E731
+                              kernel_options=options or None)
+            fwd = measure(fn)
+            fwdbwd = measure(_fwd_bwd(fn, [q, k, v], grad))
+            return dict(flex_fwd_ms=fwd, flex_fwdbwd_ms=fwdbwd, flex_options=str(options or "default"))
+        except Exception as exc:  # noqa: BLE001 - e.g. the default tiles overflow shared memory: try the next
+            errors.append(f"{options or 'default'}: {type(exc).__name__}: {str(exc)[:200]}")
+            torch._dynamo.reset()
+    return dict(flex_error=" | ".join(errors))
+
+
+def bench_dense_cudnn(case, inputs, measure) -> dict:
+    """Causal SDPA (cuDNN backend) over each example's whole token sequence."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    B, H, D = case.batch, case.heads, case.head_dim
+    S = inputs["table"].num_patches * case.patch ** 2
+    q, k, v = (torch.randn(B, H, S, D, dtype=inputs["q"].dtype, device=inputs["q"].device, requires_grad=True)
+               for _ in range(3))
+    grad = torch.randn_like(q)
+
+    def fn():
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    try:
+        fwd, fwdbwd = measure(fn), measure(_fwd_bwd(fn, [q, k, v], grad))
+    except Exception as exc:  # noqa: BLE001 - no cuDNN attention on this GPU / build: say so in the row
+        return dict(cudnn_error=f"{type(exc).__name__}: {str(exc)[:200]}")
+    flops = 4 * D * H * B * S * S / 2
+    return dict(cudnn_fwd_ms=fwd, cudnn_fwdbwd_ms=fwdbwd, cudnn_fwdbwd_tflops=3.5 * flops / fwdbwd / 1e9)
+
+
+# ----------------------------------------------------------------------------------------------
+# Our kernels
+
+
+def bench_patch_case(case: PatchCase, measure, peers: bool, configs=None) -> dict:
+    from kernels.patch_attention import patch_attention
+
+    inputs = _build(case, "cuda", torch.bfloat16)
+    args = _call_args(inputs)
+    fn = lambda: patch_attention(**args, configs=configs)  # noqa: E731
+    out_grad = torch.randn_like(inputs["q"])
+    n = case.patch ** 2
+    flops = 4 * case.head_dim * case.heads * useful_pairs(inputs, n)
+    fwd = measure(fn)
+    fwdbwd = measure(_fwd_bwd(fn, _leaves(inputs), out_grad))
+    row = dict(kernel="patch_attention", case=case.name, stack=case.stack, canvas=case.canvas_name, batch=case.batch,
+               extents=",".join(map(str, case.extents)), D=case.head_dim, H=case.heads,
+               tokens=inputs["q"].shape[0] * n, fwd_ms=fwd, fwd_tflops=flops / fwd / 1e9, fwdbwd_ms=fwdbwd,
+               fwdbwd_tflops=3.5 * flops / fwdbwd / 1e9)
+    if peers:
+        row.update(bench_dense_cudnn(case, inputs, measure))
+        row.update(bench_flex(case, inputs, measure, out_grad))
+        if "flex_fwdbwd_ms" in row:
+            row["flex_fwdbwd_tflops"] = 3.5 * flops / row["flex_fwdbwd_ms"] / 1e9
+            row["x_flex"] = row["flex_fwdbwd_ms"] / fwdbwd
+        if "cudnn_fwdbwd_ms" in row:
+            row["x_cudnn"] = row["cudnn_fwdbwd_ms"] / fwdbwd
+    return row
+
+
+def sweep_tiles(case: PatchCase, measure) -> list[dict]:
+    """Time the fwd / dq / dkv kernels alone under alternative tiles (the rest at defaults)."""
+    from kernels.patch_attention import TileConfig, _backward, _check, _forward, default_configs
+
+    inputs = _build(case, "cuda", torch.bfloat16)
+    args = _call_args(inputs)
+    n = case.patch ** 2
+    base = default_configs(n, n, case.head_dim)
+    candidates = [TileConfig(bm, bn, w, s) for bm, bn, w, s in
+                  ((128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 4), (64, 128, 8, 2),
+                   (64, 64, 8, 2), (128, 64, 8, 2))]
+    grad = torch.randn_like(inputs["q"])
+    rows = []
+    for kernel in ("fwd", "dq", "dkv"):
+        for cfg in candidates:
+            configs = dict(base, **{kernel: cfg})
+            try:
+                p = _check(**{k: args[k] for k in ("q", "k", "v", "ctx_k", "ctx_v", "ctx_index", "ctx_bias_id",
+                                                   "own_bias_id", "bias", "causal", "text")}, configs=configs)
+                ck, cv = (args["k"], args["v"]) if p.shared_kv else (args["ctx_k"], args["ctx_v"])
+                out, lse = _forward(p, args["q"], args["k"], args["v"], ck, cv, None, None, args["bias"], True)
+                if kernel == "fwd":
+                    ms = measure(lambda: _forward(p, args["q"], args["k"], args["v"], ck, cv, None, None, args["bias"],
+                                                  True))
+                else:
+                    ms = measure(lambda: _backward(p, grad, args["q"], args["k"], args["v"], ck, cv, None, None,
+                                                   args["bias"], out, lse, needs=dict(ctx=True, text=False)))
+                rows.append(dict(case=case.name, kernel=kernel, block_m=cfg.block_m, block_n=cfg.block_n,
+                                 warps=cfg.num_warps, stages=cfg.num_stages, ms=ms,
+                                 default=cfg == base[kernel]))
+            except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory: recorded, the sweep goes on
+                rows.append(dict(case=case.name, kernel=kernel, config=str(cfg), error=f"{type(exc).__name__}: "
+                                 f"{str(exc)[:120]}"))
+    return rows
+
+
+def _decode_inputs(rows, heads, head_dim, ctx, n, device, dtype):
+    """Pool [S, layers=2, 2, H, n, D] with a distinct slot per context patch and per own cache (so
+    nothing is read twice); full own caches (the patch's last token)."""
+    slots = rows * (ctx + 1)
+    pool = torch.randn(slots, 2, 2, heads, n, head_dim, dtype=dtype, device=device)
+    own = torch.randn(slots, 2, 2, heads, n, head_dim, dtype=dtype, device=device)
+    perm = torch.randperm(slots, device=device)
+    return dict(q=torch.randn(rows, heads, head_dim, dtype=dtype, device=device),
+                pool_k=pool[:, 1, 0].transpose(1, 2), pool_v=pool[:, 1, 1].transpose(1, 2),
+                ctx_slots=perm[: rows * ctx].view(rows, ctx), ctx_bias_id=torch.randint(0, 9, (rows, ctx), device=device),
+                own_k=own[:, 1, 0].transpose(1, 2), own_v=own[:, 1, 1].transpose(1, 2),
+                own_slot=perm[rows * ctx:], own_len=torch.full((rows,), n, device=device), own_bias_id=4,
+                bias=torch.randn(heads, 10, device=device), text=None)
+
+
+def bench_decode(rows, head_dim, measure, ctx=4, n=PATCH * PATCH, splits=None, block_n=None) -> dict:
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from kernels.pool_decode import choose_splits, default_block_n, kv_bytes_read, pool_decode_attention
+
+    heads = D_MODEL // head_dim
+    args = _decode_inputs(rows, heads, head_dim, ctx, n, "cuda", torch.bfloat16)
+    nbytes = kv_bytes_read(args["ctx_slots"], args["own_len"], n, heads, head_dim, 2)
+    bn = block_n or default_block_n(head_dim)
+    used_splits = splits or choose_splits(rows * heads, (ctx + 1) * math.ceil(n / bn), torch.device("cuda"))
+    ms = measure(lambda: pool_decode_attention(**args, num_splits=used_splits, block_n=bn))
+    row = dict(kernel="pool_decode_attention", case=f"R{rows}-D{head_dim}-keys{(ctx + 1) * n}", rows=rows, H=heads,
+               D=head_dim, keys=(ctx + 1) * n, splits=used_splits, block_n=bn, ms=ms, tbps=nbytes / ms / 1e9)
+    # cuDNN decode on the same K/V, contiguous [R, H, L, D]
+    L = (ctx + 1) * n
+    q = args["q"].unsqueeze(2)
+    k = torch.randn(rows, heads, L, head_dim, dtype=torch.bfloat16, device="cuda")
+    v = torch.randn_like(k)
+
+    def sdpa():
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            return F.scaled_dot_product_attention(q, k, v)
+
+    try:
+        cudnn = measure(sdpa)
+        row.update(cudnn_ms=cudnn, cudnn_tbps=nbytes / cudnn / 1e9)
+    except Exception as exc:  # noqa: BLE001
+        row["cudnn_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    return row
+
+
+def copy_bandwidth(measure) -> float:
+    """Device-to-device copy of 2 GiB, bytes read + written: the memory ceiling of this run (TB/s)."""
+    x = torch.empty(2 ** 30, dtype=torch.bfloat16, device="cuda").normal_()
+    y = torch.empty_like(x)
+    ms = measure(lambda: y.copy_(x))
+    del x, y
+    return 2 * 2 ** 31 / ms / 1e9
+
+
+# ----------------------------------------------------------------------------------------------
+# Correctness gate
+
+
+def _rel(a, b) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def check_patch(case: PatchCase, device, dtype, text_len=77) -> dict:
+    """Forward and every gradient against the float64 reference on fresh random inputs."""
+    from kernels.patch_attention import patch_attention
+    from nuwa_ds.model.attention import TextContext, reference_patch_attention
+
+    inputs = _build(case, device, dtype, text_len=text_len)
+    args = _call_args(inputs)
+    named = _named_leaves(inputs)
+    leaves = list(named.values())
+    out = patch_attention(**args)
+    double = {id(t): t.double() for t in leaves}
+    ref_args = dict(args, **{k: double[id(args[k])] for k in ("q", "k", "v", "ctx_k", "ctx_v", "bias")})
+    t = args["text"]
+    if t is not None:
+        ref_args["text"] = TextContext(double[id(t.k)], double[id(t.v)], t.length, t.index)
+    ref = reference_patch_attention(**ref_args)
+    grad = torch.randn_like(ref)
+    got = torch.autograd.grad(out, leaves, grad.to(dtype))
+    want = torch.autograd.grad(ref, leaves, grad)
+    errors = {"out": _rel(out, ref)}
+    for name, g, w in zip(named, got, want):
+        errors[f"d{name}"] = _rel(g, w) if not g.isnan().any() else float("inf")
+    tol = 2e-2 if dtype == torch.bfloat16 else 2e-5
+    # the bias gradient sums dS over whole blocks: cancellation leaves it a larger relative error
+    ok = all(err <= (4 * tol if name == "dbias" else tol) for name, err in errors.items())
+    return dict(kernel="patch_attention", case=case.name, dtype=str(dtype).replace("torch.", ""),
+                worst_rel_error=max(errors.values()), ok=ok, errors={k: float(f"{v:.3g}") for k, v in errors.items()})
+
+
+def check_decode(device, dtype, head_dim, splits) -> dict:
+    from kernels.pool_decode import pool_decode_attention
+    from nuwa_ds.model.attention import TextContext, reference_pool_decode_attention
+
+    heads = max(1, D_MODEL // head_dim) if device == "cuda" else 2
+    n = PATCH * PATCH if device == "cuda" else 16
+    args = _decode_inputs(6, heads, head_dim, 4, n, device, dtype)
+    args["ctx_slots"][1] = -1  # a row with no context, and holes
+    args["ctx_slots"][3, 1] = -1
+    args["own_len"] = torch.randint(1, n + 1, (6,), device=device)
+    args["text"] = TextContext(torch.randn(2, 9, heads, head_dim, dtype=dtype, device=device),
+                               torch.randn(2, 9, heads, head_dim, dtype=dtype, device=device),
+                               torch.tensor([9, 0], device=device), torch.tensor([0, 1, 0, 1, 0, 1], device=device))
+    out = pool_decode_attention(**args, num_splits=splits)
+    ref_args = {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in args.items()}
+    t = args["text"]
+    ref_args["text"] = TextContext(t.k.double(), t.v.double(), t.length, t.index)
+    err = _rel(out, reference_pool_decode_attention(**ref_args))
+    return dict(kernel="pool_decode_attention", case=f"D{head_dim}-splits{splits}", dtype=str(dtype).replace("torch.", ""),
+                worst_rel_error=err, ok=bool(err <= (1e-2 if dtype == torch.bfloat16 else 2e-5)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Suites
+
+
+def _settings(opts) -> dict:
+    s = dict(head_dims=[64, 128], stacks=["local"], peers=True, checks=True, decode=True, sweep=[], cases="all")
+    s.update(opts.extra)
+    return s
+
+
+def _cases(settings) -> list[PatchCase]:
+    cases = [PatchCase(name, canvas, batch, ext, d, stack)
+             for stack in settings["stacks"] for d in settings["head_dims"]
+             for name, canvas, batch in CANVASES for ext in EXTENTS]
+    if settings["cases"] != "all":
+        cases = [c for c in cases if c.name in settings["cases"]]
+    return cases
+
+
+def _progress(kind: str, row: dict):
+    shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items() if k != "errors"}
+    print(f"[kernels] {kind}: {shown}", flush=True)
+
+
+def _run_cuda(opts) -> dict:
+    settings = _settings(opts)
+    measure = _timer(opts.quick)
+    result = {"checks": [], "rows": [], "sweep": [], "settings": settings}
+    if settings["checks"]:
+        for d in settings["head_dims"]:
+            for stack in ("local", "global"):
+                check = check_patch(PatchCase("2x2", (1, 2, 2), 1, (0, 1, 1), d, stack), "cuda", torch.bfloat16)
+                result["checks"].append(check)
+                _progress("check", check)
+            for splits in (None, 3):
+                check = check_decode("cuda", torch.bfloat16, d, splits)
+                result["checks"].append(check)
+                _progress("check", check)
+    if settings["decode"]:
+        bandwidth = copy_bandwidth(measure)
+        for d in settings["head_dims"]:
+            for rows in (4, 64):
+                row = bench_decode(rows, d, measure)
+                row["copy_tbps"] = bandwidth
+                result["rows"].append(row)
+                _progress("decode", row)
+    for case in _cases(settings):
+        row = bench_patch_case(case, measure, peers=settings["peers"])
+        result["rows"].append(row)
+        _progress("patch", row)
+    for d in settings["sweep"] or []:
+        for row in sweep_tiles(PatchCase("4x4", (1, 4, 4), 8, (0, 1, 1), d, "local"), measure):
+            result["sweep"].append(row)
+            _progress("sweep", row)
+    result["ok"] = all(c["ok"] for c in result["checks"])
+    result["metrics"] = ["fwd_ms", "fwd_tflops", "fwdbwd_ms", "fwdbwd_tflops", "flex_fwd_ms", "flex_fwdbwd_ms",
+                         "flex_fwdbwd_tflops", "cudnn_fwd_ms", "cudnn_fwdbwd_ms", "cudnn_fwdbwd_tflops", "x_flex",
+                         "x_cudnn", "ms", "tbps", "cudnn_ms", "cudnn_tbps", "copy_tbps"]
+    result["required"] = ["kernel", "case"]
+    if not result["ok"]:
+        print("[kernels] CORRECTNESS CHECKS FAILED: timings of wrong kernels are not results", flush=True)
+    return result
+
+
+def _run_cpu(opts) -> dict:
+    """Interpreter smoke run: tiny shapes, correctness against the reference; times are the
+    interpreter's (not a speed figure)."""
+    result = {"checks": [], "rows": [], "note": "Triton interpreter on CPU: correctness only; times are not speed"}
+    for stack in ("local", "global"):
+        case = PatchCase("1x2", (1, 1, 2), 1, (0, 1, 1), 16, stack, patch=4, num_heads=2)
+        start = time.perf_counter()
+        check = check_patch(case, "cpu", torch.float32, text_len=5)
+        seconds = time.perf_counter() - start
+        result["checks"].append(check)
+        result["rows"].append(dict(kernel="patch_attention", case=case.name, interpreter_s=seconds,
+                                   worst_rel_error=check["worst_rel_error"], ok=check["ok"]))
+    start = time.perf_counter()
+    check = check_decode("cpu", torch.float32, 16, 2)
+    result["checks"].append(check)
+    result["rows"].append(dict(kernel="pool_decode_attention", case=check["case"],
+                               interpreter_s=time.perf_counter() - start, worst_rel_error=check["worst_rel_error"],
+                               ok=check["ok"]))
+    result["ok"] = all(c["ok"] for c in result["checks"])
+    result["metrics"] = ["interpreter_s"]
+    result["required"] = ["kernel", "case", "ok"]
+    return result
+
+
+def _interpreter_ready() -> bool:
+    """True when every @triton.jit function so far was made for the interpreter (the flag is read
+    when a function is decorated: triton's own library is decorated at ``import triton``)."""
+    import sys
+
+    if "triton" not in sys.modules:
+        return os.environ.get("TRITON_INTERPRET") == "1"
+    import triton
+
+    return bool(triton.knobs.runtime.interpret) and not isinstance(
+        triton.language.standard.sum, triton.runtime.jit.JITFunction)
+
+
+def run(opts) -> dict:
+    if opts.device != "cpu":
+        return _run_cuda(opts)
+    if os.environ.get("TRITON_INTERPRET", "1") != "1":
+        raise ValueError("the kernels suite on CPU runs the Triton interpreter: unset TRITON_INTERPRET or set it to 1")
+    if _interpreter_ready():
+        return _run_cpu(opts)
+    # triton was imported without the interpreter flag (the report reads its version first): run the
+    # suite in a fresh interpreter process and take its result
+    import json
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-m", "nuwa_ds.bench.kernels"], env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"kernels suite (interpreter process) failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":  # the CPU suite in a process that set TRITON_INTERPRET=1 before importing triton
+    import json
+
+    from nuwa_ds.bench import BenchOptions
+
+    print(json.dumps(_run_cpu(BenchOptions(device="cpu", quick=True))))
