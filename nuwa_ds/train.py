@@ -110,9 +110,10 @@ def preflight(cfg: RunConfig, dist: D.DistEnv, device_kind: str, resume: Optiona
     ds = DSC.resolve(cfg.train.ds_config, cfg.train, dist.world_size, device_kind)
     if cfg.data.shards is not None:
         check_shards(cfg.data.shards)
-    for path, what in ((cfg.train.init_from, "train.init_from"), (cfg.train.text_encoder_path, "train.text_encoder_path")):
+    for key in ("init_from", "text_encoder_path"):
+        path = getattr(cfg.train, key)
         if path is not None and not Path(path).exists():
-            raise ValueError(f"{what}={path} does not exist")
+            raise ValueError(f"train.{key}={path} does not exist")
     shapes = meta_parameter_shapes(cfg)
     numels = {name: int(torch.Size(shape).numel()) for name, shape in shapes.items()}
     DSC.check_fits_model(ds, numels)

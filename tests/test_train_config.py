@@ -59,7 +59,8 @@ def test_batch_triad_names_the_number_to_change(kwargs, world, message):
 @pytest.mark.parametrize("content, message", [
     ({"train_micro_batch_size_per_gpu": 8}, r"sets train_micro_batch_size_per_gpu=8 but train.micro_batch_size=4"),
     ({"train_batch_size": 48}, r"train_batch_size in the DeepSpeed config=48 .*= 64"),
-    ({"zero_optimization": {"stage": 2, "reduce_bucket_size": "auto"}}, r"zero_optimization.reduce_bucket_size is 'auto'"),
+    ({"zero_optimization": {"stage": 2, "reduce_bucket_size": "auto"}},
+     r"zero_optimization.reduce_bucket_size is 'auto'"),
     ({"fp16": {"enabled": True}}, r"fp16 is not supported"),
     ({"scheduler": {"type": "WarmupLR"}}, r"remove 'scheduler'"),
     ({"optimizer": {"type": "Lamb"}}, r"optimizer type 'Lamb' unsupported"),

@@ -20,13 +20,14 @@ def _is_linear_matrix(module: nn.Module, name: str) -> bool:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups over the trainable parameters: decayed matrices and the rest."""
+    """Two AdamW groups over the trainable parameters: decayed matrices and the rest. A tied parameter
+    (e.g. an embedding shared with the output projection) is listed once, decayed if any use is linear."""
+    matrices = {id(param) for module in model.modules() for name, param in module.named_parameters(recurse=False)
+                if _is_linear_matrix(module, name)}
     decay, no_decay = [], []
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad:
-                continue
-            (decay if _is_linear_matrix(module, name) else no_decay).append(param)
+    for param in model.parameters():  # each parameter once, even when tied
+        if param.requires_grad:
+            (decay if id(param) in matrices else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
               {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
     return [g for g in groups if g["params"]]
