@@ -18,7 +18,6 @@ import pytest
 
 from test_train_utils import ROOT, TINY, clean_env, events, records, segments
 
-pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 
 def _why_no_slurm() -> str | None:
@@ -52,6 +51,8 @@ def wait_until(predicate, what: str, log, timeout: float = 240):
     raise AssertionError(f"timed out waiting for {what}; job log:\n{log.read_text()[-4000:] if log.exists() else ''}")
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_train_sbatch_checkpoints_requeues_and_resumes(slurm, tmp_path):
     run_dir, log = tmp_path / "run", tmp_path / "job.out"
     env = clean_env(RUN_DIR=run_dir, NPROC_PER_NODE=2, NUWA_FAULT_PAUSE_AT_STEP=4, SHUTDOWN_TIMEOUT=60)
@@ -89,6 +90,8 @@ def test_train_sbatch_checkpoints_requeues_and_resumes(slurm, tmp_path):
     assert (run_dir / "logs" / f"job{job_id}.restart1").is_dir()  # per-job, per-restart rank logs
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_srun_tasks_are_ranks(slurm, tmp_path):
     """Without torchrun: ``srun -n 2 python -m nuwa_ds.cli train`` makes each task a rank (SLURM_PROCID)."""
     run_dir = tmp_path / "run"
@@ -102,3 +105,17 @@ def test_srun_tasks_are_ranks(slurm, tmp_path):
     (check,) = events(run_dir, "replica_check")
     assert check["equal"] and len(check["digests"]) == 2
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000003"
+
+
+@pytest.mark.parametrize("script", ["train.sbatch", "bench.sbatch", "export.sbatch"])
+def test_sbatch_scripts_parse(script):
+    """Every script is valid bash and asks Slurm for a per-job log; train.sbatch also for the
+    pre-timeout signal to its batch shell and for requeueing."""
+    path = ROOT / "slurm" / script
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+    directives = [line.split(None, 1)[1].strip() for line in path.read_text().splitlines()
+                  if line.startswith("#SBATCH")]
+    assert "--output=logs/%x-%j.out" in directives
+    if script == "train.sbatch":
+        assert {"--requeue", "--open-mode=append", "--ntasks-per-node=1"} <= set(directives)
+        assert any(d.startswith("--signal=B:USR1@") for d in directives)

@@ -12,7 +12,8 @@ from test_train_utils import events, logged_step, run, segments, start, train_cm
 
 pytestmark = pytest.mark.slow
 
-STEPS = ["train.steps=12", "train.save_every=4", "train.micro_batch_size=2"]
+# global batch 4 = 2 ranks x micro-batch 1 x 2 accumulated micro-batches
+STEPS = ["train.steps=12", "train.save_every=4", "train.micro_batch_size=1", "train.grad_accum_steps=2"]
 
 
 # ZeRO-1 runs under the deepspeed launcher (which passes --local_rank), the others under torchrun
