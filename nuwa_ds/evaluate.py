@@ -128,7 +128,9 @@ def load_statistics(path: Path, block_size: Optional[int]) -> dict[str, FeatureS
 
 def _check_source(source: Path, block_size: Optional[int], role: str) -> dict:
     """Validate one side before any network is built: counts from file headers only."""
-    if source.is_file() and source.suffix == ".npz":
+    if source.suffix == ".npz":
+        if not source.is_file():
+            raise FileNotFoundError(f"{role} statistics file not found: {source}")
         return {"path": str(source), "statistics_file": True}
     paths, blocks = scan_folder(source, block_size)
     if len(paths) < 2:

@@ -170,6 +170,16 @@ def test_feature_stats_streaming_matches_numpy():
     np.testing.assert_allclose(stats.cov, np.cov(rows, rowvar=False), rtol=1e-10)
     assert stats._rows is None  # 300 > 100 rows: switched to moments only
 
+    # statistics files: ours (mu, sigma, count, rows while kept) and pytorch-fid's (mu, sigma only)
+    small = FeatureStats(16)
+    small.update(rows[:10])
+    for original in (stats, small):
+        for arrays in (original.arrays(), {k: original.arrays()[k] for k in ("mu", "sigma")}):
+            restored = FeatureStats.from_arrays(arrays)
+            np.testing.assert_allclose(restored.cov, original.cov, rtol=1e-12)
+            assert abs(frechet_distance(restored, original)) < 1e-8 * np.trace(original.cov)
+    assert FeatureStats.from_arrays(small.arrays())._rows is not None  # exact low-rank factor kept
+
 
 def test_frechet_distance_exact_and_methods_agree():
     rng = np.random.default_rng(1)
