@@ -1,0 +1,265 @@
+"""``nuwa-ds generate MODEL_DIR --task ...``: images and videos of any size, every task.
+
+Tasks and the order each uses (ADC, DESIGN section 1):
+
+| task | needs | order |
+| --- | --- | --- |
+| unconditional | --size | down (right for canvases wider than 2:1) |
+| text2image | --prompt | down |
+| outpaint | --input, --direction | the direction (the given picture is placed on the opposite side) |
+| animate | --input (first frame), --frames | down, frames outermost |
+| text2video | --prompt, --frames | down |
+
+Before anything is allocated the pool and activation memory is estimated; if it does not fit, the
+command refuses and names the largest size that does.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+TASKS = ("unconditional", "text2image", "outpaint", "animate", "text2video")
+
+
+def add_arguments(parser):
+    parser.add_argument("model_dir", help="exported model directory (model.safetensors + config.json)")
+    parser.add_argument("--task", default="unconditional", choices=TASKS)
+    parser.add_argument("--size", default=None, help="WxH in pixels, multiples of the patch in pixels "
+                        "(default: 4x4 patches; for outpaint the input grown by half in --direction)")
+    parser.add_argument("--frames", type=int, default=None, help="frames (video tasks; default 4)")
+    parser.add_argument("--direction", default="right", choices=("left", "right", "up", "down"),
+                        help="outpaint: the direction the canvas grows")
+    parser.add_argument("--input", default=None, help="outpaint: the picture to extend; animate: the first frame")
+    parser.add_argument("--prompt", default=None, help="text for text2image / text2video")
+    parser.add_argument("--order", default=None, choices=("down", "up", "right", "left"),
+                        help="override the task's generation order")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (text)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=1, help="canvases generated together")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--wavefront", dest="wavefront", action="store_true", default=True,
+                      help="decode every patch whose context is finished together (default; same result)")
+    mode.add_argument("--sequential", dest="wavefront", action="store_false", help="one patch at a time")
+    parser.add_argument("--out", default="outputs/generated.png", help=".png (images), .gif or .mp4 (videos)")
+    parser.add_argument("--fps", type=float, default=8.0)
+    parser.add_argument("--tokenizer", default=None, help="VQ tokenizer directory (default: the model's reference)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    parser.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"),
+                        help="model dtype (auto: bf16 on GPU, fp32 on CPU)")
+    parser.add_argument("--max-memory-gb", type=float, default=None,
+                        help="memory the generation may use beyond the weights (default: what is free)")
+    parser.add_argument("--save-tokens", action="store_true", help="also write the token canvas as .npy")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size {text!r}: expected WxH in pixels, e.g. 512x256") from None
+    if w < 1 or h < 1:
+        raise ValueError(f"--size {text!r}: sizes must be positive")
+    return w, h
+
+
+def check_pixel_size(w: int, h: int, unit: int):
+    for name, v in (("width", w), ("height", h)):
+        if v % unit:
+            lo, hi = max(unit, v // unit * unit), (v // unit + 1) * unit
+            raise ValueError(f"--size: {name} {v} px is not a multiple of the patch ({unit} px = patch_size x "
+                             f"tokenizer downsampling); use {lo} or {hi}")
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def task_order(task: str, direction: str, w: int, h: int) -> str:
+    if task == "outpaint":
+        return direction
+    if task == "unconditional" and w > 2 * h:
+        return "right"  # the pool then holds a few columns, however wide the canvas
+    return "down"
+
+
+def largest_fitting(cfg, shape, order, batch, wavefront, guided, dtype, backend, budget) -> tuple | None:
+    """The largest token canvas along the dimension the pool grows with that fits ``budget``."""
+    from nuwa_ds.model.generation import estimate_generation_memory
+
+    P = cfg.patch_size
+    T, H, W = shape
+    axis = 2 if order in ("down", "up") else 1  # rows-first orders keep a row of slots: width limits
+    lo, hi, best = 1, shape[axis] // P, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        trial = [T, H, W]
+        trial[axis] = mid * P
+        need = estimate_generation_memory(cfg, tuple(trial), order, batch, wavefront, guided, dtype, backend)["total"]
+        if need <= budget:
+            best, lo = tuple(trial), mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def _resize(image: torch.Tensor, w: int, h: int) -> torch.Tensor:
+    return F.interpolate(image[None], size=(h, w), mode="bicubic", antialias=True, align_corners=False)[0].clamp(-1, 1)
+
+
+def _cover(image: torch.Tensor, w: int, h: int) -> torch.Tensor:
+    """Scale to cover (w, h), then centre-crop."""
+    _, ih, iw = image.shape
+    scale = max(w / iw, h / ih)
+    sw, sh = max(w, round(iw * scale)), max(h, round(ih * scale))
+    scaled = _resize(image, sw, sh)
+    top, left = (sh - h) // 2, (sw - w) // 2
+    return scaled[:, top : top + h, left : left + w]
+
+
+def build_prompt(task, image, tokenizer, canvas_px, frames, direction, batch, f):
+    """(prompt tokens [B, T, H, W], mask) for outpaint / animate; the given region is encoded once."""
+    W, H = canvas_px
+    if task == "animate":
+        first = _cover(image, W, H)
+        tokens = tokenizer.encode(first[None].to(tokenizer.device)).cpu()  # [1, h, w]
+        prompt = torch.zeros(batch, frames, H // f, W // f, dtype=torch.long)
+        mask = torch.zeros_like(prompt, dtype=torch.bool)
+        prompt[:, 0], mask[:, 0] = tokens[0], True
+        return prompt, mask
+    _, ih, iw = image.shape
+    if direction in ("left", "right"):
+        gw = max(f, round(iw * H / ih / f) * f)
+        if gw >= W:
+            raise ValueError(f"--input scaled to the canvas height is {gw} px wide, not narrower than the canvas "
+                             f"({W} px): nothing to outpaint; widen --size")
+        given = _resize(image, gw, H)
+    else:
+        gh = max(f, round(ih * W / iw / f) * f)
+        if gh >= H:
+            raise ValueError(f"--input scaled to the canvas width is {gh} px high, not lower than the canvas "
+                             f"({H} px): nothing to outpaint; heighten --size")
+        given = _resize(image, W, gh)
+    tokens = tokenizer.encode(given[None].to(tokenizer.device)).cpu()[0]  # [h, w]
+    h, w = tokens.shape
+    prompt = torch.zeros(batch, 1, H // f, W // f, dtype=torch.long)
+    mask = torch.zeros_like(prompt, dtype=torch.bool)
+    rows = slice(0, h) if direction != "up" else slice(H // f - h, H // f)
+    cols = slice(0, w) if direction != "left" else slice(W // f - w, W // f)
+    prompt[:, 0, rows, cols], mask[:, 0, rows, cols] = tokens, True
+    return prompt, mask
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from nuwa_ds.export import resolve_vq_tokenizer
+    from nuwa_ds.model import GenerationConfig, NuwaInfinity
+    from nuwa_ds.model.generation import estimate_generation_memory
+    from nuwa_ds.model.nuwa import load_config_json
+    from nuwa_ds.tokenizer import VQTokenizer, load_image, save_media
+
+    cfg = load_config_json(args.model_dir)
+    tok_dir = resolve_vq_tokenizer(args.model_dir, args.tokenizer)
+    if tok_dir is None or not (Path(tok_dir).is_dir()):
+        raise ValueError(f"{args.model_dir} names no VQ tokenizer (tokenizer.json) and --tokenizer was not given "
+                         f"(or {tok_dir} is missing): pass --tokenizer DIR")
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(args.dtype) or \
+        (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    tokenizer = VQTokenizer.from_pretrained(tok_dir, device=device)
+    if tokenizer.codebook_size != cfg.vocab_size:
+        raise ValueError(f"tokenizer {tok_dir} has {tokenizer.codebook_size} codes, the model {cfg.vocab_size}")
+    f = tokenizer.downsample
+    unit = f * cfg.patch_size
+
+    task = args.task
+    video = task in ("animate", "text2video")
+    frames = args.frames if args.frames is not None else (4 if video else 1)
+    if frames < 1 or (video and frames < 2):
+        raise ValueError(f"--frames {frames}: {task} needs at least 2 frames" if video else "--frames must be >= 1")
+    if task in ("text2image", "text2video") and not args.prompt:
+        raise ValueError(f"--task {task} needs --prompt TEXT")
+    if task in ("outpaint", "animate"):
+        if not args.input:
+            raise ValueError(f"--task {task} needs --input IMAGE")
+        if not Path(args.input).is_file():
+            raise FileNotFoundError(f"--input {args.input} not found")
+    if args.prompt and cfg.text_encoder is None:
+        raise ValueError(f"{args.model_dir} has no text encoder: --prompt cannot be used with this model")
+    image = load_image(args.input) if args.input else None
+    if args.size:
+        W, H = parse_size(args.size)
+    elif task == "outpaint":
+        _, ih, iw = image.shape
+        W, H = (round(iw * 1.5 / unit) * unit, round(ih / unit) * unit) if args.direction in ("left", "right") else \
+            (round(iw / unit) * unit, round(ih * 1.5 / unit) * unit)
+        W, H = max(W, 2 * unit), max(H, unit)
+    else:
+        W = H = 4 * unit
+    check_pixel_size(W, H, unit)
+    order = args.order or task_order(task, args.direction, W, H)
+    shape = (frames, H // f, W // f)
+    guided = bool(args.prompt) and args.cfg_scale is not None and args.cfg_scale != 1.0
+    backend = "triton" if device.type == "cuda" else "reference"
+
+    need = estimate_generation_memory(cfg, shape, order, args.batch, args.wavefront, guided, dtype, backend)
+    budget = int(args.max_memory_gb * 2**30) if args.max_memory_gb is not None else free_memory_bytes(device)
+    print(f"canvas {W}x{H} px x {frames} frame(s) = {shape[1]}x{shape[2]} tokens/frame, order {order}; "
+          f"estimated pool {need['pool'] / 2**20:.1f} MiB ({need['slots_per_canvas']} slots/canvas) + activations "
+          f"{need['activations'] / 2**20:.1f} MiB; available {budget / 2**20:.0f} MiB")
+    if need["total"] > budget:
+        best = largest_fitting(cfg, shape, order, args.batch, args.wavefront, guided, dtype, backend, budget)
+        hint = (f"the largest that fits is {best[2] * f}x{best[1] * f} px" if best else
+                "not even one patch along the growing side fits; lower --batch or free memory")
+        raise ValueError(f"this generation needs about {need['total'] / 2**20:.0f} MiB beyond the weights but only "
+                         f"{budget / 2**20:.0f} MiB is available: {hint}")
+
+    model = NuwaInfinity.from_pretrained(args.model_dir, device=device, dtype=dtype)
+    prompt = mask = None
+    if image is not None:
+        prompt, mask = build_prompt(task, image, tokenizer, (W, H), frames, args.direction, args.batch, f)
+        prompt, mask = prompt.to(device), mask.to(device)
+    text = [args.prompt] * args.batch if args.prompt else None
+    gen = GenerationConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                           cfg_scale=args.cfg_scale, seed=args.seed, wavefront=args.wavefront)
+    total = shape[0] * (shape[1] // cfg.patch_size) * (shape[2] // cfg.patch_size)  # patches per canvas
+    start = time.perf_counter()
+    with tqdm(total=total, unit="patch", desc="generating") as bar:
+        tokens = model.generate(shape, order=order, batch_size=args.batch, prompt=prompt, prompt_mask=mask,
+                                text=text, config=gen, progress=bar.update)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    stats = model.last_generation_stats
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not video and out.suffix.lower() in (".gif", ".mp4"):
+        raise ValueError(f"--out {out}: a single image is written as .png")
+    written = []
+    for b in range(args.batch):
+        pixels = torch.cat([tokenizer.decode_tiled(tokens[b, t : t + 1].to(device)) for t in range(frames)])
+        target = out if args.batch == 1 else out.with_name(f"{out.stem}_{b}{out.suffix}")
+        written.append(str(save_media(pixels.float().cpu(), target, fps=args.fps)))
+        if args.save_tokens:
+            import numpy as np
+
+            np.save(target.with_suffix(".npy"), tokens[b].cpu().numpy().astype(np.int16))
+    summary = {"task": task, "order": order, "size_px": [W, H], "frames": frames, "tokens": list(tokens.shape),
+               "seconds": round(seconds, 3), "ms_per_token": 1000 * seconds / tokens.numel(), "files": written,
+               **{k: stats[k] for k in ("steps", "patches", "slots_per_canvas", "peak_slots_in_use")}}
+    print(json.dumps(summary))
+    return 0
