@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections import OrderedDict
 from typing import Callable, Optional
 
 import torch
@@ -113,31 +112,33 @@ INDEX_DTYPES = (torch.int32, torch.int64)
 
 
 # ----------------------------------------------------------------------------------------------
-# Host-side tables, cached per index tensor (the model hands every layer of a step the same
-# tensor object, so each table is built - and its values checked - once per step, not per layer).
+# Host-side tables, cached on the index tensor they derive from. The model hands every layer of a
+# step the same tensor object, so each table is built - and its values checked, which costs a
+# device sync - once per step, not per layer. Stored as an attribute of that tensor, a table lives
+# exactly as long as it: a CUDA graph captured over a decode step keeps reading valid memory.
 
 
-class _TableCache:
-    """Small LRU keyed by the identity and version of the tensors a table is derived from."""
-
-    def __init__(self, size: int = 32):
-        self.size = size
-        self.entries: OrderedDict = OrderedDict()
-
-    def get(self, tensors: tuple, extra: tuple, build: Callable):
-        key = tuple((id(t), t._version) for t in tensors) + extra
-        hit = self.entries.get(key)
-        if hit is not None and all(ref() is t for ref, t in zip(hit[0], tensors)):
-            self.entries.move_to_end(key)
-            return hit[1]
-        value = build()
-        self.entries[key] = ([weakref.ref(t) for t in tensors], value)
-        while len(self.entries) > self.size:
-            self.entries.popitem(last=False)
-        return value
+def _version(t: torch.Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # inference tensors keep no version counter
+        return -1
 
 
-_CACHE = _TableCache()
+def cached_table(tensors: tuple, extra: tuple, build: Callable):
+    """``build()`` once per (tensors' identity and version, extra); held by ``tensors[0]``."""
+    owner = tensors[0]
+    store = getattr(owner, "_nuwa_kernel_tables", None)
+    if store is None or store[0] != _version(owner):  # first use, or modified in place since
+        store = (_version(owner), {})
+        owner._nuwa_kernel_tables = store
+    key = extra + tuple((id(t), _version(t)) for t in tensors[1:])
+    hit = store[1].get(key)
+    if hit is not None and all(ref() is t for ref, t in zip(hit[0], tensors[1:])):
+        return hit[1]
+    value = build()
+    store[1][key] = ([weakref.ref(t) for t in tensors[1:]], value)
+    return value
 
 
 def compact_context(ctx_index: torch.Tensor, ctx_bias_id: torch.Tensor, num_blocks: int, num_bias: int,
@@ -162,7 +163,7 @@ def compact_context(ctx_index: torch.Tensor, ctx_bias_id: torch.Tensor, num_bloc
         count = (1 - invalid).sum(1, dtype=torch.int32)
         return index, bias_id, count
 
-    return _CACHE.get((ctx_index, ctx_bias_id), ("compact", num_blocks, num_bias), build)
+    return cached_table((ctx_index, ctx_bias_id), ("compact", num_blocks, num_bias), build)
 
 
 def _build_readers(ctx_index: torch.Tensor, ctx_bias_id: torch.Tensor, num_blocks: int):
@@ -194,8 +195,8 @@ def readers_table(ctx_index: torch.Tensor, ctx_bias_id: torch.Tensor, num_blocks
     The backward kernels walk it to sum every reader's contribution to dK/dV of a block in one
     program: each block's gradient is written once, no atomics, deterministic.
     """
-    return _CACHE.get((ctx_index, ctx_bias_id), ("readers", num_blocks),
-                      lambda: _build_readers(ctx_index, ctx_bias_id, num_blocks))
+    return cached_table((ctx_index, ctx_bias_id), ("readers", num_blocks),
+                        lambda: _build_readers(ctx_index, ctx_bias_id, num_blocks))
 
 
 def text_readers(text_index32: torch.Tensor, num_text: int, text_bias_id: int):
@@ -205,7 +206,7 @@ def text_readers(text_index32: torch.Tensor, num_text: int, text_bias_id: int):
         column = text_index32.view(-1, 1)
         return _build_readers(column, torch.full_like(column, text_bias_id), num_text)
 
-    return _CACHE.get((text_index32,), ("text_readers", num_text, text_bias_id), build)
+    return cached_table((text_index32,), ("text_readers", num_text, text_bias_id), build)
 
 
 def check_text(text, R: int, H: int, D: int, dtype, device):
@@ -235,7 +236,7 @@ def check_text(text, R: int, H: int, D: int, dtype, device):
             raise ValueError(f"text.length entries must lie in [0, {S}]")
         return text.index.to(torch.int32).contiguous(), text.length.to(torch.int32).contiguous()
 
-    return _CACHE.get((text.index, text.length), ("text", Bt, S), build)
+    return cached_table((text.index, text.length), ("text", Bt, S), build)
 
 
 def num_sms(device: torch.device) -> Optional[int]:

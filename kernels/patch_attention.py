@@ -371,12 +371,11 @@ def default_configs(n: int, m: int, head_dim: int) -> dict[str, TileConfig]:
     def fit(bm, bn, warps, stages):
         return TileConfig(min(bm, cap), min(bn, cap), warps, stages)
 
-    return {
-        "fwd": fit(128, 64, 8 if big else 4, 3),
-        "dq": fit(128, 64, 8, 2 if big else 3),
-        # D=128 with 128-key tiles holds two 128x128 fp32 accumulators: 255 registers and spills
-        "dkv": fit(64, 64, 8, 2) if big else fit(64, 128, 8, 3),
-    }
+    if big:
+        # D=128 with 128-key dK/dV tiles holds two 128x128 fp32 accumulators: 255 registers and spills
+        return {"fwd": fit(128, 64, 8, 3), "dq": fit(128, 64, 8, 2), "dkv": fit(64, 64, 8, 2)}
+    # D=64, H100 sweep of 2026-11-25 (docs/kernels.md v2): 64x64 tiles, 4 warps, 3 stages in all three
+    return {"fwd": fit(64, 64, 4, 3), "dq": fit(64, 64, 4, 3), "dkv": fit(64, 64, 4, 3)}
 
 
 # ----------------------------------------------------------------------------------------------

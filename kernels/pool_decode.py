@@ -17,7 +17,9 @@ kernel writes the output directly. Memory-bound: judged in TB/s of K/V read.
 Reference: ``nuwa_ds.model.attention.reference_pool_decode_attention``. Inference only.
 
 Versions (timings: docs/kernels.md):
-  v1  split kernel + combine; fp32 math on upcast tiles (free in a memory-bound kernel).
+  v1  split kernel + combine; fp32 math on upcast tiles (free in a memory-bound kernel); one
+      running max/sum per program, so every unit reduces across the tile's lanes twice.
+  v2  per-lane running max/sum/output (``LANES``): no cross-lane reduction inside the loop.
 """
 
 from __future__ import annotations
@@ -35,17 +37,42 @@ from kernels._common import (INDEX_DTYPES, INTERPRET, LOG2E, MAX_HEAD_DIM, RCP_L
 
 
 @device_function
-def _decode_step(acc, m_i, l_i, q, k, v, bias2, qk_scale, valid, MASKED: tl.constexpr):
-    """One unit of keys for a single query: q [BD], k/v [BN, BD] (fp32), valid [BN]."""
-    s = tl.sum(k * q[None, :], 1) * qk_scale + bias2
+def _decode_step(acc, m_i, l_i, q, k, v, bias2, qk_scale, valid, MASKED: tl.constexpr, LANES: tl.constexpr):
+    """One unit of keys for a single query: q [BD], k/v [BN, BD] (fp32), valid [BN].
+
+    LANES (v2): every key lane j of the tile keeps its own running max m[j], sum l[j] and output
+    acc[j, :], so a unit needs no reduction across lanes (no shared memory, no barrier); the lanes
+    are merged once at the end (``_merge_lanes``). Otherwise (v1) m, l are scalars and acc [BD].
+    """
+    s = tl.sum(k * q[None, :], 1) * qk_scale + bias2  # [BN]
     if MASKED:
         s = tl.where(valid, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 0))
-    alpha = tl.math.exp2(m_i - m_new)
-    p = tl.math.exp2(s - m_new)
-    l_i = l_i * alpha + tl.sum(p, 0)
-    acc = acc * alpha + tl.sum(p[:, None] * v, 0)
+    if LANES:
+        m_new = tl.maximum(m_i, s)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a lane with no visible key yet stays (0, 0)
+        alpha = tl.math.exp2(m_i - m_safe)
+        p = tl.math.exp2(s - m_safe)
+        l_i = l_i * alpha + p
+        acc = acc * alpha[:, None] + p[:, None] * v
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, 0))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s - m_new)
+        l_i = l_i * alpha + tl.sum(p, 0)
+        acc = acc * alpha + tl.sum(p[:, None] * v, 0)
     return acc, m_new, l_i
+
+
+@device_function
+def _merge_lanes(acc, m_i, l_i, LANES: tl.constexpr):
+    """Per-lane statistics -> (unnormalised output [BD], max, sum); a no-op for v1."""
+    if LANES:
+        m = tl.max(m_i, 0)
+        w = tl.math.exp2(m_i - tl.where(m == float("-inf"), 0.0, m))  # empty lanes weigh 0
+        out, m_out, l_out = tl.sum(w[:, None] * acc, 0), m, tl.sum(w * l_i, 0)
+    else:
+        out, m_out, l_out = acc, m_i, l_i
+    return out, m_out, l_out
 
 
 @triton.jit
@@ -57,7 +84,7 @@ def _split_kernel(
     s_tkb, s_tkn, s_tkh, s_tkd, s_tvb, s_tvn, s_tvh, s_tvd,
     s_or, s_oh, s_od, s_bh, s_own_slot, s_own_len, C, H, own_bid, text_bid, qk_scale, units_per_split, num_splits,
     M_K: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_TEXT: tl.constexpr, SINGLE: tl.constexpr,
+    HAS_TEXT: tl.constexpr, SINGLE: tl.constexpr, LANES: tl.constexpr,
 ):
     MASK_M: tl.constexpr = M_K % BLOCK_N != 0
     MASK_D: tl.constexpr = BLOCK_D != HEAD_DIM
@@ -80,9 +107,14 @@ def _split_kernel(
     u0 = split * units_per_split
     u1 = u0 + units_per_split
 
-    m_i = float("-inf")
-    l_i = 0.0
-    acc = tl.zeros([BLOCK_D], tl.float32)
+    if LANES:
+        m_i = tl.full([BLOCK_N], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_N], tl.float32)
+        acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    else:
+        m_i = float("-inf")
+        l_i = 0.0
+        acc = tl.zeros([BLOCK_D], tl.float32)
 
     slot = tl.load(OwnSlot + r * s_own_slot).to(tl.int64)
     k_own, v_own = OK + slot * s_okb + h * s_okh, OV + slot * s_ovb + h * s_ovh
@@ -91,7 +123,7 @@ def _split_kernel(
         keys = u * BLOCK_N + offs_n
         k = load_tile(k_own, keys, s_okn, offs_d, s_okd, own_len, HEAD_DIM, True, MASK_D, True)
         v = load_tile(v_own, keys, s_ovn, offs_d, s_ovd, own_len, HEAD_DIM, True, MASK_D, True)
-        acc, m_i, l_i = _decode_step(acc, m_i, l_i, q, k, v, b_own, qk_scale, keys < own_len, True)
+        acc, m_i, l_i = _decode_step(acc, m_i, l_i, q, k, v, b_own, qk_scale, keys < own_len, True, LANES)
 
     for u in range(tl.maximum(u0, own_units), tl.minimum(u1, own_units + ctx_units)):
         w = u - own_units
@@ -101,7 +133,7 @@ def _split_kernel(
         b = tl.load(bias_h + tl.load(CtxBid + r * C + e)).to(tl.float32) * RCP_LN2
         k = load_tile(PK + s * s_pkb + h * s_pkh, keys, s_pkn, offs_d, s_pkd, M_K, HEAD_DIM, MASK_M, MASK_D, True)
         v = load_tile(PV + s * s_pvb + h * s_pvh, keys, s_pvn, offs_d, s_pvd, M_K, HEAD_DIM, MASK_M, MASK_D, True)
-        acc, m_i, l_i = _decode_step(acc, m_i, l_i, q, k, v, b, qk_scale, keys < M_K, MASK_M)
+        acc, m_i, l_i = _decode_step(acc, m_i, l_i, q, k, v, b, qk_scale, keys < M_K, MASK_M, LANES)
 
     if HAS_TEXT:
         t = tl.load(TIdx + r).to(tl.int64)
@@ -114,8 +146,9 @@ def _split_kernel(
                           True)
             v = load_tile(TV + t * s_tvb + h * s_tvh, keys, s_tvn, offs_d, s_tvd, text_len, HEAD_DIM, True, MASK_D,
                           True)
-            acc, m_i, l_i = _decode_step(acc, m_i, l_i, q, k, v, b_text, qk_scale, keys < text_len, True)
+            acc, m_i, l_i = _decode_step(acc, m_i, l_i, q, k, v, b_text, qk_scale, keys < text_len, True, LANES)
 
+    acc, m_i, l_i = _merge_lanes(acc, m_i, l_i, LANES)
     if SINGLE:
         out = acc / l_i
         tl.store(Out + r * s_or + h * s_oh + offs_d * s_od, out.to(Out.dtype.element_ty), mask=offs_d < HEAD_DIM)
@@ -192,14 +225,15 @@ def _check(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_v, own_slot, ow
 
 def pool_decode_attention(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_v, own_slot, own_len,
                           own_bias_id: int, bias, text=None, num_splits: Optional[int] = None,
-                          block_n: Optional[int] = None, num_warps: int = 4, num_stages: int = 3) -> torch.Tensor:
+                          block_n: Optional[int] = None, num_warps: int = 4, num_stages: int = 3,
+                          lanes: bool = True) -> torch.Tensor:
     """One query per row against pool slots; same contract as
     ``nuwa_ds.model.attention.pool_decode_attention``. Returns [R, H, D] in q's dtype.
 
     own_slot and own_len must hold in-range values (slots of own_k, 1 <= own_len <= n): they change
     every token, and checking them would cost a device sync per layer per token. Context slots and
     text indices are checked (once per tensor, cached). ``num_splits``/``block_n``/``num_warps``/
-    ``num_stages`` override the launch (tests and benchmarks)."""
+    ``num_stages``/``lanes`` (v2 per-lane softmax, else v1) override the launch (tests, benchmarks)."""
     text_tables = _check(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_v, own_slot, own_len, own_bias_id,
                          bias, text)
     R, H, D = q.shape
@@ -232,7 +266,7 @@ def pool_decode_attention(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_
         *q.stride(), *pool_k.stride(), *pool_v.stride(), *own_k.stride(), *own_v.stride(), *tk.stride(), *tv.stride(),
         *out.stride(), bias.stride(0), own_slot.stride(0), own_len.stride(0), slots.shape[1], H, int(own_bias_id), bias.shape[1] - 1, LOG2E / math.sqrt(D),
         units_per_split, splits, M_K=m, HEAD_DIM=D, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, HAS_TEXT=has_text,
-        SINGLE=single, num_warps=num_warps, num_stages=num_stages,
+        SINGLE=single, LANES=lanes, num_warps=num_warps, num_stages=num_stages,
     )
     if not single:
         _combine_kernel[(R * H,)](part_m, part_l, part_acc, out, *out.stride(), H, splits, HEAD_DIM=D,

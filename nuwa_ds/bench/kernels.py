@@ -13,7 +13,8 @@ CPU (``--device cpu``): the kernels under the Triton interpreter on tiny shapes;
 its times say nothing about a GPU.
 
 Settings (``--set key=value``): head_dims=[64,128], stacks=["local"], peers=true, checks=true,
-decode=true, sweep=[] (head dims whose tile alternatives to time), cases="all" or a list of case names.
+decode=true, sweep=[] (head dims whose tile alternatives to time), decode_sweep=false, cases="all" or a
+list of case names. Decode times are CUDA-graph replays (the GPU's time; ``eager_ms`` adds the host's).
 FLOP convention: fwd = 4 D H x attended pairs (a causal own block counts n(n+1)/2 pairs), fwd+bwd =
 3.5 x fwd; dense causal SDPA counts S^2/2 pairs per sequence.
 """
@@ -32,6 +33,12 @@ PATCH = 16
 # (name, canvas in patches (T, Hp, Wp), batch): ~24-32k tokens per call
 CANVASES = (("4x4", (1, 4, 4), 8), ("8x8", (1, 8, 8), 2), ("3x4x4", (3, 4, 4), 2))
 EXTENTS = ((0, 1, 1), (1, 1, 1))
+# tile alternatives (block_m, block_n, warps, stages) timed by ``--set sweep=[64,128]``
+SWEEP = {
+    "fwd": ((64, 64, 4, 3), (64, 64, 4, 4), (128, 64, 8, 3), (64, 128, 4, 3), (64, 64, 8, 3), (64, 32, 4, 3)),
+    "dq": ((64, 64, 4, 3), (64, 64, 4, 2), (128, 64, 8, 2), (64, 128, 4, 3), (64, 64, 8, 2), (32, 64, 4, 3)),
+    "dkv": ((64, 64, 4, 3), (64, 64, 4, 2), (64, 64, 8, 2), (64, 128, 4, 3), (32, 64, 4, 3), (32, 128, 4, 3)),
+}
 FLEX_OPTIONS = ({}, {"BLOCK_M": 64, "BLOCK_N": 64, "num_stages": 2, "BLOCK_M1": 32, "BLOCK_N1": 64,
                      "BLOCK_M2": 64, "BLOCK_N2": 32})
 
@@ -272,13 +279,11 @@ def sweep_tiles(case: PatchCase, measure) -> list[dict]:
     args = _call_args(inputs)
     n = case.patch ** 2
     base = default_configs(n, n, case.head_dim)
-    candidates = [TileConfig(bm, bn, w, s) for bm, bn, w, s in
-                  ((128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 4), (64, 128, 8, 2),
-                   (64, 64, 8, 2), (128, 64, 8, 2))]
+    candidates = {kernel: [TileConfig(*c) for c in configs] for kernel, configs in SWEEP.items()}
     grad = torch.randn_like(inputs["q"])
     rows = []
     for kernel in ("fwd", "dq", "dkv"):
-        for cfg in candidates:
+        for cfg in candidates[kernel]:
             configs = dict(base, **{kernel: cfg})
             try:
                 p = _check(**{k: args[k] for k in ("q", "k", "v", "ctx_k", "ctx_v", "ctx_index", "ctx_bias_id",
@@ -315,7 +320,23 @@ def _decode_inputs(rows, heads, head_dim, ctx, n, device, dtype):
                 bias=torch.randn(heads, 10, device=device), text=None)
 
 
-def bench_decode(rows, head_dim, measure, ctx=4, n=PATCH * PATCH, splits=None, block_n=None) -> dict:
+def graph_timed(fn, measure) -> float:
+    """Median ms of ``fn`` replayed from a CUDA graph: the GPU's time without the host's launch
+    overhead (what generation, which captures its token step, pays)."""
+    fn()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return measure(graph.replay)
+
+
+def bench_decode(rows, head_dim, measure, ctx=4, n=PATCH * PATCH, splits=None, block_n=None, num_warps=4,
+                 lanes=True, peers=True) -> dict:
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -326,9 +347,15 @@ def bench_decode(rows, head_dim, measure, ctx=4, n=PATCH * PATCH, splits=None, b
     nbytes = kv_bytes_read(args["ctx_slots"], args["own_len"], n, heads, head_dim, 2)
     bn = block_n or default_block_n(head_dim)
     used_splits = splits or choose_splits(rows * heads, (ctx + 1) * math.ceil(n / bn), torch.device("cuda"))
-    ms = measure(lambda: pool_decode_attention(**args, num_splits=used_splits, block_n=bn))
+    fn = lambda: pool_decode_attention(**args, num_splits=used_splits, block_n=bn, num_warps=num_warps,  # noqa: E731
+                                       lanes=lanes)
+    ms = graph_timed(fn, measure)
     row = dict(kernel="pool_decode_attention", case=f"R{rows}-D{head_dim}-keys{(ctx + 1) * n}", rows=rows, H=heads,
-               D=head_dim, keys=(ctx + 1) * n, splits=used_splits, block_n=bn, ms=ms, tbps=nbytes / ms / 1e9)
+               D=head_dim, keys=(ctx + 1) * n, splits=used_splits, block_n=bn, warps=num_warps,
+               version="v2" if lanes else "v1", ms=ms, tbps=nbytes / ms / 1e9)
+    if not peers:
+        return row
+    row["eager_ms"] = measure(fn)  # with the host's checks and launch (ungraphed callers pay this)
     # cuDNN decode on the same K/V, contiguous [R, H, L, D]
     L = (ctx + 1) * n
     q = args["q"].unsqueeze(2)
@@ -340,11 +367,28 @@ def bench_decode(rows, head_dim, measure, ctx=4, n=PATCH * PATCH, splits=None, b
             return F.scaled_dot_product_attention(q, k, v)
 
     try:
-        cudnn = measure(sdpa)
+        cudnn = graph_timed(sdpa, measure)
         row.update(cudnn_ms=cudnn, cudnn_tbps=nbytes / cudnn / 1e9)
     except Exception as exc:  # noqa: BLE001
         row["cudnn_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
     return row
+
+
+def sweep_decode(head_dim, measure) -> list[dict]:
+    """64 rows: tile width, warps and v1/v2 statistics; 4 rows: how many splits."""
+    rows = []
+    for lanes in (True, False):
+        for block_n in (32, 64, 128):
+            for warps in (4, 8):
+                try:
+                    rows.append(bench_decode(64, head_dim, measure, block_n=block_n, num_warps=warps, lanes=lanes,
+                                             peers=False))
+                except Exception as exc:  # noqa: BLE001 - recorded, the sweep goes on
+                    rows.append(dict(case=f"R64-D{head_dim}", block_n=block_n, warps=warps, lanes=lanes,
+                                     error=f"{type(exc).__name__}: {str(exc)[:120]}"))
+    for splits in (1, 2, 4, 8, 16):
+        rows.append(bench_decode(4, head_dim, measure, splits=splits, peers=False))
+    return rows
 
 
 def copy_bandwidth(measure) -> float:
@@ -421,7 +465,8 @@ def check_decode(device, dtype, head_dim, splits) -> dict:
 
 
 def _settings(opts) -> dict:
-    s = dict(head_dims=[64, 128], stacks=["local"], peers=True, checks=True, decode=True, sweep=[], cases="all")
+    s = dict(head_dims=[64, 128], stacks=["local"], peers=True, checks=True, decode=True, sweep=[], decode_sweep=False,
+             cases="all")
     s.update(opts.extra)
     return s
 
@@ -466,6 +511,10 @@ def _run_cuda(opts) -> dict:
         row = bench_patch_case(case, measure, peers=settings["peers"])
         result["rows"].append(row)
         _progress("patch", row)
+    for d in settings["head_dims"] if settings["decode_sweep"] else []:
+        for row in sweep_decode(d, measure):
+            result["sweep"].append(row)
+            _progress("decode-sweep", row)
     for d in settings["sweep"] or []:
         for row in sweep_tiles(PatchCase("4x4", (1, 4, 4), 8, (0, 1, 1), d, "local"), measure):
             result["sweep"].append(row)
@@ -473,7 +522,7 @@ def _run_cuda(opts) -> dict:
     result["ok"] = all(c["ok"] for c in result["checks"])
     result["metrics"] = ["fwd_ms", "fwd_tflops", "fwdbwd_ms", "fwdbwd_tflops", "flex_fwd_ms", "flex_fwdbwd_ms",
                          "flex_fwdbwd_tflops", "cudnn_fwd_ms", "cudnn_fwdbwd_ms", "cudnn_fwdbwd_tflops", "x_flex",
-                         "x_cudnn", "ms", "tbps", "cudnn_ms", "cudnn_tbps", "copy_tbps"]
+                         "x_cudnn", "ms", "tbps", "eager_ms", "cudnn_ms", "cudnn_tbps", "copy_tbps"]
     result["required"] = ["kernel", "case"]
     if not result["ok"]:
         print("[kernels] CORRECTNESS CHECKS FAILED: timings of wrong kernels are not results", flush=True)
