@@ -311,6 +311,7 @@ def run_generation(model, shape, order: str, batch_size: int, prompt=None, promp
     live: dict[int, list[int]] = {}
     decoded = 0
     use_graph = device.type == "cuda" and config.cuda_graph
+    steppers: dict[int, TokenStep] = {}  # by rows decoded together (one CUDA graph each)
 
     for step, patches in enumerate(schedule):
         patches = patches.to(device)
@@ -338,10 +339,13 @@ def run_generation(model, shape, order: str, batch_size: int, prompt=None, promp
                 sel = sel[sel < w * batch_size]
                 sel = torch.cat([sel, sel + w * batch_size])
             half = sel[: sel.numel() // 2] if guided else sel
-            step_fn = TokenStep(model, pool, slots[sel], ctx_slots[sel], coff[sel], own_offset, backend, text_cache,
-                                rb[sel], order_id, frame_of[rp[sel]], canon[half], rp[half], config, guided,
-                                canvas, prompt_p, mask_p, logits_out)
-            step_fn.run_patch(n, use_graph=use_graph)
+            if sel.numel() not in steppers:
+                steppers[sel.numel()] = TokenStep(model, pool, sel.numel(), table.max_context, own_offset, backend,
+                                                  text_cache, order_id, config, guided, canvas, prompt_p, mask_p,
+                                                  logits_out)
+            stepper = steppers[sel.numel()]
+            stepper.load(slots[sel], ctx_slots[sel], coff[sel], rb[sel], frame_of[rp[sel]], canon[half], rp[half])
+            stepper.run_patch(n, use_graph=use_graph)
             decoded += int(sel.numel()) // (2 if guided else 1)
 
         # 2. global stack on the finished patches that someone will read
@@ -371,28 +375,41 @@ def run_generation(model, shape, order: str, batch_size: int, prompt=None, promp
 
 
 class TokenStep:
-    """One token of the local stack for a fixed set of rows, with every per-token input in device
-    tensors (position, previous token), so the same step runs eagerly on CPU and is captured once
-    in a CUDA graph per row count on GPU, then replayed n times per patch.
+    """One token of the local stack for a fixed number of rows R, with every per-token input in
+    device tensors (position, previous token) and every per-patch input in static buffers that
+    ``load`` refills. So the same step runs eagerly on CPU, and on GPU is captured once per R in a
+    CUDA graph and replayed n times per patch, for every patch decoded with R rows.
 
     Rows are internal rows (with guidance: the conditional rows, then the unconditional ones);
     ``b``/``p`` are the canvas row and canonical patch of the first ``half`` rows.
     """
 
-    def __init__(self, model, pool, slots, ctx_slots, ctx_offset, own_offset, backend, text_cache, text_rows,
-                 order_id, frame, b, p, config, guided, canvas, prompt_p, mask_p, logits_out):
+    def __init__(self, model, pool, rows: int, max_context: int, own_offset, backend, text_cache, order_id,
+                 config, guided, canvas, prompt_p, mask_p, logits_out):
         self.model, self.config, self.guided = model, config, guided
         self.canvas, self.prompt_p, self.mask_p, self.logits_out = canvas, prompt_p, mask_p, logits_out
-        self.b, self.p, self.half = b, p, b.numel()
-        self.text_cache, self.text_rows = text_cache, text_rows
-        self.layout = DecodeStepLayout(pool, slots, ctx_slots, ctx_offset, own_offset, backend, text_cache)
-        device = slots.device
-        self.position = torch.zeros((), dtype=torch.long, device=device)  # token index inside the patch
+        self.text_cache, self.order_id = text_cache, order_id
+        device = canvas.device
+        long = dict(dtype=torch.long, device=device)
+        self.half = half = rows // 2 if guided else rows
+        self.slots, self.text_rows = torch.zeros(rows, **long), torch.zeros(rows, **long)
+        self.ctx_slots, self.ctx_offset = torch.zeros(rows, max_context, **long), torch.zeros(rows, max_context, **long)
+        self.b, self.p = torch.zeros(half, **long), torch.zeros(half, **long)
+        self.position = torch.zeros((), **long)  # token index inside the patch
+        self.prev = torch.zeros(rows, **long)
+        self.bos = torch.zeros(rows, model.config.d_local, device=device, dtype=next(model.parameters()).dtype)
+        self.layout = DecodeStepLayout(pool, self.slots, self.ctx_slots, self.ctx_offset, own_offset, backend,
+                                       text_cache)
         self.layout.position = self.position
-        order = torch.full((slots.numel(),), order_id, dtype=torch.long, device=device)
-        self.bos = model.local_model.begin_of_patch(order, frame)  # [R, d_local]
-        self.prev = torch.zeros(slots.numel(), dtype=torch.long, device=device)
         self.graph = None
+
+    def load(self, slots, ctx_slots, ctx_offset, text_rows, frame, b, p):
+        """Point the static buffers at the next patches (same row count)."""
+        for buf, value in ((self.slots, slots), (self.ctx_slots, ctx_slots), (self.ctx_offset, ctx_offset),
+                           (self.text_rows, text_rows), (self.b, b), (self.p, p)):
+            buf.copy_(value)
+        order = torch.full_like(slots, self.order_id)
+        self.bos.copy_(self.model.local_model.begin_of_patch(order, frame))  # [R, d_local]
 
     def __call__(self):
         """Decode token ``position`` of every row; advance ``position``."""
