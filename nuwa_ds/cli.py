@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
     parser = argparse.ArgumentParser(prog=f"nuwa-ds {name}", description=desc)
     module.add_arguments(parser)
-    args = parser.parse_args(rest)
+    args = parser.parse_intermixed_args(rest)  # options may follow positionals (key=value overrides)
     try:
         return int(module.run(args) or 0)
     except (ValueError, FileNotFoundError) as exc:
