@@ -428,6 +428,9 @@ class TrainConfig(ConfigBase):
     an earlier run); optimizer, schedule and data position start fresh. Ignored when resuming."""
     text_encoder_path: Optional[str] = None
     """Local transformers text encoder directory attached at start (text-conditioned training)."""
+    checkpoint_fsync: bool = True
+    """fsync every checkpoint file before publishing it, so a checkpoint survives a node crash, not
+    only a killed process (costs the time to flush it to disk)."""
 
     def validate(self):
         if self.precision not in ("auto", "bf16", "fp32"):

@@ -229,7 +229,7 @@ class Trainer:
                                    text_tokenizer=model.text_tokenizer)
         self.faults = Faults()
         self.checkpoints = C.CheckpointManager(self.run_dir / "checkpoints", dist.rank, dist.world_size,
-                                               cfg.train.keep_last, self.faults)
+                                               cfg.train.keep_last, self.faults, cfg.train.checkpoint_fsync)
         self.peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
         self._flops_per_token: dict = {}
         self.code_version = C.code_version()
@@ -301,8 +301,10 @@ class Trainer:
                 "code_version": self.code_version, "ds_config": self.plan.ds.source,
                 "skipped_steps": int(self.engine.skipped_steps)}
         info = self.checkpoints.save(self.engine, step, self.loader.state_dict(), meta, self.cfg.to_json())
-        logger.event("checkpoint", f"checkpoint {info.path} ({time.monotonic() - started:.1f} s)", step=step,
-                     path=str(info.path), seconds=time.monotonic() - started)
+        seconds, split = time.monotonic() - started, self.checkpoints.last_timings
+        logger.event("checkpoint", f"checkpoint {info.path} ({seconds:.1f} s: write {split['write']:.1f} s, "
+                     f"publish {split['publish']:.1f} s)", step=step, path=str(info.path), seconds=seconds,
+                     write_s=split["write"], publish_s=split["publish"])
         return info
 
     def parameter_digest(self) -> str:

@@ -92,7 +92,8 @@ def test_zero3_budget_must_hold_the_largest_parameter():
 
 BAD_RUNS = {
     "unknown key": (["train.stepz=3"], "unknown key train.stepz"),
-    "batch triad": (["train.global_batch_size=3"], "batch triad: train.global_batch_size=3"),
+    # options may follow the key=value overrides
+    "batch triad": (["train.global_batch_size=3", "--ds-config", "zero1"], "batch triad: train.global_batch_size=3"),
     "missing shards": (["data.shards=nowhere/train-{000..003}.tar"], "4 of 4 shard files do not exist"),
     "zero3 budget": (["--ds-config", "{zero3_tight}"], "stage3_max_live_parameters=1000 is smaller than"),
     "canvas": (["data.canvas=[1,10,8]"], "multiples of model.patch_size=4"),

@@ -200,9 +200,11 @@ def check_compatible(info: CheckpointInfo, world_size: int, zero_stage: int, ds_
 
 
 class CheckpointManager:
-    def __init__(self, root: Path, rank: int, world_size: int, keep_last: int, faults=None):
+    def __init__(self, root: Path, rank: int, world_size: int, keep_last: int, faults=None, fsync: bool = True):
         self.root, self.rank, self.world_size, self.keep_last = Path(root), rank, world_size, keep_last
-        self.faults = faults
+        self.faults, self.fsync = faults, fsync
+        self.last_timings: dict[str, float] = {}
+        """Seconds of the last save: 'write' (engine + client files, all ranks) and 'publish' (fsync, renames)."""
 
     def save(self, engine, step: int, loader_state: dict, meta: dict, run_config_json: str) -> CheckpointInfo:
         """Write, then publish, the checkpoint of ``step`` (collective: every rank calls it)."""
@@ -212,25 +214,28 @@ class CheckpointManager:
             self.root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)  # left by a crash at this very step
         D.barrier()
+        started = time.monotonic()
         engine.save_checkpoint(str(self.root), tag=tmp.name, client_state={"step": step}, save_latest=False)
         client = {"step": step, "rank": self.rank, "loader": loader_state, "rng": rng_state()}
         torch.save(client, tmp / rank_file(self.rank))
-        _fsync_file(tmp / rank_file(self.rank))
         if self.faults is not None:
             self.faults.during_save(step)
-        D.barrier()  # every rank's files are on disk
+        D.barrier()  # every rank's files are written
+        written = time.monotonic()
         if self.rank == 0:
             self._publish(tmp, tag, step, meta, run_config_json)
         D.barrier()  # no rank goes on (or exits on preemption) before the checkpoint is published
+        self.last_timings = {"write": written - started, "publish": time.monotonic() - written}
         return CheckpointInfo(self.root / tag, step, {**meta, "step": step, "world_size": self.world_size})
 
     def _publish(self, tmp: Path, tag: str, step: int, meta: dict, run_config_json: str):
         (tmp / RUN_CONFIG).write_text(run_config_json)
         meta = {**meta, "step": step, "world_size": self.world_size, "time": time.time()}
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
-        for path in tmp.rglob("*"):
-            if path.is_file():
-                _fsync_file(path)
+        if self.fsync:  # on stable storage before it is published: survives a node crash, not only a kill
+            for path in tmp.rglob("*"):
+                if path.is_file():
+                    _fsync_file(path)
         final = self.root / tag
         if final.exists():  # an older history reached this step too (resumed from an earlier checkpoint)
             shutil.rmtree(final)
