@@ -125,9 +125,15 @@ def _version(t: torch.Tensor) -> int:
         return -1
 
 
-def cached_table(tensors: tuple, extra: tuple, build: Callable):
-    """``build()`` once per (tensors' identity and version, extra); held by ``tensors[0]``."""
+def cached_table(tensors: tuple, extra: tuple, build: Callable, derive: Optional[Callable] = None):
+    """``build()`` once per (tensors' identity and version, extra); held by ``tensors[0]``.
+
+    During CUDA-graph capture the table is neither cached nor checked: ``derive()`` (``build``
+    without its value checks, which would sync) is recorded into the graph, so every replay derives
+    the table from what the index tensors hold at that replay (generation refills them per patch)."""
     owner = tensors[0]
+    if owner.is_cuda and torch.cuda.is_current_stream_capturing():
+        return (derive or build)()
     store = getattr(owner, "_nuwa_kernel_tables", None)
     if store is None or store[0] != _version(owner):  # first use, or modified in place since
         store = (_version(owner), {})
@@ -148,6 +154,14 @@ def compact_context(ctx_index: torch.Tensor, ctx_bias_id: torch.Tensor, num_bloc
     ctx_index [R, C] (-1 = none), ctx_bias_id [R, C] -> (index [R, C], bias_id [R, C], count [R]).
     """
 
+    def derive():
+        invalid = (ctx_index < 0).to(torch.int8)
+        perm = torch.sort(invalid, dim=1, stable=True).indices
+        index = ctx_index.gather(1, perm).to(torch.int32).contiguous()
+        bias_id = ctx_bias_id.gather(1, perm).to(torch.int32).contiguous()
+        count = (1 - invalid).sum(1, dtype=torch.int32)
+        return index, bias_id, count
+
     def build():
         if ctx_index.numel():
             bad_block = ((ctx_index < -1) | (ctx_index >= num_blocks)).any()
@@ -156,14 +170,9 @@ def compact_context(ctx_index: torch.Tensor, ctx_bias_id: torch.Tensor, num_bloc
                 raise ValueError(f"{names[0]} entries must be -1 or in [0, {num_blocks}) (blocks of {names[2]})")
             if bool(bad_bias.any()):
                 raise ValueError(f"{names[1]} entries of valid context must lie in [0, {num_bias}) (columns of bias)")
-        invalid = (ctx_index < 0).to(torch.int8)
-        perm = torch.sort(invalid, dim=1, stable=True).indices
-        index = ctx_index.gather(1, perm).to(torch.int32).contiguous()
-        bias_id = ctx_bias_id.gather(1, perm).to(torch.int32).contiguous()
-        count = (1 - invalid).sum(1, dtype=torch.int32)
-        return index, bias_id, count
+        return derive()
 
-    return cached_table((ctx_index, ctx_bias_id), ("compact", num_blocks, num_bias), build)
+    return cached_table((ctx_index, ctx_bias_id), ("compact", num_blocks, num_bias), build, derive)
 
 
 def _build_readers(ctx_index: torch.Tensor, ctx_bias_id: torch.Tensor, num_blocks: int):
@@ -229,14 +238,17 @@ def check_text(text, R: int, H: int, D: int, dtype, device):
     if text.index.shape[0] != R:
         raise ValueError(f"text.index must have {R} entries (one per attention row), got {text.index.shape[0]}")
 
+    def derive():
+        return text.index.to(torch.int32).contiguous(), text.length.to(torch.int32).contiguous()
+
     def build():
         if R and (bool((text.index < 0).any()) or bool((text.index >= Bt).any())):
             raise ValueError(f"text.index entries must lie in [0, {Bt})")
         if Bt and (bool((text.length < 0).any()) or bool((text.length > S).any())):
             raise ValueError(f"text.length entries must lie in [0, {S}]")
-        return text.index.to(torch.int32).contiguous(), text.length.to(torch.int32).contiguous()
+        return derive()
 
-    return cached_table((text.index, text.length), ("text", Bt, S), build)
+    return cached_table((text.index, text.length), ("text", Bt, S), build, derive)
 
 
 def num_sms(device: torch.device) -> Optional[int]:
