@@ -60,7 +60,7 @@ class _FeatureSink:
         never exists as float at full size all at once."""
         for chunk in images.split(self.batch_size):
             x = FIDInceptionV3.preprocess(chunk.float() / 255.0)  # [n, 3, 299, 299] in [-1, 1]
-            self.pending.append(x.contiguous(memory_format=torch.channels_last))
+            self.pending.append(x)
             self.rows += x.shape[0]
             while self.rows >= self.batch_size:
                 self._run(self.batch_size)
@@ -157,10 +157,10 @@ def _check_options(block_size, batch_size, num_workers, method) -> None:
 
 def _network(weights: Union[PathLike, FIDInceptionV3], device: torch.device) -> tuple[FIDInceptionV3, dict]:
     if isinstance(weights, FIDInceptionV3):
-        return weights.to(device).to(memory_format=torch.channels_last), {"path": None}
+        return weights.to(device, memory_format=torch.channels_last), {"path": None}
     path = Path(weights)
     sha = file_sha256(path)
-    network = load_fid_inception(path, device).to(memory_format=torch.channels_last)
+    network = load_fid_inception(path, device)
     return network, {"path": str(path), "sha256": sha,
                      "pytorch_fid_file": sha.startswith(FID_WEIGHTS_SHA256_PREFIX)}
 
@@ -194,16 +194,17 @@ def evaluate(real: PathLike, fake: PathLike, weights: Union[PathLike, FIDIncepti
     result = {"fid": frechet_distance(stats["real"]["fid"], stats["fake"]["fid"], method)}
     result["block_fid"] = (frechet_distance(stats["real"]["block_fid"], stats["fake"]["block_fid"], method)
                            if block_size is not None else None)
+    notes = []
     for role in sources:
-        info[role]["fid_samples"] = stats[role]["fid"].count
-        if block_size is not None:
-            info[role]["block_fid_samples"] = stats[role]["block_fid"].count
-        small = [k for k, s in stats[role].items() if s.count < RELIABLE_SAMPLES]
-        if small:
-            warnings.warn(f"{role}: {', '.join(f'{k} from {stats[role][k].count} samples' for k in small)}: "
-                          f"fewer than {RELIABLE_SAMPLES} samples bias FID upward; compare only scores "
-                          f"computed from equal sample counts")
-    result.update(block_size=block_size, real=info["real"], fake=info["fake"], weights=weights_info,
+        for metric, metric_stats in stats[role].items():
+            count = metric_stats.count if metric_stats.count_known else None  # None: pytorch-fid file
+            info[role][f"{metric}_samples"] = count
+            if count is not None and count < RELIABLE_SAMPLES:
+                notes.append(f"{role} {metric.replace('_', '-')}: {count} samples; fewer than {RELIABLE_SAMPLES} "
+                             f"bias FID upward, compare only scores computed from equal sample counts")
+    for note in notes:
+        warnings.warn(note)
+    result.update(warnings=notes, block_size=block_size, real=info["real"], fake=info["fake"], weights=weights_info,
                   method=method, device=str(device), batch_size=batch_size,
                   seconds={"features": round(features_s, 3),
                            "frechet": round(time.perf_counter() - start - features_s, 3)})
@@ -250,14 +251,19 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    result = evaluate(args.real, args.fake, args.inception_weights, block_size=args.block_size,
-                      batch_size=args.batch_size, device=args.device, num_workers=args.workers,
-                      method=args.fid_method, progress=not args.quiet, save_stats=args.save_stats)
+    with warnings.catch_warnings(record=True) as caught:  # shown below as plain "warning:" lines
+        warnings.simplefilter("always")
+        result = evaluate(args.real, args.fake, args.inception_weights, block_size=args.block_size,
+                          batch_size=args.batch_size, device=args.device, num_workers=args.workers,
+                          method=args.fid_method, progress=not args.quiet, save_stats=args.save_stats)
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
     real, fake = result["real"], result["fake"]
-    print(f"FID {result['fid']:.4f}  (real {real['fid_samples']} images, fake {fake['fid_samples']} images)")
+    print(f"FID {result['fid']:.4f}  (real {real['fid_samples'] or '?'} images, "
+          f"fake {fake['fid_samples'] or '?'} images)")
     if result["block_fid"] is not None:
         print(f"Block-FID@{result['block_size']} {result['block_fid']:.4f}  "
-              f"(real {real['block_fid_samples']} blocks, fake {fake['block_fid_samples']} blocks)")
+              f"(real {real['block_fid_samples'] or '?'} blocks, fake {fake['block_fid_samples'] or '?'} blocks)")
     weights = result["weights"]
     if weights.get("sha256") and not weights["pytorch_fid_file"]:
         print(f"note: {weights['path']} has sha256 {weights['sha256'][:8]}..., not the pytorch-fid file "

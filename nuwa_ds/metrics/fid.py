@@ -41,6 +41,7 @@ class FeatureStats:
     mean: np.ndarray = field(default=None, repr=False)
     _m2: np.ndarray = field(default=None, repr=False)  # sum of outer products of centred rows
     _rows: Optional[list] = field(default_factory=list, repr=False)
+    count_known: bool = True  # False for pytorch-fid statistics files, which store no count
 
     def __post_init__(self):
         if self.mean is None:
@@ -117,8 +118,9 @@ class FeatureStats:
             raise ValueError(f"{source}: {prefix}mu {list(mean.shape)} and {prefix}sigma {list(sigma.shape)} "
                              f"do not match")
         # the count is unknown in pytorch-fid files; any count >= 2 reproduces sigma exactly
-        count = max(int(data[f"{prefix}count"]) if f"{prefix}count" in data else 0, 2)
-        return cls(dim=mean.size, count=count, mean=mean, _m2=sigma * (count - 1), _rows=None)
+        known = f"{prefix}count" in data
+        count = max(int(data[f"{prefix}count"]) if known else 0, 2)
+        return cls(dim=mean.size, count=count, mean=mean, _m2=sigma * (count - 1), _rows=None, count_known=known)
 
     def save(self, path: Union[str, Path]) -> None:
         np.savez(path, **self.arrays())

@@ -165,7 +165,7 @@ class InceptionE(nn.Module):
 
 
 class FIDInceptionV3(nn.Module):
-    """Images ``[B, 3, H, W]`` in [0, 1] (any H, W) -> pool features ``[B, 2048]`` (float32)."""
+    """Images ``[B, 3, H, W]`` (float in [0, 1] or uint8; any H, W) -> pool features ``[B, 2048]``."""
 
     def __init__(self):
         super().__init__()
@@ -198,6 +198,8 @@ class FIDInceptionV3(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Preprocessed input [B, 3, 299, 299] -> [B, 2048]."""
+        # channels-last: oneDNN / cuDNN NHWC convolutions (on CPU 1.5-5x faster than NCHW here)
+        x = x.contiguous(memory_format=torch.channels_last)
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))  # [B, 64, 147, 147]
         x = F.max_pool2d(x, kernel_size=3, stride=2)  # [B, 64, 73, 73]
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))  # [B, 192, 71, 71]
@@ -209,12 +211,14 @@ class FIDInceptionV3(nn.Module):
         return x.mean(dim=(2, 3))  # adaptive average pool to 1x1: [B, 2048]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.features(self.preprocess(images.float()))
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        return self.features(self.preprocess(x))
 
 
 def _missing_hint(path: Path) -> str:
-    return (f"Download the pytorch-fid Inception weights (pt_inception-2015-12-05-6726825d.pth) from "
-            f"{FID_WEIGHTS_URL} and pass the local file, e.g. --inception-weights {path.parent / 'pt_inception-2015-12-05-6726825d.pth'}")
+    example = path.parent / FID_WEIGHTS_URL.rsplit("/", 1)[1]
+    return (f"Download the pytorch-fid Inception weights from {FID_WEIGHTS_URL} and pass the local file, "
+            f"e.g. --inception-weights {example}")
 
 
 def read_state_dict(path: Union[str, Path]) -> dict[str, torch.Tensor]:
@@ -287,4 +291,4 @@ def load_fid_inception(path: Union[str, Path], device: Union[str, torch.device] 
         model = FIDInceptionV3()
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
                           strict=True, assign=True)
-    return model.to(device)
+    return model.to(device, memory_format=torch.channels_last)
