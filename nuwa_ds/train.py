@@ -334,15 +334,16 @@ class Trainer:
         self.cfg.to_json(self.run_dir / "run_config.json")
         (self.run_dir / "ds_config.json").write_text(json.dumps(self.plan.ds.config, indent=2) + "\n")
 
-    def resume(self, logger: RunLogger) -> int:
+    def resume(self, logger: RunLogger):
+        """Engine, loader and RNG states from the checkpoint preflight chose (if any)."""
         info = self.plan.resume_from
         if info is None:
-            return 0
+            return
         client = self.checkpoints.load(self.engine, info)
+        if int(client["step"]) != info.step:
+            raise RuntimeError(f"{info.path}: rank {self.dist.rank} holds step {client['step']}, meta says {info.step}")
         self.loader.load_state_dict(client["loader"])
-        logger.event("resume", f"resumed from {info.path} at step {client['step']}", step=client["step"],
-                     path=str(info.path))
-        return int(client["step"])
+        logger.event("resume", f"resumed from {info.path} at step {info.step}", step=info.step, path=str(info.path))
 
     def metrics(self, result: StepResult, seconds: float, lr: float) -> dict:
         grad_norm = self.engine.get_global_grad_norm()
@@ -358,13 +359,13 @@ class Trainer:
 
     def fit(self, progress: Optional[bool] = None) -> TrainResult:
         train = self.cfg.train
-        start_step = 0
+        start_step = self.plan.resume_from.step if self.plan.resume_from is not None else 0
+        # TensorBoard drops what a killed run logged after this step (purge_step), so curves do not fork
         logger = RunLogger(self.run_dir, self.dist.is_main, train.steps, start_step, train.log_every,
                            train.tensorboard, progress)
         stop = StopRequest().install()
         try:
-            start_step = self.resume(logger)
-            logger.start_step = start_step
+            self.resume(logger)
             self.write_run_files()
             for note in self.plan.notes:
                 logger.print(f"[nuwa-ds] {note}")

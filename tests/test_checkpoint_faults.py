@@ -55,7 +55,7 @@ def test_kill_during_checkpoint_write_then_sigusr1_then_resume(tmp_path):
 
 def test_nonfinite_losses_skip_then_stop(tmp_path):
     """A NaN loss skips its update and training goes on; max_bad_steps of them in a row stop the run
-    with the last good checkpoint named."""
+    with the last good checkpoint named, from whose weights a new run can start (train.init_from)."""
     run_dir = tmp_path / "run"
     cmd = train_cmd(0, run_dir, "train.ds_config=zero1", "train.steps=12", "train.save_every=4",
                     "train.max_bad_steps=3")
@@ -64,9 +64,17 @@ def test_nonfinite_losses_skip_then_stop(tmp_path):
     assert [e["step"] for e in events(run_dir, "skip")] == [2, 6, 7, 8]
     (losses,) = segments(run_dir)
     assert sorted(losses) == list(range(1, 9))
-    assert all(losses[s] != losses[s] for s in (2, 6, 7, 8))  # NaN logged as such
+    assert all(losses[s] is None for s in (2, 6, 7, 8)) and all(losses[s] > 0 for s in (1, 3, 4, 5))
     (diverged,) = events(run_dir, "diverged")
     assert diverged["step"] == 8 and diverged["checkpoint"].endswith("step_00000004")
     assert "last good checkpoint" in (tmp_path / "log.txt").read_text()
     # no checkpoint was written during the bad streak
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) == ["step_00000004"]
+
+    # the way on that the message names: a new run from those weights (fresh optimizer and data). Same
+    # seed and first batch as the run above, so only the loaded weights can change its first loss.
+    fresh = tmp_path / "fresh"
+    cmd = train_cmd(0, fresh, "train.ds_config=zero2", "train.steps=1", f"train.init_from={run_dir / 'checkpoints'}")
+    assert run(cmd, tmp_path / "fresh.txt") == 0, (tmp_path / "fresh.txt").read_text()[-3000:]
+    (restarted,) = segments(fresh)
+    assert restarted[1] < losses[1] - 0.01, (restarted[1], losses[1])

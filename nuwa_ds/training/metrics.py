@@ -1,6 +1,7 @@
 """What a run reports, on rank 0: a progress bar, TensorBoard scalars and ``metrics.jsonl``.
 
-``metrics.jsonl`` gets one line per logged step (``{"step", "loss", "lr", ...}``) and one per event
+``metrics.jsonl`` gets one line per logged step (``{"step", "loss", "lr", ...}``; null where a value
+is not finite) and one per event
 (``{"event": "start" | "resume" | "checkpoint" | "skip" | "preempted" | "diverged" | "replica_check"
 | "end", ...}``); it is appended to, so a resumed run continues the same file. On a terminal the
 progress bar shows step, loss, tokens/s and ETA; in a batch log (no TTY) a plain line is printed
@@ -89,7 +90,9 @@ class RunLogger:
                                  refresh=False)
         if step % self.log_every and step != self.total:
             return
-        self.jsonl.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
+        # strict JSON for every reader (jq, pandas): a non-finite value is written as null
+        finite = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+        self.jsonl.write(json.dumps({"step": step, "time": time.time(), **finite}, allow_nan=False) + "\n")
         if self.tb is not None:
             for key, tag in TB_SCALARS.items():
                 value = metrics.get(key)
