@@ -2,9 +2,11 @@
 triton/deepspeed (the interpreter flag must precede every @triton.jit definition)."""
 
 import os
+import shutil
 
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
-os.environ.setdefault("TRITON_INTERPRET", "1")
+if shutil.which("nvidia-smi") is None:  # CPU machine: CPU DeepSpeed, Triton kernels in the interpreter
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

@@ -173,7 +173,7 @@ class GlobalStepLayout(_PoolLayout):
 class DecodeStepLayout(_PoolLayout):
     """One token of the local stack per row: appends K/V to the row's own cache at ``position``."""
 
-    position: torch.Tensor  # 0-dim long tensor, shared with TokenStep (advanced inside CUDA graphs)
+    position: torch.Tensor  # [1] long tensor, shared with TokenStep (advanced inside CUDA graphs)
 
     def local_attend(self, layer, q, k, v, bias, context_kv):
         own = self.pool.own_kv
@@ -395,7 +395,9 @@ class TokenStep:
         self.slots, self.text_rows = torch.zeros(rows, **long), torch.zeros(rows, **long)
         self.ctx_slots, self.ctx_offset = torch.zeros(rows, max_context, **long), torch.zeros(rows, max_context, **long)
         self.b, self.p = torch.zeros(half, **long), torch.zeros(half, **long)
-        self.position = torch.zeros((), **long)  # token index inside the patch
+        # token index inside the patch, shape [1]: a 0-dim index would be read back to the host by
+        # PyTorch's indexing (a sync, which CUDA-graph capture forbids)
+        self.position = torch.zeros(1, **long)
         self.prev = torch.zeros(rows, **long)
         self.bos = torch.zeros(rows, model.config.d_local, device=device, dtype=next(model.parameters()).dtype)
         self.layout = DecodeStepLayout(pool, self.slots, self.ctx_slots, self.ctx_offset, own_offset, backend,
@@ -416,7 +418,7 @@ class TokenStep:
         if self.text_cache is not None:
             self.text_cache.rows = self.text_rows
         local, k = self.model.local_model, self.position
-        x = torch.where(k == 0, self.bos, local.embed(self.prev)) + local.pos[k]
+        x = torch.where(k == 0, self.bos, local.embed(self.prev)) + local.pos.index_select(0, k)
         h = x.unsqueeze(1)  # [R, 1, d_local]
         for i, block in enumerate(local.blocks):
             h = block(h, self.layout, i)
