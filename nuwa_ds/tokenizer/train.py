@@ -31,7 +31,7 @@ from nuwa_ds.tokenizer.vqgan import VQConfig, VQTokenizer, psnr, resolve_device
 
 @dataclass
 class TrainOptions:
-    steps: int = 1200
+    steps: int = 2000
     """Optimizer steps (the time limit may stop training earlier)."""
     batch_size: int = 16
     """Crops per step."""

@@ -1,0 +1,330 @@
+"""The VQ tokenizer: taming checkpoints, encode/decode, tiled decode, persistence, training, media I/O."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from nuwa_ds.tokenizer import (VQConfig, VQTokenizer, demo_pictures, from_uint8, load_image, psnr, resolve_device,
+                               save_gif, save_mp4, save_png, to_uint8)
+from nuwa_ds.tokenizer.checkpoints import infer_config
+
+# ----------------------------------------------------------------------------------------------
+# A taming-format checkpoint, written from taming-transformers' construction rules (restated here
+# independently of nuwa_ds: the names and shapes a real `VQModel` / `GumbelVQ` state_dict has).
+
+
+def taming_shapes(ch, ch_mult, num_res_blocks, attn_resolutions, resolution, z_channels, embed_dim, n_embed,
+                  gumbel=False, in_channels=3, out_ch=3) -> dict[str, tuple]:
+    shapes: dict[str, tuple] = {}
+
+    def conv(name, cin, cout, k):
+        shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (cout, cin, k, k), (cout,)
+
+    def norm(name, c):
+        shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (c,), (c,)
+
+    def resnet(name, cin, cout):
+        norm(f"{name}.norm1", cin)
+        conv(f"{name}.conv1", cin, cout, 3)
+        norm(f"{name}.norm2", cout)
+        conv(f"{name}.conv2", cout, cout, 3)
+        if cin != cout:
+            conv(f"{name}.nin_shortcut", cin, cout, 1)
+
+    def attn(name, c):
+        norm(f"{name}.norm", c)
+        for proj in ("q", "k", "v", "proj_out"):
+            conv(f"{name}.{proj}", c, c, 1)
+
+    def middle(prefix, c):
+        resnet(f"{prefix}.mid.block_1", c, c)
+        attn(f"{prefix}.mid.attn_1", c)
+        resnet(f"{prefix}.mid.block_2", c, c)
+
+    levels = len(ch_mult)
+    conv("encoder.conv_in", in_channels, ch, 3)
+    res, block_in = resolution, ch
+    for i, mult in enumerate(ch_mult):
+        for j in range(num_res_blocks):
+            resnet(f"encoder.down.{i}.block.{j}", block_in, ch * mult)
+            block_in = ch * mult
+            if res in attn_resolutions:
+                attn(f"encoder.down.{i}.attn.{j}", block_in)
+        if i != levels - 1:
+            conv(f"encoder.down.{i}.downsample.conv", block_in, block_in, 3)
+            res //= 2
+    middle("encoder", block_in)
+    norm("encoder.norm_out", block_in)
+    conv("encoder.conv_out", block_in, z_channels, 3)
+
+    block_in, res = ch * ch_mult[-1], resolution // 2 ** (levels - 1)
+    conv("decoder.conv_in", z_channels, block_in, 3)
+    middle("decoder", block_in)
+    for i in reversed(range(levels)):
+        for j in range(num_res_blocks + 1):
+            resnet(f"decoder.up.{i}.block.{j}", block_in, ch * ch_mult[i])
+            block_in = ch * ch_mult[i]
+            if res in attn_resolutions:
+                attn(f"decoder.up.{i}.attn.{j}", block_in)
+        if i != 0:
+            conv(f"decoder.up.{i}.upsample.conv", block_in, block_in, 3)
+            res *= 2
+    norm("decoder.norm_out", block_in)
+    conv("decoder.conv_out", block_in, out_ch, 3)
+    conv("quant_conv", z_channels, embed_dim, 1)
+    conv("post_quant_conv", embed_dim, z_channels, 1)
+    if gumbel:
+        conv("quantize.proj", z_channels, n_embed, 1)
+        shapes["quantize.embed.weight"] = (n_embed, embed_dim)
+    else:
+        shapes["quantize.embedding.weight"] = (n_embed, embed_dim)
+    return shapes
+
+
+# (name, taming model.params as in the released configs but with a small `ch`, expected f)
+TAMING_CONFIGS = {
+    "f16-16384": (dict(target="taming.models.vqgan.VQModel", params=dict(
+        embed_dim=256, n_embed=16384, ddconfig=dict(double_z=False, z_channels=256, resolution=256, in_channels=3,
+                                                    out_ch=3, ch=32, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2,
+                                                    attn_resolutions=[16], dropout=0.0))), 16),
+    "f8-ldm-16384": (dict(target="ldm.models.autoencoder.VQModel", params=dict(
+        embed_dim=4, n_embed=16384, ddconfig=dict(double_z=False, z_channels=4, resolution=256, in_channels=3,
+                                                  out_ch=3, ch=32, ch_mult=[1, 2, 2, 4], num_res_blocks=2,
+                                                  attn_resolutions=[32], dropout=0.0))), 8),
+    "f8-gumbel-8192": (dict(target="taming.models.vqgan.GumbelVQ", params=dict(
+        embed_dim=64, n_embed=8192, kl_weight=1e-8, ddconfig=dict(double_z=False, z_channels=64, resolution=256,
+                                                                  in_channels=3, out_ch=3, ch=32, ch_mult=[1, 1, 2, 4],
+                                                                  num_res_blocks=2, attn_resolutions=[32],
+                                                                  dropout=0.0))), 8),
+}
+
+
+def write_taming_checkpoint(path, model_section: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A PyTorch Lightning-style .ckpt as taming writes it: random weights under `state_dict`, the
+    training-only discriminator/LPIPS weights (`loss.*`), and extra entries naming classes that are
+    not importable here (a Lightning callback, argparse.Namespace hyper-parameters)."""
+    params = model_section["params"]
+    dd = params["ddconfig"]
+    shapes = taming_shapes(dd["ch"], dd["ch_mult"], dd["num_res_blocks"], dd["attn_resolutions"], dd["resolution"],
+                           dd["z_channels"], params["embed_dim"], params["n_embed"],
+                           gumbel="Gumbel" in model_section["target"])
+    g = torch.Generator().manual_seed(seed)
+    state = {k: torch.randn(s, generator=g) * 0.05 for k, s in shapes.items()}
+    state["loss.discriminator.main.0.weight"] = torch.randn(64, 3, 4, 4, generator=g)
+    state["loss.perceptual_loss.lin0.model.1.weight"] = torch.randn(1, 64, 1, 1, generator=g)
+
+    module_name = "pytorch_lightning.callbacks.model_checkpoint"
+    fake = types.ModuleType(module_name)
+
+    class ModelCheckpoint:  # stands for the real Lightning class, which is not installed here
+        def __init__(self):
+            self.best_model_path = "logs/last.ckpt"
+
+    ModelCheckpoint.__module__, ModelCheckpoint.__qualname__ = module_name, "ModelCheckpoint"
+    fake.ModelCheckpoint = ModelCheckpoint
+    parents = ["pytorch_lightning", "pytorch_lightning.callbacks", module_name]
+    for name in parents[:-1]:
+        sys.modules.setdefault(name, types.ModuleType(name))
+    sys.modules[module_name] = fake
+    try:
+        torch.save({"epoch": 3, "global_step": 1000, "pytorch-lightning_version": "1.0.8", "state_dict": state,
+                    "callbacks": {ModelCheckpoint: {"best_model_score": torch.tensor(0.1)}},
+                    "checkpoint": ModelCheckpoint(), "hyper_parameters": argparse.Namespace(lr=4.5e-6)}, path)
+    finally:
+        for name in parents:
+            sys.modules.pop(name, None)
+    return state
+
+
+@pytest.mark.parametrize("name", list(TAMING_CONFIGS))
+def test_taming_checkpoint_loads_with_every_key(tmp_path, name):
+    model_section, f = TAMING_CONFIGS[name]
+    ckpt = tmp_path / "last.ckpt"
+    state = write_taming_checkpoint(ckpt, model_section)
+    yaml_text = json.dumps({"model": model_section})  # JSON is YAML: a taming config file
+    (tmp_path / "model.yaml").write_text(yaml_text)
+
+    tok = VQTokenizer.from_taming_checkpoint(ckpt, tmp_path / "model.yaml")
+    # from_taming_checkpoint is strict: it raises on any missing / unexpected key; check values too
+    own = tok.state_dict()
+    expected = {k: v for k, v in state.items() if not k.startswith("loss.")}
+    assert set(own) == set(expected)
+    assert all(torch.equal(own[k], expected[k]) for k in expected)
+    assert tok.downsample == f and tok.codebook_size == model_section["params"]["n_embed"]
+
+    images = torch.rand(2, 3, 2 * f, 3 * f) * 2 - 1
+    tokens = tok.encode(images)
+    assert tokens.shape == (2, 2, 3) and tokens.dtype == torch.long
+    assert tokens.min() >= 0 and tokens.max() < tok.codebook_size
+    assert tok.decode(tokens).shape == (2, 3, 2 * f, 3 * f)
+
+    # without a config the architecture is read off the weights, giving the same model
+    inferred = VQTokenizer.from_taming_checkpoint(ckpt)
+    assert torch.equal(inferred.encode(images), tokens)
+
+
+def test_taming_checkpoint_mismatch_is_a_clear_error(tmp_path):
+    model_section, _ = TAMING_CONFIGS["f8-ldm-16384"]
+    ckpt = tmp_path / "bad.ckpt"
+    state = write_taming_checkpoint(ckpt, model_section)
+    del state["decoder.conv_out.bias"]
+    state["quant_conv.weight"] = torch.zeros(5, 4, 1, 1)
+    torch.save({"state_dict": state}, ckpt)
+    with pytest.raises(ValueError, match=r"decoder\.conv_out\.bias.*quant_conv\.weight"):
+        VQTokenizer.from_taming_checkpoint(ckpt, VQConfig.from_taming(model_section))
+    with pytest.raises(FileNotFoundError):
+        VQTokenizer.from_taming_checkpoint(tmp_path / "absent.ckpt", "ldm-f8-16384")
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+        VQTokenizer.from_taming_checkpoint(tmp_path / "junk.ckpt", "ldm-f8-16384")
+
+
+def test_encode_picks_the_nearest_code_and_bad_input_is_refused():
+    torch.manual_seed(0)
+    tok = VQTokenizer(VQConfig.preset("demo-f8", n_embed=300)).eval()
+    images = torch.rand(3, 3, 24, 40) * 2 - 1
+    latents = tok.latents(images).detach()  # (3, e, 3, 5)
+    flat = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+    expected = torch.cdist(flat, tok.quantize.embedding.weight).argmin(1).view(3, 3, 5)
+    assert torch.equal(tok.quantize.codes(latents, chunk=7), expected)  # chunking changes nothing
+    assert torch.equal(tok.encode(images), expected)
+
+    with pytest.raises(ValueError, match="multiple of the downsampling factor 8"):
+        tok.encode(torch.zeros(1, 3, 20, 16))
+    with pytest.raises(ValueError, match=r"\[0, 300\)"):
+        tok.decode(torch.full((1, 2, 2), 300))
+    with pytest.raises(ValueError, match="integer"):
+        tok.decode(torch.zeros(1, 2, 2))
+    with pytest.raises(ValueError, match="tile"):
+        tok.decode_tiled(torch.zeros(1, 4, 4, dtype=torch.long), tile=4, overlap=4)
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+# ----------------------------------------------------------------------------------------------
+# A tokenizer trained on the demo photographs, shared by this file and test_data.py (cached on disk).
+
+TRAIN_STEPS = 250
+
+
+def trained_demo_tokenizer(tmp_path_factory) -> tuple[VQTokenizer, dict]:
+    cache = tmp_path_factory.getbasetemp() / "demo_tokenizer"
+    if (cache / "metrics.json").is_file():
+        return VQTokenizer.from_pretrained(cache), json.loads((cache / "metrics.json").read_text())
+    from nuwa_ds.tokenizer.train import train_tokenizer
+
+    return train_tokenizer("demo", cache, codebook_size=256, device="cpu", steps=TRAIN_STEPS, log_every=0)
+
+
+@pytest.fixture(scope="module")
+def demo_tokenizer(tmp_path_factory):
+    return trained_demo_tokenizer(tmp_path_factory)
+
+
+@pytest.mark.slow
+def test_training_reaches_a_recognisable_reconstruction(demo_tokenizer, tmp_path_factory):
+    tok, metrics = demo_tokenizer
+    untrained = VQTokenizer(tok.config).eval()
+    pictures = demo_pictures()
+    f = tok.downsample
+    before, after = [], []
+    for array in pictures.values():
+        image = from_uint8(array[: array.shape[0] // f * f, : array.shape[1] // f * f])[None]
+        before.append(psnr(image, untrained.decode(untrained.encode(image))))
+        after.append(psnr(image, tok.decode(tok.encode(image))))
+    assert np.mean(after) == pytest.approx(metrics["psnr"], abs=1e-6)
+    assert metrics["psnr"] > 19.0 and metrics["psnr"] > np.mean(before) + 8.0, (metrics["psnr"], before)
+    assert metrics["codebook_usage"] > 0.5
+    cache = tmp_path_factory.getbasetemp() / "demo_tokenizer"
+    assert (cache / "reconstruction.png").is_file()
+
+
+@pytest.mark.slow
+def test_tiled_decode_matches_whole_decode(demo_tokenizer):
+    tok, _ = demo_tokenizer
+    picture = demo_pictures(["astronaut"])["astronaut"][:256, :384]  # 32 x 48 tokens
+    tokens = tok.encode(from_uint8(picture)[None])
+    whole = tok.decode(tokens)
+    # the canvas fits one tile: exactly the whole decode
+    assert torch.equal(tok.decode_tiled(tokens, tile=48, overlap=8), whole)
+    # 6 overlapping tiles: close to the whole decode everywhere, seams included
+    tiled = tok.decode_tiled(tokens, tile=20, overlap=8, tiles_per_batch=4)
+    assert tiled.shape == whole.shape
+    assert psnr(whole, tiled) > 36.0
+    seams = (tiled - whole).abs().mean(dim=(0, 1))  # (H, W) error map
+    assert float(seams.max()) < 0.25
+    # blending matters: without overlap the seams are worse
+    hard = tok.decode_tiled(tokens, tile=16, overlap=0)
+    assert psnr(whole, tiled) > psnr(whole, hard)
+
+
+def test_save_and_load_pretrained_round_trip(tmp_path):
+    tok = VQTokenizer(VQConfig.preset("demo-f8", n_embed=64)).eval()
+    tok.save_pretrained(tmp_path / "tok")
+    again = VQTokenizer.from_pretrained(tmp_path / "tok")
+    assert again.config == tok.config
+    images = torch.rand(2, 3, 16, 24) * 2 - 1
+    tokens = tok.encode(images)
+    assert torch.equal(again.encode(images), tokens)
+    assert torch.equal(again.decode(tokens), tok.decode(tokens))
+    with pytest.raises(FileNotFoundError, match="not a tokenizer directory"):
+        VQTokenizer.from_pretrained(tmp_path / "nothing")
+    config = json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())
+    config["n_embed"] = 65
+    (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="quantize.embedding.weight"):
+        VQTokenizer.from_pretrained(tmp_path / "tok")
+
+
+def test_tokenizer_train_command(tmp_path, capsys):
+    from nuwa_ds.cli import main
+
+    (tmp_path / "pics").mkdir()
+    for name, array in demo_pictures(["coffee", "chelsea"]).items():
+        save_png(from_uint8(array[:96, :128]), tmp_path / "pics" / f"{name}.png")
+    rc = main(["tokenizer-train", "--images", str(tmp_path / "pics"), "--out", str(tmp_path / "tok"),
+               "--steps", "2", "--batch-size", "2", "--codebook-size", "32", "--device", "cpu"])
+    assert rc == 0
+    assert "PSNR" in capsys.readouterr().out
+    assert VQTokenizer.from_pretrained(tmp_path / "tok").codebook_size == 32
+    assert main(["tokenizer-train", "--images", str(tmp_path / "absent"), "--out", str(tmp_path / "x")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# Media
+
+
+def test_png_gif_mp4_round_trip(tmp_path):
+    import av
+    from PIL import Image
+
+    picture = demo_pictures(["chelsea"])["chelsea"][:64, :90]
+    save_png(from_uint8(picture), tmp_path / "a.png")
+    assert np.array_equal(to_uint8(load_image(tmp_path / "a.png")), picture)  # PNG is exact
+
+    frames = torch.stack([from_uint8(np.roll(picture, 6 * t, axis=1)) for t in range(5)])  # [5, 3, 64, 90]
+    save_gif(frames, tmp_path / "a.gif", fps=10)
+    with Image.open(tmp_path / "a.gif") as gif:
+        assert gif.n_frames == 5 and gif.size == (90, 64)
+        assert gif.info["duration"] == 100
+
+    save_mp4(frames[:, :, :63], tmp_path / "a.mp4", fps=12)  # odd height: padded for yuv420p
+    with av.open(str(tmp_path / "a.mp4")) as container:
+        stream = container.streams.video[0]
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        assert float(stream.average_rate) == pytest.approx(12.0)
+    assert len(decoded) == 5 and decoded[0].shape == (64, 90, 3)
+    error = np.abs(decoded[2][:63].astype(float) - to_uint8(frames[2, :, :63]).astype(float)).mean()
+    assert error < 4.0
+    with pytest.raises(ValueError, match="one picture"):
+        save_png(frames, tmp_path / "b.png")
