@@ -126,12 +126,13 @@ def load_statistics(path: Path, block_size: Optional[int]) -> dict[str, FeatureS
 
 # ----------------------------------------------------------------------------- the evaluation
 
-def _check_source(source: Path, block_size: Optional[int], role: str) -> dict:
-    """Validate one side before any network is built: counts from file headers only."""
+def _check_source(source: Path, block_size: Optional[int], role: str) -> tuple[dict, Optional[dict]]:
+    """Validate one side before any network is built: a statistics file is read at once (small);
+    a folder is counted from file headers only. Returns (info, statistics or None)."""
     if source.suffix == ".npz":
         if not source.is_file():
             raise FileNotFoundError(f"{role} statistics file not found: {source}")
-        return {"path": str(source), "statistics_file": True}
+        return {"path": str(source), "statistics_file": True}, load_statistics(source, block_size)
     paths, blocks = scan_folder(source, block_size)
     if len(paths) < 2:
         raise ValueError(f"{role} folder {source} holds {len(paths)} image(s); FID needs at least 2")
@@ -141,7 +142,7 @@ def _check_source(source: Path, block_size: Optional[int], role: str) -> dict:
     info = {"path": str(source), "images": len(paths)}
     if block_size is not None:
         info["blocks"] = blocks
-    return info
+    return info, None
 
 
 def _check_options(block_size, batch_size, num_workers, method) -> None:
@@ -176,15 +177,18 @@ def evaluate(real: PathLike, fake: PathLike, weights: Union[PathLike, FIDIncepti
     if not isinstance(weights, FIDInceptionV3) and not Path(weights).is_file():
         read_state_dict(weights)  # raises FileNotFoundError naming the file and the download URL
     sources = {"real": Path(real), "fake": Path(fake)}
-    info = {role: _check_source(path, block_size, role) for role, path in sources.items()}
-    network, weights_info = _network(weights, device)
+    info, stats = {}, {}
+    for role, path in sources.items():
+        info[role], stats[role] = _check_source(path, block_size, role)
+    needs_network = any(s is None for s in stats.values())  # two statistics files: no features to compute
+    if needs_network:
+        network, weights_info = _network(weights, device)
+    else:
+        network, weights_info = None, {"path": None if isinstance(weights, FIDInceptionV3) else str(weights)}
 
     start = time.perf_counter()
-    stats = {}
     for role, path in sources.items():
-        if info[role].get("statistics_file"):
-            stats[role] = load_statistics(path, block_size)
-        else:
+        if stats[role] is None:
             stats[role] = folder_statistics(path, network, block_size=block_size, batch_size=batch_size,
                                             num_workers=num_workers, progress=progress)
             if save_stats is not None:

@@ -255,6 +255,11 @@ def test_bad_options_and_folders_fail_before_any_work(tmp_path, weights_file):
     shutil.copy(next(photos.iterdir()), tmp_path / "one")
     with pytest.raises(ValueError, match="at least 2"):
         compute_fid(photos, tmp_path / "one", weights_file)
+    stats = FeatureStats(4)
+    stats.update(np.eye(4))
+    stats.save(tmp_path / "whole_images_only.npz")
+    with pytest.raises(ValueError, match="no Block-FID statistics for 64px"):
+        compute_block_fid(tmp_path / "whole_images_only.npz", photos, weights_file, block_size=64)
 
 
 # ---------------------------------------------------------------- the command
@@ -264,30 +269,30 @@ def test_eval_command_end_to_end(tmp_path, weights_file, capsys):
     """FID + Block-FID on a few large images through ``nuwa-ds eval``; statistics reused from .npz."""
     from nuwa_ds.cli import main
 
-    # two images per side: one a whole number of 64-px blocks, one with right/bottom remainders
+    # two images per side: 128x192 is 1x2 blocks of 96 px exactly; 150x200 is 1x2 blocks + remainders
     real, fake = tmp_path / "real", tmp_path / "fake"
     for folder, sources, noise, seed in ((real, _photos(), 4.0, 2), (fake, _textures(), 20.0, 3)):
         write_crops(folder, sources, count=1, size=(128, 192), noise=noise, seed=seed, names="a{}.png")
         write_crops(folder, sources, count=1, size=(150, 200), noise=noise, seed=seed + 10, names="b{}.jpg")
     out = tmp_path / "eval" / "result.json"
     args = ["eval", "--real", str(real), "--fake", str(fake), "--inception-weights", str(weights_file),
-            "--block-size", "64", "--batch-size", "16", "--device", "cpu", "--quiet", "--out", str(out),
+            "--block-size", "96", "--batch-size", "16", "--device", "cpu", "--quiet", "--out", str(out),
             "--save-stats", str(tmp_path / "stats")]
     assert main(args) == 0
     printed = capsys.readouterr()
     result = json.loads(out.read_text())
-    assert result["real"]["images"] == 2 and result["real"]["blocks"] == 6 + 6  # 2x3 and 2x3 (+ remainders)
-    assert result["fake"]["block_fid_samples"] == 12 and result["fake"]["fid_samples"] == 2
-    assert result["fid"] > 0 and result["block_fid"] > 0 and result["block_size"] == 64
-    assert f"FID {result['fid']:.4f}" in printed.out and f"Block-FID@64 {result['block_fid']:.4f}" in printed.out
+    assert result["real"]["images"] == 2 and result["real"]["blocks"] == 2 + 2
+    assert result["fake"]["block_fid_samples"] == 4 and result["fake"]["fid_samples"] == 2
+    assert result["fid"] > 0 and result["block_fid"] > 0 and result["block_size"] == 96
+    assert f"FID {result['fid']:.4f}" in printed.out and f"Block-FID@96 {result['block_fid']:.4f}" in printed.out
     assert "not the pytorch-fid file" in printed.err  # random weights: scores flagged as not comparable
-    assert "warning: real block-fid: 12 samples; fewer than 2048" in printed.err
+    assert "warning: real block-fid: 4 samples; fewer than 2048" in printed.err
     assert len(result["warnings"]) == 4  # real/fake x FID/Block-FID: all far below 2048 samples
 
     # the saved statistics stand in for the folders and give the same scores without features
     stats = tmp_path / "stats"
     with pytest.warns(UserWarning):
-        again = evaluate(stats / "real.npz", stats / "fake.npz", weights_file, block_size=64)
+        again = evaluate(stats / "real.npz", stats / "fake.npz", weights_file, block_size=96)
     assert again["fid"] == pytest.approx(result["fid"], rel=1e-6)
     assert again["block_fid"] == pytest.approx(result["block_fid"], rel=1e-6)
 
