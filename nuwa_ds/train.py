@@ -194,12 +194,16 @@ class TrainResult:
 
 
 class PhaseTimer:
-    """Wall time per phase of a step (synchronising the device at each boundary); for benchmarks."""
+    """Wall time per phase of a step, synchronising the device at each boundary (benchmarks); with
+    ``device=None`` it does nothing, which is what training uses."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: Optional[torch.device]):
         self.device, self.totals, self._last = device, {}, None
 
     def mark(self, phase: Optional[str]):
+        """End ``phase`` (None: just start the clock)."""
+        if self.device is None:
+            return
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         now = time.perf_counter()
@@ -265,23 +269,19 @@ class Trainer:
         engine, accum = self.engine, self.cfg.train.grad_accum_steps
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         tokens = flops = 0.0
+        timer = timer or PhaseTimer(None)
         for _ in range(accum):
-            if timer:
-                timer.mark(None)
+            timer.mark(None)
             batch = next(data_iter)
             tokens_dev, text = self._to_device(batch)
-            if timer:
-                timer.mark("data")
+            timer.mark("data")
             loss = engine(tokens_dev, order=batch["orders"], text=text, return_logits=False).loss
             loss = self.faults.loss(step, loss)
-            if timer:
-                timer.mark("forward")
+            timer.mark("forward")
             engine.backward(loss)
-            if timer:
-                timer.mark("backward")
+            timer.mark("backward")
             engine.step()  # applies the update at the accumulation boundary
-            if timer:
-                timer.mark("optimizer")
+            timer.mark("optimizer")
             loss_sum += loss.detach().double()
             n, f = self._batch_flops(batch)
             tokens, flops = tokens + n, flops + f

@@ -150,6 +150,7 @@ def bench_gpt2(opts, stage: int, dist, device: torch.device, work: Workload) -> 
 
     from nuwa_ds.config import TrainConfig
     from nuwa_ds.model.flops import peak_flops
+    from nuwa_ds.train import PhaseTimer
     from nuwa_ds.training import ds_config as DSC
     from nuwa_ds.training import optim
 
@@ -174,17 +175,14 @@ def bench_gpt2(opts, stage: int, dist, device: torch.device, work: Workload) -> 
     peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
 
     def step(timer):
-        if timer:
-            timer.mark(None)
+        timer = timer or PhaseTimer(None)
+        timer.mark(None)
         loss = engine(input_ids=ids, labels=ids).loss
-        if timer:
-            timer.mark("forward")
+        timer.mark("forward")
         engine.backward(loss)
-        if timer:
-            timer.mark("backward")
+        timer.mark("backward")
         engine.step()
-        if timer:
-            timer.mark("optimizer")
+        timer.mark("optimizer")
         loss.item()  # the same one sync per step as the training loop's all-reduce
         return ids.numel() * dist.world_size, ids.numel() * dist.world_size * flops_per_token
 
