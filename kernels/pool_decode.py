@@ -20,6 +20,8 @@ Versions (timings: docs/kernels.md):
   v1  split kernel + combine; fp32 math on upcast tiles (free in a memory-bound kernel); one
       running max/sum per program, so every unit reduces across the tile's lanes twice.
   v2  per-lane running max/sum/output (``LANES``): no cross-lane reduction inside the loop.
+  v3  ``PREFETCH``: the context loop loads unit w+1 before doing unit w's math (triton does not
+      software-pipeline loads that feed no tl.dot, so v1/v2 kept one K/V pair in flight).
 """
 
 from __future__ import annotations
@@ -75,6 +77,23 @@ def _merge_lanes(acc, m_i, l_i, LANES: tl.constexpr):
     return out, m_out, l_out
 
 
+@device_function
+def _load_ctx_unit(PK, PV, CtxSlot, CtxBid, bias_h, r, C, h, w, live, offs_n, offs_d,
+                   s_pkb, s_pkn, s_pkh, s_pkd, s_pvb, s_pvn, s_pvh, s_pvd, M_K: tl.constexpr,
+                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASK_D: tl.constexpr, UPCAST: tl.constexpr):
+    """K, V tiles [BN, BD], bias and key offsets of context unit ``w`` (entry w // tiles, tile
+    w % tiles); all loads masked off when not ``live`` (the prefetch past the last unit)."""
+    CTX_TILES: tl.constexpr = (M_K + BLOCK_N - 1) // BLOCK_N
+    e = w // CTX_TILES
+    keys = (w % CTX_TILES) * BLOCK_N + offs_n
+    slot = tl.load(CtxSlot + r * C + e, mask=live, other=0).to(tl.int64)
+    b = tl.load(bias_h + tl.load(CtxBid + r * C + e, mask=live, other=0)).to(tl.float32) * RCP_LN2
+    limit = tl.where(live, M_K, 0)
+    k = load_tile(PK + slot * s_pkb + h * s_pkh, keys, s_pkn, offs_d, s_pkd, limit, HEAD_DIM, True, MASK_D, UPCAST)
+    v = load_tile(PV + slot * s_pvb + h * s_pvh, keys, s_pvn, offs_d, s_pvd, limit, HEAD_DIM, True, MASK_D, UPCAST)
+    return k, v, b, keys
+
+
 @triton.jit
 def _split_kernel(
     Q, PK, PV, CtxSlot, CtxBid, CtxCnt, OK, OV, OwnSlot, OwnLen, TK, TV, TIdx, TLen, Bias,
@@ -84,7 +103,8 @@ def _split_kernel(
     s_tkb, s_tkn, s_tkh, s_tkd, s_tvb, s_tvn, s_tvh, s_tvd,
     s_or, s_oh, s_od, s_bh, s_own_slot, s_own_len, C, H, own_bid, text_bid, qk_scale, units_per_split, num_splits,
     M_K: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_TEXT: tl.constexpr, SINGLE: tl.constexpr, LANES: tl.constexpr,
+    HAS_TEXT: tl.constexpr, SINGLE: tl.constexpr, LANES: tl.constexpr, PREFETCH: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     MASK_M: tl.constexpr = M_K % BLOCK_N != 0
     MASK_D: tl.constexpr = BLOCK_D != HEAD_DIM
@@ -125,15 +145,26 @@ def _split_kernel(
         v = load_tile(v_own, keys, s_ovn, offs_d, s_ovd, own_len, HEAD_DIM, True, MASK_D, True)
         acc, m_i, l_i = _decode_step(acc, m_i, l_i, q, k, v, b_own, qk_scale, keys < own_len, True, LANES)
 
-    for u in range(tl.maximum(u0, own_units), tl.minimum(u1, own_units + ctx_units)):
-        w = u - own_units
-        e = w // CTX_TILES
-        keys = (w % CTX_TILES) * BLOCK_N + offs_n
-        s = tl.load(CtxSlot + r * C + e).to(tl.int64)
-        b = tl.load(bias_h + tl.load(CtxBid + r * C + e)).to(tl.float32) * RCP_LN2
-        k = load_tile(PK + s * s_pkb + h * s_pkh, keys, s_pkn, offs_d, s_pkd, M_K, HEAD_DIM, MASK_M, MASK_D, True)
-        v = load_tile(PV + s * s_pvb + h * s_pvh, keys, s_pvn, offs_d, s_pvd, M_K, HEAD_DIM, MASK_M, MASK_D, True)
-        acc, m_i, l_i = _decode_step(acc, m_i, l_i, q, k, v, b, qk_scale, keys < M_K, MASK_M, LANES)
+    # context units (most of the keys), numbered from 0 within the context segment
+    lo = tl.maximum(u0, own_units) - own_units
+    hi = tl.minimum(u1, own_units + ctx_units) - own_units
+    if PREFETCH:  # v3: issue unit w+1's loads before unit w's math, so two units are in flight
+        k_next, v_next, b_next, keys_next = _load_ctx_unit(
+            PK, PV, CtxSlot, CtxBid, bias_h, r, C, h, lo, lo < hi, offs_n, offs_d, s_pkb, s_pkn, s_pkh, s_pkd,
+            s_pvb, s_pvn, s_pvh, s_pvd, M_K, HEAD_DIM, BLOCK_N, MASK_D, UPCAST)
+        for w in range(lo, hi):
+            k, v, b, keys = k_next, v_next, b_next, keys_next
+            k_next, v_next, b_next, keys_next = _load_ctx_unit(
+                PK, PV, CtxSlot, CtxBid, bias_h, r, C, h, w + 1, w + 1 < hi, offs_n, offs_d, s_pkb, s_pkn, s_pkh,
+                s_pkd, s_pvb, s_pvn, s_pvh, s_pvd, M_K, HEAD_DIM, BLOCK_N, MASK_D, UPCAST)
+            acc, m_i, l_i = _decode_step(acc, m_i, l_i, q, k.to(tl.float32), v.to(tl.float32), b, qk_scale,
+                                         keys < M_K, MASK_M, LANES)
+    else:
+        for w in range(lo, hi):
+            k, v, b, keys = _load_ctx_unit(PK, PV, CtxSlot, CtxBid, bias_h, r, C, h, w, True, offs_n, offs_d, s_pkb,
+                                           s_pkn, s_pkh, s_pkd, s_pvb, s_pvn, s_pvh, s_pvd, M_K, HEAD_DIM, BLOCK_N,
+                                           MASK_D, True)
+            acc, m_i, l_i = _decode_step(acc, m_i, l_i, q, k, v, b, qk_scale, keys < M_K, MASK_M, LANES)
 
     if HAS_TEXT:
         t = tl.load(TIdx + r).to(tl.int64)
@@ -180,9 +211,10 @@ def _combine_kernel(PartM, PartL, PartAcc, Out, s_or, s_oh, s_od, H, num_splits,
 
 
 def default_block_n(head_dim: int) -> int:
+    """Keys per unit: 8-16 KB of K per tile; v3 holds two units' tiles in registers."""
     if INTERPRET:
         return 64
-    return 64 if head_dim > 64 else 128
+    return 64 if head_dim <= 64 else 32
 
 
 def choose_splits(rows_heads: int, max_units: int, device: torch.device) -> int:
@@ -226,14 +258,15 @@ def _check(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_v, own_slot, ow
 def pool_decode_attention(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_v, own_slot, own_len,
                           own_bias_id: int, bias, text=None, num_splits: Optional[int] = None,
                           block_n: Optional[int] = None, num_warps: int = 4, num_stages: int = 3,
-                          lanes: bool = True) -> torch.Tensor:
+                          lanes: bool = True, prefetch: bool = True) -> torch.Tensor:
     """One query per row against pool slots; same contract as
     ``nuwa_ds.model.attention.pool_decode_attention``. Returns [R, H, D] in q's dtype.
 
     own_slot and own_len must hold in-range values (slots of own_k, 1 <= own_len <= n): they change
     every token, and checking them would cost a device sync per layer per token. Context slots and
     text indices are checked (once per tensor, cached). ``num_splits``/``block_n``/``num_warps``/
-    ``num_stages``/``lanes`` (v2 per-lane softmax, else v1) override the launch (tests, benchmarks)."""
+    ``num_stages``/``lanes`` (v2 per-lane softmax, else v1)/``prefetch`` (v3) override the launch
+    (tests, benchmarks)."""
     text_tables = _check(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_v, own_slot, own_len, own_bias_id,
                          bias, text)
     R, H, D = q.shape
@@ -266,7 +299,7 @@ def pool_decode_attention(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_
         *q.stride(), *pool_k.stride(), *pool_v.stride(), *own_k.stride(), *own_v.stride(), *tk.stride(), *tv.stride(),
         *out.stride(), bias.stride(0), own_slot.stride(0), own_len.stride(0), slots.shape[1], H, int(own_bias_id), bias.shape[1] - 1, LOG2E / math.sqrt(D),
         units_per_split, splits, M_K=m, HEAD_DIM=D, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, HAS_TEXT=has_text,
-        SINGLE=single, LANES=lanes, num_warps=num_warps, num_stages=num_stages,
+        SINGLE=single, LANES=lanes, PREFETCH=prefetch, UPCAST=INTERPRET, num_warps=num_warps, num_stages=num_stages,
     )
     if not single:
         _combine_kernel[(R * H,)](part_m, part_l, part_acc, out, *out.stride(), H, splits, HEAD_DIM=D,

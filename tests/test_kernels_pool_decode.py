@@ -64,9 +64,11 @@ def test_matches_reference_for_any_split(splits, with_text):
     check(make_decode(with_text=with_text), num_splits=splits)
 
 
-def test_v1_program_wide_statistics():
-    """The v1 step (one running max/sum per program) stays correct: the benchmarks compare both."""
-    check(make_decode(with_text=True), num_splits=3, lanes=False)
+@pytest.mark.parametrize("lanes,prefetch", [(False, False), (True, False), (False, True)])
+def test_earlier_versions(lanes, prefetch):
+    """v1 (one running max/sum per program, no prefetch), v2 (per-lane statistics) and v1 with
+    prefetch stay correct: the benchmarks compare them with the default (v3)."""
+    check(make_decode(with_text=True), num_splits=3, lanes=lanes, prefetch=prefetch)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

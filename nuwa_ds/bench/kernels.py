@@ -12,7 +12,8 @@ GPU (one process, side by side):
 CPU (``--device cpu``): the kernels under the Triton interpreter on tiny shapes; correctness only,
 its times say nothing about a GPU.
 
-Settings (``--set key=value``): head_dims=[64,128], stacks=["local"], peers=true, checks=true,
+Settings (``--set key=value``): head_dims=[64,128], stacks=["local"], peers=true (or a list of case
+names that get peers), checks=true, decode_versions=false (time decode v1/v2 beside v3),
 decode=true, sweep=[] (head dims whose tile alternatives to time), decode_sweep=false, cases="all" or a
 list of case names. Decode times are CUDA-graph replays (the GPU's time; ``eager_ms`` adds the host's).
 FLOP convention: fwd = 4 D H x attended pairs (a causal own block counts n(n+1)/2 pairs), fwd+bwd =
@@ -211,7 +212,10 @@ def bench_flex(case, inputs, measure, out_grad) -> dict:
                               kernel_options=options or None)
             fwd = measure(fn)
             fwdbwd = measure(_fwd_bwd(fn, [q, k, v], grad))
-            return dict(flex_fwd_ms=fwd, flex_fwdbwd_ms=fwdbwd, flex_options=str(options or "default"))
+            result = dict(flex_fwd_ms=fwd, flex_fwdbwd_ms=fwdbwd, flex_options=str(options or "default"))
+            if errors:
+                result["flex_fallback_reason"] = " | ".join(errors)
+            return result
         except Exception as exc:  # noqa: BLE001 - e.g. the default tiles overflow shared memory: try the next
             errors.append(f"{options or 'default'}: {type(exc).__name__}: {str(exc)[:200]}")
             torch._dynamo.reset()
@@ -336,7 +340,7 @@ def graph_timed(fn, measure) -> float:
 
 
 def bench_decode(rows, head_dim, measure, ctx=4, n=PATCH * PATCH, splits=None, block_n=None, num_warps=4,
-                 lanes=True, peers=True) -> dict:
+                 lanes=True, prefetch=True, peers=True) -> dict:
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -348,11 +352,12 @@ def bench_decode(rows, head_dim, measure, ctx=4, n=PATCH * PATCH, splits=None, b
     bn = block_n or default_block_n(head_dim)
     used_splits = splits or choose_splits(rows * heads, (ctx + 1) * math.ceil(n / bn), torch.device("cuda"))
     fn = lambda: pool_decode_attention(**args, num_splits=used_splits, block_n=bn, num_warps=num_warps,  # noqa: E731
-                                       lanes=lanes)
+                                       lanes=lanes, prefetch=prefetch)
     ms = graph_timed(fn, measure)
     row = dict(kernel="pool_decode_attention", case=f"R{rows}-D{head_dim}-keys{(ctx + 1) * n}", rows=rows, H=heads,
                D=head_dim, keys=(ctx + 1) * n, splits=used_splits, block_n=bn, warps=num_warps,
-               version="v2" if lanes else "v1", ms=ms, tbps=nbytes / ms / 1e9)
+               version=("v3" if prefetch else "v2") if lanes else ("v1+prefetch" if prefetch else "v1"), ms=ms,
+               tbps=nbytes / ms / 1e9)
     if not peers:
         return row
     row["eager_ms"] = measure(fn)  # with the host's checks and launch (ungraphed callers pay this)
@@ -466,7 +471,7 @@ def check_decode(device, dtype, head_dim, splits) -> dict:
 
 def _settings(opts) -> dict:
     s = dict(head_dims=[64, 128], stacks=["local"], peers=True, checks=True, decode=True, sweep=[], decode_sweep=False,
-             cases="all")
+             decode_versions=False, cases="all")
     s.update(opts.extra)
     return s
 
@@ -507,10 +512,17 @@ def _run_cuda(opts) -> dict:
                 row["copy_tbps"] = bandwidth
                 result["rows"].append(row)
                 _progress("decode", row)
+    peers = settings["peers"]
     for case in _cases(settings):
-        row = bench_patch_case(case, measure, peers=settings["peers"])
+        row = bench_patch_case(case, measure, peers=peers is True or (isinstance(peers, list) and case.name in peers))
         result["rows"].append(row)
         _progress("patch", row)
+    for d in settings["head_dims"] if settings["decode_versions"] else []:
+        for lanes, prefetch, name in ((False, False, "v1"), (True, False, "v2"), (False, True, "v1+prefetch")):
+            row = bench_decode(64, d, measure, lanes=lanes, prefetch=prefetch, peers=False)
+            row["version"] = name
+            result["sweep"].append(row)
+            _progress("decode-version", row)
     for d in settings["head_dims"] if settings["decode_sweep"] else []:
         for row in sweep_decode(d, measure):
             result["sweep"].append(row)
