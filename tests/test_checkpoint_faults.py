@@ -24,7 +24,8 @@ def test_kill_during_checkpoint_write_then_sigusr1_then_resume(tmp_path):
     """
     run_dir = tmp_path / "run"
     ckpt = run_dir / "checkpoints"
-    cmd = train_cmd(0, run_dir, "train.ds_config=zero3", "train.steps=10", "train.save_every=3")
+    cmd = train_cmd(0, run_dir, "train.ds_config=zero3", "train.steps=10", "train.save_every=3",
+                    "train.tensorboard=true")
 
     rc = run(cmd, tmp_path / "1.txt", NUWA_FAULT_KILL_IN_SAVE=6)
     assert rc == -signal.SIGKILL
@@ -51,6 +52,18 @@ def test_kill_during_checkpoint_write_then_sigusr1_then_resume(tmp_path):
     for step in (4, 5, 6):
         assert first[step] == second[step], step
     assert events(run_dir, "end")[-1]["step"] == 10
+
+    # TensorBoard: one loss per step across the three processes (a resumed run purges what the killed
+    # one logged after its checkpoint), equal to the values of the history that survived
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(run_dir / "tb"))
+    board.Reload()
+    scalars = board.Scalars("train/loss")
+    assert [e.step for e in scalars] == list(range(1, 11))
+    kept = {**first, **second, **third}
+    assert all(abs(e.value - kept[e.step]) < 1e-6 for e in scalars)
+    assert {"train/lr", "train/grad_norm", "perf/tokens_per_s", "perf/peak_mem_gib"} <= set(board.Tags()["scalars"])
 
 
 def test_nonfinite_losses_skip_then_stop(tmp_path):
