@@ -9,13 +9,14 @@ import pytest
 
 from nuwa_ds.training import checkpoint as C
 from nuwa_ds.training.preemption import DIVERGED_EXIT_CODE, REQUEUE_EXIT_CODE
-from test_train_utils import events, run, segments, start, train_cmd, wait_for
+from test_train_utils import events, run, segments, start, train_cmd, wait_for, write_token_shards
 
 pytestmark = pytest.mark.slow
 
 
 def test_kill_during_checkpoint_write_then_sigusr1_then_resume(tmp_path):
-    """One history, three processes (plain python, ZeRO-3, one rank):
+    """One history, three processes (plain python, ZeRO-3, one rank, WebDataset token shards read by a
+    DataLoader worker, so the loader's state in the checkpoint is exercised too):
 
     1. SIGKILL while the checkpoint of step 6 is half written: step 3 stays the one that loads.
     2. --resume auto continues from step 3; SIGUSR1 during step 8 -> it finishes the step, saves and
@@ -24,8 +25,9 @@ def test_kill_during_checkpoint_write_then_sigusr1_then_resume(tmp_path):
     """
     run_dir = tmp_path / "run"
     ckpt = run_dir / "checkpoints"
+    shards = write_token_shards(tmp_path / "shards")
     cmd = train_cmd(0, run_dir, "train.ds_config=zero3", "train.steps=10", "train.save_every=3",
-                    "train.tensorboard=true")
+                    "train.tensorboard=true", f"data.shards={shards}", "data.num_workers=1", "data.shuffle_buffer=8")
 
     rc = run(cmd, tmp_path / "1.txt", NUWA_FAULT_KILL_IN_SAVE=6)
     assert rc == -signal.SIGKILL

@@ -94,3 +94,21 @@ def wait_for(predicate, proc: subprocess.Popen, log: Path, timeout: float = 180)
 
 def logged_step(run_dir: Path, step: int):
     return lambda: any(r.get("step") == step and "loss" in r for r in records(run_dir))
+
+
+def write_token_shards(directory: Path, shards: int = 2, per_shard: int = 16, shape=(1, 12, 12),
+                       vocab: int = 256) -> str:
+    """Small WebDataset token shards (the layout ``nuwa-ds prepare`` writes); returns the brace pattern."""
+    import numpy as np
+    import webdataset as wds
+
+    from data_pipelines.samples import encode_sample
+
+    rng = np.random.default_rng(0)
+    directory.mkdir(parents=True, exist_ok=True)
+    for s in range(shards):
+        with wds.TarWriter(str(directory / f"tok-{s:03d}.tar"), encoder=False) as sink:
+            for i in range(per_shard):
+                tokens = rng.integers(0, vocab, size=shape).astype(np.int16)
+                sink.write(encode_sample(f"s{s:03d}_{i:04d}", tokens, {"token_thw": list(shape)}))
+    return str(directory / f"tok-{{000..{shards - 1:03d}}}.tar")
