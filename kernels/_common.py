@@ -128,12 +128,14 @@ def _version(t: torch.Tensor) -> int:
 def cached_table(tensors: tuple, extra: tuple, build: Callable, derive: Optional[Callable] = None):
     """``build()`` once per (tensors' identity and version, extra); held by ``tensors[0]``.
 
-    During CUDA-graph capture the table is neither cached nor checked: ``derive()`` (``build``
-    without its value checks, which would sync) is recorded into the graph, so every replay derives
-    the table from what the index tensors hold at that replay (generation refills them per patch)."""
+    During CUDA-graph capture the table is not checked: ``derive()`` (``build`` without its value
+    checks, which would sync) is recorded into the graph, so every replay derives the table from what
+    the index tensors hold at that replay (generation refills them per patch)."""
     owner = tensors[0]
     if owner.is_cuda and torch.cuda.is_current_stream_capturing():
-        return (derive or build)()
+        # recorded into the graph under its own key, so the eager entry is never replayed and the
+        # later layers of the same captured step reuse the first layer's derived table
+        build, extra = derive or build, extra + ("captured",)
     store = getattr(owner, "_nuwa_kernel_tables", None)
     if store is None or store[0] != _version(owner):  # first use, or modified in place since
         store = (_version(owner), {})

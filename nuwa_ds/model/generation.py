@@ -76,7 +76,7 @@ def keyed_uniform(seed: int, example: torch.Tensor, patch: torch.Tensor, token) 
     """Uniform [0, 1) numbers, one per row, that depend only on (seed, example, patch, token);
     ``token`` is an int or a 0-dim tensor (the CUDA-graph step keeps it on the device)."""
     h = _mix32(torch.full_like(example, seed & 0xFFFFFFFF) ^ 0x9E3779B9)
-    for part in (example, patch, torch.zeros_like(example) + token):
+    for part in (example, patch, torch.zeros_like(example) + token):  # broadcasts [R, 1] x [n] -> [R, n]
         h = _mix32(h ^ _mix32(part + 0x632BE5AB))
     return (h >> 8).to(torch.float32) / float(1 << 24)
 
@@ -402,6 +402,7 @@ class TokenStep:
         # token index inside the patch, shape [1]: a 0-dim index would be read back to the host by
         # PyTorch's indexing (a sync, which CUDA-graph capture forbids)
         self.position = torch.zeros(1, **long)
+        self.uniform = torch.zeros(half, model.config.tokens_per_patch, device=device)  # per (row, token)
         self.prev = torch.zeros(rows, **long)
         self.bos = torch.zeros(rows, model.config.d_local, device=device, dtype=next(model.parameters()).dtype)
         self.layout = DecodeStepLayout(pool, self.slots, self.ctx_slots, self.ctx_offset, own_offset, backend,
@@ -416,6 +417,8 @@ class TokenStep:
             buf.copy_(value)
         order = torch.full_like(slots, self.order_id)
         self.bos.copy_(self.model.local_model.begin_of_patch(order, frame))  # [R, d_local]
+        tokens = torch.arange(self.uniform.shape[1], device=slots.device)
+        self.uniform.copy_(keyed_uniform(self.config.seed, b.unsqueeze(1), p.unsqueeze(1), tokens))
 
     def __call__(self):
         """Decode token ``position`` of every row; advance ``position``."""
@@ -432,7 +435,7 @@ class TokenStep:
             logits = logits[self.half :] + self.config.cfg_scale * (logits[: self.half] - logits[self.half :])
         if self.logits_out is not None:
             self.logits_out[self.b, self.p, k] = logits
-        token = sample_tokens(logits, keyed_uniform(self.config.seed, self.b, self.p, k), self.config)
+        token = sample_tokens(logits, self.uniform.index_select(1, k).squeeze(1), self.config)
         if self.mask_p is not None:
             token = torch.where(self.mask_p[self.b, self.p, k], self.prompt_p[self.b, self.p, k], token)
         self.canvas[self.b, self.p, k] = token
