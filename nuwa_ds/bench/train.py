@@ -94,6 +94,22 @@ def _row(model: str, stage: int, precision: str, micro: int, params: int, elapse
             "step_s": elapsed / work.timed, **extra}
 
 
+def profile_table(step_fn, device: torch.device, steps: int = 3, rows: int = 30) -> str:
+    """``--set profile=true``: the kernels that take the step's time (torch profiler, device time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step_fn(None)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=70)
+    print(table)
+    return table
+
+
 # ----------------------------------------------------------------------------------------------
 # Our model through the training system
 
@@ -101,11 +117,12 @@ def _row(model: str, stage: int, precision: str, micro: int, params: int, elapse
 def nuwa_config(opts, stage: int, run_dir: str):
     from nuwa_ds.config import RunConfig
 
-    overrides = [f"{k}={v}" for k, v in opts.extra.items() if k.split(".")[0] in ("model", "data", "train")]
-    overrides += [f"train.ds_config=zero{stage}", f"train.run_dir={run_dir}", "train.grad_accum_steps=1",
-                  "train.tensorboard=false"]
+    overrides = [f"train.ds_config=zero{stage}", f"train.run_dir={run_dir}", "train.grad_accum_steps=1",
+                 "train.tensorboard=false"]
     if opts.micro_batch_size:
         overrides.append(f"train.micro_batch_size={opts.micro_batch_size}")
+    # the user's --set model./data./train. settings last, so they win (e.g. train.grad_accum_steps=4)
+    overrides += [f"{k}={v}" for k, v in opts.extra.items() if k.split(".")[0] in ("model", "data", "train")]
     return RunConfig.load(opts.preset, overrides)
 
 
@@ -125,6 +142,8 @@ def bench_nuwa(opts, stage: int, dist, device: torch.device, work: Workload) -> 
             return result.tokens, result.flops
 
         elapsed, tokens, flops, phases = _time_steps(step, work, device)
+        if opts.extra.get("profile"):
+            phases["profile"] = profile_table(step, device)
         row = _row(opts.preset, stage, plan.ds.precision, cfg.train.micro_batch_size, plan.num_parameters, elapsed,
                    tokens, flops, trainer.peak, device, work,
                    attn_backend=trainer.engine.module.attention_backend(device),
@@ -220,4 +239,6 @@ def run(opts) -> dict:
              "gpt2: 6N + 12 L d S (ENVIRONMENT.md)"]
     if device.type != "cuda":
         notes.append("CPU: mfu not reported; peak_mem_gib is the process peak RSS")
-    return {"rows": rows, "metrics": METRICS, "required": REQUIRED, "world_size": dist.world_size, "notes": notes}
+    profiles = {f"{r['model']} zero{r['zero_stage']}": r.pop("profile") for r in rows if "profile" in r}
+    return {"rows": rows, "metrics": METRICS, "required": REQUIRED, "world_size": dist.world_size, "notes": notes,
+            "profiles": profiles}
