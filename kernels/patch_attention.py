@@ -375,7 +375,7 @@ def default_configs(n: int, m: int, head_dim: int) -> dict[str, TileConfig]:
     # head sizes (more programs per SM; 8 warps or 128-wide tiles lost up to 2x)
     if big:  # (the dK/dV tiles spill a little under triton 3.9's offline compile, yet timed fastest on 3.6)
         return {"fwd": fit(64, 64, 4, 3), "dq": fit(64, 64, 4, 2), "dkv": fit(64, 64, 4, 2)}
-    return {"fwd": fit(64, 64, 4, 3), "dq": fit(64, 64, 4, 3), "dkv": fit(32, 64, 4, 3)}
+    return {"fwd": fit(64, 64, 4, 3), "dq": fit(64, 64, 4, 3), "dkv": fit(64, 64, 4, 3)}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ its times say nothing about a GPU.
 
 Settings (``--set key=value``): head_dims=[64,128], stacks=["local"], peers=true (or a list of case
 names that get peers), checks=true, decode_versions=false (time decode v1/v2 beside v3),
+decode_splits=[] (split counts to time for 64 decode rows),
 decode=true, sweep=[] (head dims whose tile alternatives to time), decode_sweep=false, cases="all" or a
 list of case names. Decode times are CUDA-graph replays (the GPU's time; ``eager_ms`` adds the host's).
 FLOP convention: fwd = 4 D H x attended pairs (a causal own block counts n(n+1)/2 pairs), fwd+bwd =
@@ -471,7 +472,7 @@ def check_decode(device, dtype, head_dim, splits) -> dict:
 
 def _settings(opts) -> dict:
     s = dict(head_dims=[64, 128], stacks=["local"], peers=True, checks=True, decode=True, sweep=[], decode_sweep=False,
-             decode_versions=False, cases="all")
+             decode_versions=False, decode_splits=[], cases="all")
     s.update(opts.extra)
     return s
 
@@ -517,6 +518,11 @@ def _run_cuda(opts) -> dict:
         row = bench_patch_case(case, measure, peers=peers is True or (isinstance(peers, list) and case.name in peers))
         result["rows"].append(row)
         _progress("patch", row)
+    for d in settings["head_dims"]:
+        for splits in settings["decode_splits"]:
+            row = bench_decode(64, d, measure, splits=splits, peers=False)
+            result["sweep"].append(row)
+            _progress("decode-splits", row)
     for d in settings["head_dims"] if settings["decode_versions"] else []:
         for lanes, prefetch, name in ((False, False, "v1"), (True, False, "v2"), (False, True, "v1+prefetch")):
             row = bench_decode(64, d, measure, lanes=lanes, prefetch=prefetch, peers=False)
