@@ -104,6 +104,7 @@ def check_against_reference(leaves, call, text_index, lengths):
 CANVAS = {(0, 1, 1): (1, 2, 2), (1, 1, 1): (2, 1, 2), (0, 2, 2): (1, 2, 3)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extents", list(CANVAS))
 @pytest.mark.parametrize("order", ORDERS)
 def test_every_order_and_extent(order, extents):
