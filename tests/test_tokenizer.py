@@ -213,7 +213,7 @@ def test_encode_picks_the_nearest_code_and_bad_input_is_refused():
 # ----------------------------------------------------------------------------------------------
 # A tokenizer trained on the demo photographs, shared by this file and test_data.py (cached on disk).
 
-TRAIN_STEPS = 250
+TRAIN_STEPS = 150  # a quarter of the demo's training; the demo's own PSNR is in docs/benchmarks.md
 
 
 def trained_demo_tokenizer(tmp_path_factory) -> tuple[VQTokenizer, dict]:
@@ -222,7 +222,8 @@ def trained_demo_tokenizer(tmp_path_factory) -> tuple[VQTokenizer, dict]:
         return VQTokenizer.from_pretrained(cache), json.loads((cache / "metrics.json").read_text())
     from nuwa_ds.tokenizer.train import train_tokenizer
 
-    return train_tokenizer("demo", cache, codebook_size=256, device="cpu", steps=TRAIN_STEPS, log_every=0)
+    return train_tokenizer("demo", cache, codebook_size=256, device="cpu", steps=TRAIN_STEPS, batch_size=8,
+                           log_every=0)
 
 
 @pytest.fixture(scope="module")
@@ -231,40 +232,46 @@ def demo_tokenizer(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_training_reaches_a_recognisable_reconstruction(demo_tokenizer, tmp_path_factory):
+def test_training_learns_to_reconstruct_the_photographs(demo_tokenizer, tmp_path_factory):
     tok, metrics = demo_tokenizer
     untrained = VQTokenizer(tok.config).eval()
-    pictures = demo_pictures()
     f = tok.downsample
     before, after = [], []
-    for array in pictures.values():
+    for array in demo_pictures().values():
         image = from_uint8(array[: array.shape[0] // f * f, : array.shape[1] // f * f])[None]
         before.append(psnr(image, untrained.decode(untrained.encode(image))))
         after.append(psnr(image, tok.decode(tok.encode(image))))
     assert np.mean(after) == pytest.approx(metrics["psnr"], abs=1e-6)
-    assert metrics["psnr"] > 19.0 and metrics["psnr"] > np.mean(before) + 8.0, (metrics["psnr"], before)
-    assert metrics["codebook_usage"] > 0.5
-    cache = tmp_path_factory.getbasetemp() / "demo_tokenizer"
-    assert (cache / "reconstruction.png").is_file()
+    # 150 steps reach 16.7-18.4 dB over seeds (untrained: ~10 dB); the 600-step demo run ~24 dB
+    assert metrics["psnr"] > 15.0 and metrics["psnr"] > np.mean(before) + 5.0, (metrics["psnr"], before)
+    assert metrics["codebook_usage"] > 0.5  # dead codes are restarted
+    assert (tmp_path_factory.getbasetemp() / "demo_tokenizer" / "reconstruction.png").is_file()
 
 
 @pytest.mark.slow
-def test_tiled_decode_matches_whole_decode(demo_tokenizer):
+def test_tiled_decode_matches_whole_decode_without_seams(demo_tokenizer):
     tok, _ = demo_tokenizer
-    picture = demo_pictures(["astronaut"])["astronaut"][:256, :384]  # 32 x 48 tokens
-    tokens = tok.encode(from_uint8(picture)[None])
+    pictures = demo_pictures(["astronaut", "coffee"])
+    images = torch.stack([from_uint8(a[:384, :504]) for a in pictures.values()])  # 2 x (48 x 63 tokens)
+    tokens = tok.encode(images)
     whole = tok.decode(tokens)
     # the canvas fits one tile: exactly the whole decode
-    assert torch.equal(tok.decode_tiled(tokens, tile=48, overlap=8), whole)
-    # 6 overlapping tiles: close to the whole decode everywhere, seams included
-    tiled = tok.decode_tiled(tokens, tile=20, overlap=8, tiles_per_batch=4)
-    assert tiled.shape == whole.shape
-    assert psnr(whole, tiled) > 36.0
-    seams = (tiled - whole).abs().mean(dim=(0, 1))  # (H, W) error map
-    assert float(seams.max()) < 0.25
-    # blending matters: without overlap the seams are worse
-    hard = tok.decode_tiled(tokens, tile=16, overlap=0)
-    assert psnr(whole, tiled) > psnr(whole, hard)
+    assert torch.equal(tok.decode_tiled(tokens, tile=64, overlap=8), whole)
+
+    def column_steps(image):  # how abruptly the difference to the whole decode changes, per column
+        diff = image - whole
+        return (diff[..., 1:] - diff[..., :-1]).abs().mean(dim=(0, 1, 2))
+
+    # 2 x 3 windows per picture, windows of both pictures mixed in one decoder call
+    blended = tok.decode_tiled(tokens, tile=32, overlap=12, tiles_per_batch=5)
+    hard = tok.decode_tiled(tokens, tile=32, overlap=0, canvas_norm=False)  # windows meet at pixel 256
+    local = tok.decode_tiled(tokens, tile=32, overlap=12, canvas_norm=False)
+    assert blended.shape == hard.shape == local.shape == whole.shape
+    assert psnr(whole, blended) > 35.0  # canvas statistics: measured 41-45 dB; window statistics: 23-34 dB
+    assert psnr(whole, blended) > psnr(whole, local) + 3.0
+    seam = float(column_steps(hard)[32 * tok.downsample - 1])
+    assert float(column_steps(blended).max()) < 0.25 * seam  # no step where windows meet
+    assert all("forward" not in vars(m) for m in tok.decoder.modules())  # the GroupNorm override is gone
 
 
 def test_save_and_load_pretrained_round_trip(tmp_path):

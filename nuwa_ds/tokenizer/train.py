@@ -31,7 +31,7 @@ from nuwa_ds.tokenizer.vqgan import VQConfig, VQTokenizer, psnr, resolve_device
 
 @dataclass
 class TrainOptions:
-    steps: int = 2000
+    steps: int = 600
     """Optimizer steps (the time limit may stop training earlier)."""
     batch_size: int = 16
     """Crops per step."""
@@ -43,8 +43,9 @@ class TrainOptions:
     """Commitment loss weight."""
     ema_decay: float = 0.95
     """Codebook EMA decay (per step; lower adapts faster, useful for short runs)."""
-    restart_threshold: float = 0.03
-    """A code whose EMA assignment count drops below this is restarted on a batch vector."""
+    restart_threshold: float = 0.1
+    """A code whose EMA assignment count falls below this fraction of the mean count is restarted
+    on a vector of the batch (a mean-relative threshold acts as fast with any codebook size)."""
     seed: int = 0
     """Initialisation and crop sampling seed."""
     time_limit: float | None = None
@@ -117,7 +118,7 @@ class EMACodebook:
     def __init__(self, model: VQTokenizer, decay: float, restart_threshold: float, generator: torch.Generator):
         weight = model.quantize.embedding.weight
         self.weight, self.decay, self.threshold, self.g = weight, decay, restart_threshold, generator
-        self.count = torch.ones(weight.shape[0], device=weight.device)
+        self.count = torch.ones(weight.shape[0], device=weight.device)  # reset to the mean at init_from
         self.total = weight.detach().clone()
         self.initialised = False
         self.restarts = 0
@@ -126,8 +127,10 @@ class EMACodebook:
     def init_from(self, vectors: torch.Tensor):
         """Start the codebook on encoder outputs (random rows), not on a tiny uniform box."""
         idx = torch.randint(vectors.shape[0], (self.weight.shape[0],), generator=self.g).to(vectors.device)
+        mean = vectors.shape[0] / self.weight.shape[0]  # assignments per code and step, on average
+        self.count.fill_(mean)
         self.weight.copy_(vectors[idx])
-        self.total.copy_(vectors[idx])
+        self.total.copy_(vectors[idx] * mean)
         self.initialised = True
 
     @torch.no_grad()
@@ -141,12 +144,13 @@ class EMACodebook:
         n = self.count.sum()
         smoothed = (self.count + 1e-5) / (n + K * 1e-5) * n  # Laplace smoothing: no division by 0
         self.weight.copy_(self.total / smoothed[:, None])
-        dead = (self.count < self.threshold).nonzero().flatten()
+        mean = n / K
+        dead = (self.count < self.threshold * mean).nonzero().flatten()
         if len(dead):
             pick = torch.randint(vectors.shape[0], (len(dead),), generator=self.g).to(vectors.device)
             self.weight[dead] = vectors[pick]
-            self.total[dead] = vectors[pick]
-            self.count[dead] = 1.0
+            self.total[dead] = vectors[pick] * mean
+            self.count[dead] = mean
             self.restarts += len(dead)
 
 

@@ -349,25 +349,98 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
-def _blend_window(length: int, ramp: int, ramp_start: bool, ramp_end: bool) -> torch.Tensor:
+def _tile_starts(size: int, tile: int, stride: int) -> list[int]:
+    """Tile origins covering [0, size): every `stride`, the last one flush with the end."""
+    if size <= tile:
+        return [0]
+    return list(range(0, size - tile, stride)) + [size - tile]
+
+
+def _ramp(length: int, ramp: int, at_start: bool, at_end: bool) -> torch.Tensor:
     """1-D tile weights: 1 inside, a linear ramp (never 0) over `ramp` pixels at each side that
     overlaps a neighbouring tile, so overlapping tiles cross-fade instead of meeting at a seam."""
     w = torch.ones(length)
     if ramp > 0:
         up = (torch.arange(ramp, dtype=torch.float32) + 0.5) / ramp
-        if ramp_start:
+        if at_start:
             w[:ramp] = up
-        if ramp_end:
+        if at_end:
             w[length - ramp:] = up.flip(0)
     return w
 
 
-def _tile_starts(size: int, tile: int, stride: int) -> list[int]:
-    """Tile origins covering [0, size): every `stride`, the last one flush with the end."""
-    if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile, stride))
-    return starts + [size - tile]
+class _TilePlan:
+    """Window origins (in tokens) on an (h, w) token canvas and each window's share of every output
+    pixel: its ramp weight divided by the sum of all windows' weights there (shares sum to 1)."""
+
+    def __init__(self, h: int, w: int, tile: int, overlap: int, f: int):
+        self.f, self.th, self.tw = f, min(tile, h), min(tile, w)
+        self.pixels = (h * f, w * f)
+        ys, xs = _tile_starts(h, self.th, tile - overlap), _tile_starts(w, self.tw, tile - overlap)
+        self.origins = [(y, x) for y in ys for x in xs]
+        ramp = overlap * f
+        self._weights = {(y, x): _ramp(self.th * f, ramp, y > 0, y + self.th < h)[:, None]
+                         * _ramp(self.tw * f, ramp, x > 0, x + self.tw < w)[None, :] for y, x in self.origins}
+        total = torch.zeros(self.pixels)
+        for (y, x), weight in self._weights.items():
+            total[self.pixel_slices(y, x)] += weight
+        self._shares = {(y, x): weight / total[self.pixel_slices(y, x)] for (y, x), weight in self._weights.items()}
+
+    def pixel_slices(self, y: int, x: int) -> tuple[slice, slice]:
+        f = self.f
+        return slice(y * f, (y + self.th) * f), slice(x * f, (x + self.tw) * f)
+
+    def share(self, y: int, x: int) -> torch.Tensor:  # (th*f, tw*f)
+        return self._shares[(y, x)]
+
+
+class CanvasNorms:
+    """While active, the decoder's GroupNorms either collect per-sample group statistics of the
+    whole canvas from windows (each position weighted by its window's share, so every position
+    counts once) or normalise windows with the collected statistics instead of their own."""
+
+    def __init__(self, decoder: nn.Module, batch: int):
+        self.norms = [m for m in decoder.modules() if isinstance(m, nn.GroupNorm)]
+        self.batch, self.collecting = batch, True
+        self.sums = {id(m): torch.zeros(3, batch, m.num_groups, dtype=torch.float64) for m in self.norms}
+        self.stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.samples = self.shares = None
+
+    def __enter__(self):
+        for norm in self.norms:
+            norm.forward = lambda x, norm=norm: self._forward(norm, x)  # instance attribute, removed on exit
+        return self
+
+    def __exit__(self, *exc):
+        for norm in self.norms:
+            del norm.forward
+
+    def set_windows(self, samples: torch.Tensor, shares: torch.Tensor):
+        self.samples, self.shares = samples, shares  # (n,), (n, 1, th*f, tw*f)
+
+    def use_collected(self):
+        for norm in self.norms:
+            s0, s1, s2 = self.sums[id(norm)]
+            mean = s1 / s0
+            var = (s2 / s0 - mean * mean).clamp_min(0.0)
+            self.stats[id(norm)] = (mean.float(), var.float())
+        self.collecting = False
+
+    def _forward(self, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+        n, C, H, W = x.shape
+        G = norm.num_groups
+        if not self.collecting:
+            mean, var = (t[self.samples].to(x.device) for t in self.stats[id(norm)])  # (n, G)
+            xg = x.float().reshape(n, G, -1)
+            y = ((xg - mean[..., None]) * torch.rsqrt(var[..., None] + norm.eps)).reshape(n, C, H, W).to(x.dtype)
+            return y * norm.weight[None, :, None, None] + norm.bias[None, :, None, None]
+        share = F.interpolate(self.shares, size=(H, W), mode="area")  # (n, 1, H, W): this layer's resolution
+        xg = x.double().reshape(n, G, C // G, H, W)
+        weighted = xg * share.double()[:, :, None]
+        parts = torch.stack([share.double().sum(dim=(1, 2, 3))[:, None].expand(n, G) * (C // G),
+                             weighted.sum(dim=(2, 3, 4)), (weighted * xg).sum(dim=(2, 3, 4))])  # (3, n, G)
+        self.sums[id(norm)].index_add_(1, self.samples, parts.cpu())
+        return F.group_norm(x, G, norm.weight, norm.bias, norm.eps)
 
 
 class VQTokenizer(nn.Module):
@@ -441,39 +514,48 @@ class VQTokenizer(nn.Module):
         return self.decode_latents(self.quantize.lookup(tokens)).clamp_(-1.0, 1.0)
 
     @torch.no_grad()
-    def decode_tiled(self, tokens: torch.Tensor, tile: int = 32, overlap: int = 8,
-                     tiles_per_batch: int = 8) -> torch.Tensor:
+    def decode_tiled(self, tokens: torch.Tensor, tile: int = 32, overlap: int = 8, tiles_per_batch: int = 8,
+                     canvas_norm: bool = True) -> torch.Tensor:
         """Decode a canvas too large to decode at once: overlapping ``tile x tile``-token windows,
         decoded a batch of windows at a time and cross-faded over the overlap (linear ramps), so no
         seam shows. The output is assembled on the CPU; only windows visit the device.
 
-        Equal to :meth:`decode` when the canvas fits in one tile; close to it otherwise (GroupNorm and
-        attention see a window instead of the whole canvas; the overlap hides the difference)."""
+        ``canvas_norm`` (default): the decoder's GroupNorms use statistics of the whole canvas instead
+        of each window's, gathered by a first pass over the windows (so the decode costs two passes).
+        Without it, windows differ in tone where their content differs. Equal to :meth:`decode` when
+        the canvas fits one tile; otherwise close (the middle attention still sees one window)."""
         self._check_tokens(tokens)
         if tile < 1 or not 0 <= overlap < tile:
             raise ValueError(f"need tile >= 1 and 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
         B, h, w = tokens.shape
         if h <= tile and w <= tile:
             return self.decode(tokens).cpu()
-        f = self.downsample
-        th, tw = min(tile, h), min(tile, w)
-        windows = [(b, y, x) for b in range(B)
-                   for y in _tile_starts(h, th, tile - overlap) for x in _tile_starts(w, tw, tile - overlap)]
-        out = torch.zeros(B, self.config.out_ch, h * f, w * f)
-        weight = torch.zeros(1, 1, h * f, w * f)
-        ramp = overlap * f
-        for start in range(0, len(windows), tiles_per_batch):
-            chunk = windows[start:start + tiles_per_batch]
-            batch = torch.stack([tokens[b, y:y + th, x:x + tw] for b, y, x in chunk])
+        plan = _TilePlan(h, w, tile, overlap, self.downsample)
+        windows = [(b, y, x) for b in range(B) for y, x in plan.origins]
+        if not canvas_norm:
+            return self._decode_windows(tokens, windows, plan, tiles_per_batch, None)
+        with CanvasNorms(self.decoder, B) as norms:
+            self._decode_windows(tokens, windows, plan, tiles_per_batch, norms)  # pass 1: statistics
+            norms.use_collected()
+            return self._decode_windows(tokens, windows, plan, tiles_per_batch, norms)  # pass 2: pixels
+
+    def _decode_windows(self, tokens, windows, plan: "_TilePlan", per_batch: int, norms) -> torch.Tensor:
+        B = tokens.shape[0]
+        collecting = norms is not None and norms.collecting
+        out = None if collecting else torch.zeros(B, self.config.out_ch, *plan.pixels)
+        for start in range(0, len(windows), per_batch):
+            chunk = windows[start:start + per_batch]
+            batch = torch.stack([tokens[b, y:y + plan.th, x:x + plan.tw] for b, y, x in chunk])
+            if norms is not None:  # which sample each window belongs to, and its share of each position
+                norms.set_windows(torch.tensor([b for b, _, _ in chunk]),
+                                  torch.stack([plan.share(y, x) for _, y, x in chunk])[:, None].to(self.device))
             pixels = self.decode(batch).float().cpu()  # (n, 3, th*f, tw*f)
+            if collecting:
+                continue
             for (b, y, x), img in zip(chunk, pixels):
-                wy = _blend_window(th * f, ramp, y > 0, y + th < h)
-                wx = _blend_window(tw * f, ramp, x > 0, x + tw < w)
-                wgt = wy[:, None] * wx[None, :]
-                ys, xs = slice(y * f, (y + th) * f), slice(x * f, (x + tw) * f)
-                out[b, :, ys, xs] += img * wgt
-                weight[0, 0, ys, xs] += wgt
-        return out / weight
+                ys, xs = plan.pixel_slices(y, x)
+                out[b, :, ys, xs] += img * plan.share(y, x)
+        return out
 
     # -- persistence
     def save_pretrained(self, directory) -> Path:
