@@ -21,6 +21,8 @@ Kernels (one program per (row, head, tile), flattened into a 1-D grid):
 Versions (timings: docs/kernels.md):
   v1  the three kernels above; context walked as one flat loop over (entry, tile) so the compiler
       pipelines it across block boundaries; causal tiles split into unmasked + diagonal parts.
+  v2  64-query tiles, 4 warps at D=64 (from an H100 sweep): fwd+bwd 2.14 -> 1.69 ms on 4x4 patches.
+  v3  the same at D=128 (dK/dV 2 stages): backward 1.76 -> ~1.2 ms.
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import (INDEX_DTYPES, INTERPRET, LOG2E, MAX_HEAD_DIM, RCP_LN2, SUPPORTED_DTYPES, alloc_output, block_d, check_same,
-                             check_tensor, check_text, compact_context, device_function, dot_precision, load_tile, readers_table,
-                             text_readers)
+from kernels._common import (INDEX_DTYPES, INTERPRET, LOG2E, MAX_HEAD_DIM, RCP_LN2, SUPPORTED_DTYPES, alloc_output,
+                             block_d, check_same, check_tensor, check_text, compact_context, device_function,
+                             dot_precision, load_tile, readers_table, text_readers)
 
 # ----------------------------------------------------------------------------------------------
 # Kernels

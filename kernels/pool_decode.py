@@ -33,8 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import (INDEX_DTYPES, INTERPRET, LOG2E, MAX_HEAD_DIM, RCP_LN2, SUPPORTED_DTYPES, alloc_output, block_d,
-                             check_same, check_tensor, check_text, compact_context, device_function, load_tile,
+from kernels._common import (INDEX_DTYPES, INTERPRET, LOG2E, MAX_HEAD_DIM, RCP_LN2, SUPPORTED_DTYPES, alloc_output,
+                             block_d, check_same, check_tensor, check_text, compact_context, device_function, load_tile,
                              num_sms)
 
 
@@ -246,7 +246,8 @@ def _check(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_v, own_slot, ow
     check_tensor("own_slot", own_slot, 1, INDEX_DTYPES, dev)
     check_tensor("own_len", own_len, 1, INDEX_DTYPES, dev)
     if own_slot.shape[0] != R or own_len.shape[0] != R:
-        raise ValueError(f"own_slot and own_len must have R={R} entries, got {own_slot.shape[0]} and {own_len.shape[0]}")
+        raise ValueError(f"own_slot and own_len must have R={R} entries, got {own_slot.shape[0]} and "
+                         f"{own_len.shape[0]}")
     check_tensor("bias", bias, 2, (torch.float32, torch.float16, torch.bfloat16), dev)
     if bias.shape[0] != H:
         raise ValueError(f"bias must be [H={H}, I], got {tuple(bias.shape)}")
@@ -297,7 +298,8 @@ def pool_decode_attention(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_
         q, pool_k, pool_v, slots, slot_bias, count, own_k, own_v, own_slot, own_len, tk, tv, tidx, tlen, bias,
         out, part_m, part_l, part_acc,
         *q.stride(), *pool_k.stride(), *pool_v.stride(), *own_k.stride(), *own_v.stride(), *tk.stride(), *tv.stride(),
-        *out.stride(), bias.stride(0), own_slot.stride(0), own_len.stride(0), slots.shape[1], H, int(own_bias_id), bias.shape[1] - 1, LOG2E / math.sqrt(D),
+        *out.stride(), bias.stride(0), own_slot.stride(0), own_len.stride(0), slots.shape[1], H, int(own_bias_id),
+        bias.shape[1] - 1, LOG2E / math.sqrt(D),
         units_per_split, splits, M_K=m, HEAD_DIM=D, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, HAS_TEXT=has_text,
         SINGLE=single, LANES=lanes, PREFETCH=prefetch, UPCAST=INTERPRET, num_warps=num_warps, num_stages=num_stages,
     )

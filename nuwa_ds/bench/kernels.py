@@ -319,7 +319,8 @@ def _decode_inputs(rows, heads, head_dim, ctx, n, device, dtype):
     perm = torch.randperm(slots, device=device)
     return dict(q=torch.randn(rows, heads, head_dim, dtype=dtype, device=device),
                 pool_k=pool[:, 1, 0].transpose(1, 2), pool_v=pool[:, 1, 1].transpose(1, 2),
-                ctx_slots=perm[: rows * ctx].view(rows, ctx), ctx_bias_id=torch.randint(0, 9, (rows, ctx), device=device),
+                ctx_slots=perm[: rows * ctx].view(rows, ctx),
+                ctx_bias_id=torch.randint(0, 9, (rows, ctx), device=device),
                 own_k=own[:, 1, 0].transpose(1, 2), own_v=own[:, 1, 1].transpose(1, 2),
                 own_slot=perm[rows * ctx:], own_len=torch.full((rows,), n, device=device), own_bias_id=4,
                 bias=torch.randn(heads, 10, device=device), text=None)
@@ -462,7 +463,8 @@ def check_decode(device, dtype, head_dim, splits) -> dict:
     t = args["text"]
     ref_args["text"] = TextContext(t.k.double(), t.v.double(), t.length, t.index)
     err = _rel(out, reference_pool_decode_attention(**ref_args))
-    return dict(kernel="pool_decode_attention", case=f"D{head_dim}-splits{splits}", dtype=str(dtype).replace("torch.", ""),
+    return dict(kernel="pool_decode_attention", case=f"D{head_dim}-splits{splits}",
+                dtype=str(dtype).replace("torch.", ""),
                 worst_rel_error=err, ok=bool(err <= (1e-2 if dtype == torch.bfloat16 else 2e-5)))
 
 
