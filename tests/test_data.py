@@ -444,3 +444,18 @@ def test_loader_with_nothing_usable_fails_clearly(tmp_path):
     loader = build_loader(DataConfig(shards=pattern, canvas=(1, 8, 8), num_workers=0, shuffle_buffer=4), TINY, 0, 1, 2)
     with pytest.raises(RuntimeError, match="too few usable samples"):
         next(iter(loader))
+
+
+@pytest.mark.slow
+def test_data_bench_quick(tmp_path):
+    from nuwa_ds.bench import validate_report
+    from nuwa_ds.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "data", "--device", "cpu", "--quick", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert validate_report(report) == []
+    rows = report["suites"]["data"]["rows"]
+    assert [r["what"] for r in rows] == ["prepare", "loader", "loader"]
+    assert rows[0]["images_per_s"] > 0 and {r["workers"] for r in rows[1:]} == {2, 0}
+    assert all(r["tokens_per_s"] > 0 and r["goal_tokens_per_s"] == 1_000_000 for r in rows[1:])

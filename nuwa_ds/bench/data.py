@@ -133,7 +133,8 @@ def run(opts) -> dict:
                                   int(extra.get("patch_size", 16))))
         pattern = write_token_shards(tmp / "tokens", shards=8 if quick else 16, per_shard=100 if quick else 400,
                                      side=canvas, vocab=model_cfg.vocab_size)
-        steps = opts.steps or (30 if quick else 300)
+        # enough batches that every stream rebuilds segments (reads shards) inside the timed window
+        steps = opts.steps or (400 if quick else 1500)
         for n in sorted({workers, 0}, reverse=True):
             rows.append(bench_loader(pattern, model_cfg, canvas, batch, n, steps, warmup=5 if quick else 20))
     return {"rows": rows, "metrics": ["seconds", "images_per_s", "tokens_per_s", "fraction_of_goal"],
