@@ -187,7 +187,8 @@ def _video(path: Path, frames: int = 20, fps: int = 10):
 
 def test_video_becomes_token_clips_with_fps(tmp_path):
     _video(tmp_path / "in" / "walk.mp4")
-    manifest = prepare_shards(tmp_path / "in", tmp_path / "out", small_tokenizer(), device="cpu", image_size=64,
+    # device="auto": the GPU when there is one (batched frames), here the CPU
+    manifest = prepare_shards(tmp_path / "in", tmp_path / "out", small_tokenizer(), device="auto", image_size=64,
                               patch_size=2, fps=5, clip_frames=4, progress=False)
     assert manifest["counts"]["videos"] == 1 and manifest["num_samples"] == 2  # 10 sampled frames -> 2 clips
     with tarfile.open(tmp_path / "out" / "shard-000000.tar") as tar:
@@ -246,12 +247,17 @@ def test_prepare_command_and_bad_input(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     Image.fromarray(demo_pictures(["coffee"])["coffee"][:64, :96]).save(tmp_path / "in" / "coffee.png")
     (tmp_path / "in" / "broken.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "captions.jsonl").write_text(json.dumps({"path": "coffee.png", "text": "a cup of coffee"}) + "\n")
     rc = main(["prepare", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--tokenizer", str(tmp_path / "tok"),
-               "--image-size", "64", "--patch-size", "2", "--no-progress", "--device", "cpu"])
+               "--image-size", "64", "--patch-size", "2", "--no-progress", "--device", "cpu",
+               "--captions", str(tmp_path / "captions.jsonl")])
     out = capsys.readouterr().out
     assert rc == 0 and "skipped 1" in out and f"data.shards={tmp_path / 'out'}/shard-{{000000..000000}}.tar" in out
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["counts"]["skipped_unreadable"] == 1 and manifest["num_samples"] == 1
+    with tarfile.open(tmp_path / "out" / "shard-000000.tar") as tar:
+        meta = json.loads(tar.extractfile(next(n for n in tar.getnames() if n.endswith(".json"))).read())
+    assert meta["caption"] == "a cup of coffee" and meta["source"] == "coffee.png"
     # other settings into the same folder: refused, unless --overwrite
     again = ["prepare", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--tokenizer", str(tmp_path / "tok"),
              "--image-size", "48", "--patch-size", "2", "--no-progress", "--device", "cpu"]

@@ -204,6 +204,9 @@ def test_encode_picks_the_nearest_code_and_bad_input_is_refused():
         tok.decode(torch.zeros(1, 2, 2))
     with pytest.raises(ValueError, match="tile"):
         tok.decode_tiled(torch.zeros(1, 4, 4, dtype=torch.long), tile=4, overlap=4)
+    half = VQTokenizer(VQConfig.preset("demo-f8", n_embed=300)).eval().to(torch.bfloat16)
+    half.load_state_dict(tok.state_dict())
+    assert half.encode(images).shape == (3, 3, 5) and half.decode(expected).dtype == torch.bfloat16
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):

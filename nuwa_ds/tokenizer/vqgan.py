@@ -500,7 +500,7 @@ class VQTokenizer(nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1], ``[B, 3, H, W]`` (H, W multiples of f) -> tokens ``[B, H/f, W/f]``."""
         self._check_images(images)
-        images = images.to(self.device, torch.float32)
+        images = images.to(self.device, next(self.parameters()).dtype)  # fp32, or bf16 if the model was cast
         return self.quantize.codes(self.latents(images))
 
     def decode_latents(self, z_q: torch.Tensor) -> torch.Tensor:
