@@ -31,7 +31,7 @@ def add_arguments(parser):
     parser.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="weight dtype of the export")
     parser.add_argument("--max-shard-size", default="5GB", help="split model.safetensors above this size")
     parser.add_argument("--tokenizer", default=None,
-                        help="VQ tokenizer directory to reference (default: the run config's, if it names one)")
+                        help="VQ tokenizer directory or taming .ckpt the model reads (recorded in tokenizer.json)")
     parser.add_argument("--copy-tokenizer", action="store_true", help="copy the VQ tokenizer into OUT/vq_tokenizer")
 
 
@@ -92,14 +92,17 @@ def export_checkpoint(checkpoint, out, tag: Optional[str] = None, dtype: str = "
         AutoTokenizer.from_pretrained(text_path, local_files_only=True).save_pretrained(
             str(out / "text_tokenizer"))
 
-    tokenizer = tokenizer or getattr(run_cfg.data, "tokenizer", None)
     if tokenizer is not None:
         tok_dir = Path(tokenizer)
-        if not tok_dir.is_dir():
-            raise FileNotFoundError(f"VQ tokenizer directory {tok_dir} not found")
+        if not tok_dir.exists():
+            raise FileNotFoundError(f"VQ tokenizer {tok_dir} (a directory or a taming .ckpt) not found")
         if copy_tokenizer:
-            shutil.copytree(tok_dir, out / "vq_tokenizer", dirs_exist_ok=True)
-            ref = "vq_tokenizer"
+            if tok_dir.is_file():
+                shutil.copy2(tok_dir, out / tok_dir.name)
+                ref = tok_dir.name
+            else:
+                shutil.copytree(tok_dir, out / "vq_tokenizer", dirs_exist_ok=True)
+                ref = "vq_tokenizer"
         else:
             ref = str(tok_dir.resolve())
         (out / "tokenizer.json").write_text(json.dumps({"vq_tokenizer": ref}, indent=2) + "\n")

@@ -50,7 +50,8 @@ def add_arguments(parser):
     mode.add_argument("--sequential", dest="wavefront", action="store_false", help="one patch at a time")
     parser.add_argument("--out", default="outputs/generated.png", help=".png (images), .gif or .mp4 (videos)")
     parser.add_argument("--fps", type=float, default=8.0)
-    parser.add_argument("--tokenizer", default=None, help="VQ tokenizer directory (default: the model's reference)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="VQ tokenizer directory or taming .ckpt (default: the model's reference)")
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     parser.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"),
                         help="model dtype (auto: bf16 on GPU, fp32 on CPU)")
@@ -172,14 +173,15 @@ def run(args) -> int:
 
     cfg = load_config_json(args.model_dir)
     tok_dir = resolve_vq_tokenizer(args.model_dir, args.tokenizer)
-    if tok_dir is None or not (Path(tok_dir).is_dir()):
+    if tok_dir is None or not Path(tok_dir).exists():
         raise ValueError(f"{args.model_dir} names no VQ tokenizer (tokenizer.json) and --tokenizer was not given "
-                         f"(or {tok_dir} is missing): pass --tokenizer DIR")
+                         f"(or {tok_dir} is missing): pass --tokenizer DIR (or a taming .ckpt)")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(args.dtype) or \
         (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    tokenizer = VQTokenizer.from_pretrained(tok_dir, device=device)
+    tokenizer = (VQTokenizer.from_taming_checkpoint(tok_dir, device=device) if Path(tok_dir).is_file()
+                 else VQTokenizer.from_pretrained(tok_dir, device=device))
     if tokenizer.codebook_size != cfg.vocab_size:
         raise ValueError(f"tokenizer {tok_dir} has {tokenizer.codebook_size} codes, the model {cfg.vocab_size}")
     f = tokenizer.downsample
