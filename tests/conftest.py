@@ -31,22 +31,19 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def zero_runs(tmp_path_factory):
     """``zero_runs(stage)``: the run directory of one finished 2-rank (gloo) tiny training under ZeRO
-    ``stage`` (12 steps, checkpoints at 4, 8, 12), made once per session and shared by the training
-    and export tests. ZeRO-1 runs under the deepspeed launcher, the others under torchrun."""
-    from test_train_utils import run, train_cmd
+    ``stage`` (``TWO_RANK_STEPS``), made once per session and shared by the training and export tests."""
+    from test_train_utils import TWO_RANK_LAUNCHERS, TWO_RANK_STEPS, run, train_cmd
 
-    launchers = {1: "deepspeed", 2: "torchrun", 3: "torchrun"}
     done = {}
 
     def get(stage: int):
         if stage not in done:
             run_dir = tmp_path_factory.mktemp(f"zero{stage}")
-            cmd = train_cmd(2, run_dir, f"train.ds_config=zero{stage}", "train.steps=12", "train.save_every=4",
-                            "train.micro_batch_size=2", launcher=launchers[stage])
+            cmd = train_cmd(2, run_dir, f"train.ds_config=zero{stage}", *TWO_RANK_STEPS,
+                            launcher=TWO_RANK_LAUNCHERS[stage])
             rc = run(cmd, run_dir / "log.txt")
             assert rc == 0, (run_dir / "log.txt").read_text()[-3000:]
             done[stage] = run_dir
         return done[stage]
 
-    get.launchers = launchers
     return get

@@ -162,3 +162,16 @@ def test_classifier_free_guidance_runs_and_changes_samples(tmp_path):
 def test_bad_sampling_settings(bad):
     with pytest.raises(ValueError):
         tiny_model().generate((1, 8, 8), config=GenerationConfig(**bad))
+
+
+@pytest.mark.slow
+def test_canvas_150_patches_wide_keeps_the_pool_bounded():
+    """DESIGN section 4: order right holds ~e_w + 1 columns of slots however wide the canvas."""
+    model = tiny_model(extents=(0, 1, 1))
+    P = model.config.patch_size
+    out = model.generate((1, 2 * P, 150 * P), order="right", config=GenerationConfig(seed=0, wavefront=True))
+    stats = model.last_generation_stats
+    assert out.shape == (1, 1, 2 * P, 150 * P) and stats["patches"] == 300
+    narrow = run_generation(model, (1, 2 * P, 10 * P), "right", 1, config=GenerationConfig(wavefront=True)).stats
+    assert stats["slots_per_canvas"] == narrow["slots_per_canvas"] == stats["peak_slots_in_use"] <= 6
+    assert stats["slots_in_use_at_end"] == 0

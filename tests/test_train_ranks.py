@@ -8,38 +8,19 @@ import signal
 
 import pytest
 
-from test_train_utils import events, logged_step, run, segments, start, train_cmd, wait_for
+from test_train_utils import (TWO_RANK_LAUNCHERS, TWO_RANK_STEPS, events, logged_step, run, segments, start,
+                              train_cmd, wait_for)
 
 pytestmark = pytest.mark.slow
 
 # global batch 4 = 2 ranks x micro-batch 1 x 2 accumulated micro-batches
-STEPS = ["train.steps=12", "train.save_every=4", "train.micro_batch_size=1", "train.grad_accum_steps=2"]
-
-
-# ZeRO-1 runs under the deepspeed launcher (which passes --local_rank), the others under torchrun
-LAUNCHERS = {1: "deepspeed", 2: "torchrun", 3: "torchrun"}
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """One uninterrupted 2-rank run per ZeRO stage (shared by the tests below)."""
-    done = {}
-
-    def get(stage: int):
-        if stage not in done:
-            run_dir = tmp_path_factory.mktemp(f"zero{stage}")
-            rc = run(train_cmd(2, run_dir, f"train.ds_config=zero{stage}", *STEPS, launcher=LAUNCHERS[stage]),
-                     run_dir / "log.txt")
-            assert rc == 0, (run_dir / "log.txt").read_text()[-3000:]
-            done[stage] = run_dir
-        return done[stage]
-
-    return get
+STEPS = TWO_RANK_STEPS
+LAUNCHERS = TWO_RANK_LAUNCHERS
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
-def test_two_ranks_train_and_agree(runs, stage):
-    run_dir = runs(stage)
+def test_two_ranks_train_and_agree(zero_runs, stage):
+    run_dir = zero_runs(stage)
     (losses,) = segments(run_dir)
     assert sorted(losses) == list(range(1, 13))
     first, last = [losses[s] for s in (1, 2, 3)], [losses[s] for s in (10, 11, 12)]
@@ -56,10 +37,10 @@ def test_two_ranks_train_and_agree(runs, stage):
                                                                                  "nuwa_rank00001.pt"}
 
 
-def test_exact_resume_after_sigkill(runs, tmp_path):
+def test_exact_resume_after_sigkill(zero_runs, tmp_path):
     """SIGKILL between checkpoints, then --resume auto: every step's loss equals the uninterrupted run's,
     bit for bit (fp32 on CPU), so the data order, the optimizer and the schedule all resumed exactly."""
-    (reference,) = segments(runs(2))
+    (reference,) = segments(zero_runs(2))
     run_dir, log = tmp_path / "run", tmp_path / "killed.txt"
     cmd = train_cmd(2, run_dir, "train.ds_config=zero2", *STEPS)
     proc = start(cmd, log, NUWA_FAULT_PAUSE_AT_STEP=6)  # checkpoint at 4, killed after step 6

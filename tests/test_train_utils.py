@@ -112,3 +112,10 @@ def write_token_shards(directory: Path, shards: int = 2, per_shard: int = 16, sh
                 tokens = rng.integers(0, vocab, size=shape).astype(np.int16)
                 sink.write(encode_sample(f"s{s:03d}_{i:04d}", tokens, {"token_thw": list(shape)}))
     return str(directory / f"tok-{{000..{shards - 1:03d}}}.tar")
+
+
+# The 2-rank runs shared by the training and export tests (``zero_runs`` in conftest.py): 12 steps of one
+# micro-batch per rank accumulated twice, checkpoints at 4, 8, 12. ZeRO-1 runs under the deepspeed
+# launcher (which passes --local_rank), the others under torchrun.
+TWO_RANK_STEPS = ["train.steps=12", "train.save_every=4", "train.micro_batch_size=1", "train.grad_accum_steps=2"]
+TWO_RANK_LAUNCHERS = {1: "deepspeed", 2: "torchrun", 3: "torchrun"}

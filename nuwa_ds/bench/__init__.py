@@ -135,8 +135,9 @@ def run(args) -> int:
             extra[key] = json.loads(value)
         except json.JSONDecodeError:
             extra[key] = value
+    # on a CPU the figures only smoke-test the suites (timings there are for relative comparisons)
     opts = BenchOptions(device=device, preset=args.preset or ("nuwa-350m" if device == "cuda" else "tiny"),
-                        quick=args.quick, compare_baseline=args.compare_baseline,
+                        quick=args.quick or device == "cpu", compare_baseline=args.compare_baseline,
                         zero_stages=tuple(int(z) for z in str(args.zero).split(",") if z),
                         micro_batch_size=args.micro_batch_size, steps=args.steps, extra=extra)
     suites = SUITES if args.suite == "all" else (args.suite,)

@@ -102,8 +102,8 @@ def _row(case, shape, order, wavefront, result, seconds, peak, roofline=None) ->
 def sizes(opts, P: int) -> dict:
     cuda = opts.device == "cuda" and not opts.quick
     image = (1, 64, 64) if cuda else (1, 2 * P, 2 * P)
-    paper = (1, 8 * P, 152 * P) if cuda else (1, 2 * P, 12 * P)
-    compare = tuple(opts.extra.get("compare_canvas", (1, 8 * P, 24 * P) if cuda else (1, 2 * P, 6 * P)))
+    paper = (1, 8 * P, 152 * P) if cuda else (1, 2 * P, 8 * P)
+    compare = tuple(opts.extra.get("compare_canvas", (1, 8 * P, 24 * P) if cuda else (1, 2 * P, 4 * P)))
     return {"image": image, "paper": paper, "compare": compare}
 
 
