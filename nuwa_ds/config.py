@@ -261,6 +261,9 @@ class NuwaConfig(ConfigBase):
     attn_backend: str = "auto"
     """Patch attention implementation: 'reference' (SDPA over gathered blocks, any device),
     'triton' (kernels/patch_attention.py), or 'auto' (triton on CUDA when available)."""
+    loss_backend: str = "auto"
+    """Cross-entropy of each logits chunk: 'torch', 'triton' (kernels/cross_entropy.py, loss and
+    gradient in one pass, in place) or 'auto' (triton on CUDA)."""
     activation_checkpointing: bool = False
     """Recompute each transformer block in the backward pass (saves activation memory)."""
     loss_chunk_tokens: int = 8192
@@ -285,6 +288,8 @@ class NuwaConfig(ConfigBase):
             raise ConfigError(f"model.extents: {exc}") from None
         if self.attn_backend not in ("auto", "reference", "triton"):
             raise ConfigError(f"model.attn_backend must be auto, reference or triton, got {self.attn_backend!r}")
+        if self.loss_backend not in ("auto", "torch", "triton"):
+            raise ConfigError(f"model.loss_backend must be auto, torch or triton, got {self.loss_backend!r}")
         if self.mlp_ratio <= 0:
             raise ConfigError("model.mlp_ratio must be > 0")
 

@@ -99,23 +99,30 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     Logits are made one chunk of rows at a time; their gradient is formed at once (softmax minus
     one-hot) and folded into grad_h / grad_weight, so forward + backward cost the same three
-    matmuls as the unfused version while peak memory is one chunk of logits.
+    matmuls as the unfused version while peak memory is one chunk of logits. With ``fused`` the
+    chunk's loss and gradient come from one Triton kernel working in place (kernels/cross_entropy.py).
     """
 
     @staticmethod
-    def forward(ctx, h, weight, targets, chunk: int):
+    def forward(ctx, h, weight, targets, chunk: int, fused: bool):
         M = h.shape[0]
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
         grad_h = torch.empty_like(h)
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         for s in range(0, M, chunk):
             hc, tc = h[s : s + chunk], targets[s : s + chunk]
-            logits = (hc @ weight.t()).float()  # [c, V]
-            lse = torch.logsumexp(logits, dim=-1)
-            loss += (lse - logits.gather(1, tc.unsqueeze(1)).squeeze(1)).sum()
-            probs = torch.exp_(logits.sub_(lse.unsqueeze(1)))
-            probs[torch.arange(hc.shape[0], device=h.device), tc] -= 1.0
-            probs = probs.div_(M).to(h.dtype)
+            if fused:
+                from kernels.cross_entropy import cross_entropy_grad_
+
+                probs = hc @ weight.t()  # [c, V], becomes the gradient in place
+                loss += cross_entropy_grad_(probs, tc, 1.0 / M).sum()
+            else:
+                logits = (hc @ weight.t()).float()  # [c, V]
+                lse = torch.logsumexp(logits, dim=-1)
+                loss += (lse - logits.gather(1, tc.unsqueeze(1)).squeeze(1)).sum()
+                probs = torch.exp_(logits.sub_(lse.unsqueeze(1)))
+                probs[torch.arange(hc.shape[0], device=h.device), tc] -= 1.0
+                probs = probs.div_(M).to(h.dtype)
             grad_h[s : s + chunk] = probs @ weight
             grad_w += (probs.t() @ hc).float()
         ctx.save_for_backward(grad_h, grad_w)
@@ -125,17 +132,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_out.to(grad_h.dtype), (grad_w * grad_out).to(ctx.weight_dtype), None, None
+        return grad_h * grad_out.to(grad_h.dtype), (grad_w * grad_out).to(ctx.weight_dtype), None, None, None
 
 
 class LMHead(nn.Module):
     """Final norm + vocabulary projection; the loss path never materialises all logits."""
 
-    def __init__(self, dim: int, vocab: int, eps: float, chunk: int):
+    def __init__(self, dim: int, vocab: int, eps: float, chunk: int, backend: str = "auto"):
         super().__init__()
         self.norm = RMSNorm(dim, eps)
         self.weight = nn.Parameter(torch.empty(vocab, dim))
-        self.chunk = chunk
+        self.chunk, self.backend = chunk, backend
 
     def forward(self, h: torch.Tensor, targets: torch.Tensor | None = None, return_logits: bool = False):
         """h [M, d] -> (mean loss or None, logits [M, V] or None)."""
@@ -143,7 +150,8 @@ class LMHead(nn.Module):
         loss = logits = None
         if targets is not None:
             if torch.is_grad_enabled() and (h.requires_grad or self.weight.requires_grad):
-                loss = _LinearCrossEntropy.apply(h, self.weight, targets, self.chunk)
+                fused = self.backend == "triton" or (self.backend == "auto" and h.is_cuda)
+                loss = _LinearCrossEntropy.apply(h, self.weight, targets, self.chunk, fused)
             else:
                 total = sum(F.cross_entropy((h[s : s + self.chunk] @ self.weight.t()).float(),
                                             targets[s : s + self.chunk], reduction="sum")

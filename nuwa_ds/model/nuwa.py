@@ -196,7 +196,7 @@ class NuwaInfinity(nn.Module):
         self.config = cfg
         self.global_model = GlobalStack(cfg)
         self.local_model = LocalStack(cfg)
-        self.head = LMHead(cfg.d_local, cfg.vocab_size, cfg.norm_eps, cfg.loss_chunk_tokens)
+        self.head = LMHead(cfg.d_local, cfg.vocab_size, cfg.norm_eps, cfg.loss_chunk_tokens, cfg.loss_backend)
         init_weights(self, cfg.init_std, cfg.n_global_layers + cfg.n_local_layers)
         self.text_encoder = None
         self.text_proj = None
