@@ -32,7 +32,9 @@ def _cross_entropy_kernel(logits_ptr, targets_ptr, loss_ptr, stride_row, V, scal
     m = tl.full((BLOCK_V,), PAD, tl.float32)  # running max per lane
     s = tl.zeros((BLOCK_V,), tl.float32)  # running sum of exp(x - m) per lane
     for start in range(0, V, BLOCK_V):
-        x = tl.load(base + start + cols, mask=start + cols < V, other=PAD).to(tl.float32)
+        valid = start + cols < V
+        x = tl.load(base + start + cols, mask=valid, other=0.0).to(tl.float32)
+        x = tl.where(valid, x, PAD)  # padded in fp32: PAD would overflow a 16-bit load's `other`
         m_new = tl.maximum(m, x)
         s = s * tl.exp(m - m_new) + tl.exp(x - m_new)
         m = m_new
