@@ -145,7 +145,8 @@ def bench_nuwa(opts, stage: int, dist, device: torch.device, work: Workload) -> 
         if opts.extra.get("profile"):
             phases["profile"] = profile_table(step, device)
         row = _row(opts.preset, stage, plan.ds.precision, cfg.train.micro_batch_size, plan.num_parameters, elapsed,
-                   tokens, flops, trainer.peak, device, work,
+                   tokens, flops, trainer.peak, device, work, grad_accum=cfg.train.grad_accum_steps,
+                   tokens_per_step=tokens // work.timed,
                    attn_backend=trainer.engine.module.attention_backend(device),
                    canvas="x".join(map(str, cfg.data.canvas)), **phases)
         _release(trainer.engine)
@@ -157,13 +158,22 @@ def bench_nuwa(opts, stage: int, dist, device: torch.device, work: Workload) -> 
 # The off-the-shelf reference: HF GPT-2 under the same DeepSpeed config
 
 
-def gpt2_shape(opts) -> dict:
+def gpt2_shape(opts, tokens_per_micro: int | None = None) -> dict:
+    """The reference's shape; its micro-batch carries the same tokens as ours (``tokens_per_micro``)
+    unless ``--set baseline_micro_batch=N`` says otherwise."""
     if opts.device == "cpu" or opts.preset == "tiny":
-        return dict(n_layer=2, n_embd=64, n_head=4, vocab_size=256, seq=64, micro=2)
-    return dict(n_layer=24, n_embd=1024, n_head=16, vocab_size=16384, seq=2048, micro=opts.micro_batch_size or 8)
+        shape = dict(n_layer=2, n_embd=64, n_head=4, vocab_size=256, seq=64, micro=2)
+    else:
+        shape = dict(n_layer=24, n_embd=1024, n_head=16, vocab_size=16384, seq=2048, micro=opts.micro_batch_size or 8)
+    if tokens_per_micro:
+        shape["micro"] = max(1, tokens_per_micro // shape["seq"])
+    if "baseline_micro_batch" in opts.extra:
+        shape["micro"] = int(opts.extra["baseline_micro_batch"])
+    return shape
 
 
-def bench_gpt2(opts, stage: int, dist, device: torch.device, work: Workload) -> dict:
+def bench_gpt2(opts, stage: int, dist, device: torch.device, work: Workload, tokens_per_micro=None,
+               grad_accum: int = 1) -> dict:
     import deepspeed
     import transformers
 
@@ -174,9 +184,9 @@ def bench_gpt2(opts, stage: int, dist, device: torch.device, work: Workload) -> 
     from nuwa_ds.training import optim
 
     transformers.logging.set_verbosity_error()
-    shape = gpt2_shape(opts)
+    shape = gpt2_shape(opts, tokens_per_micro)
     seq, micro = shape.pop("seq"), shape.pop("micro")
-    train_cfg = TrainConfig(micro_batch_size=micro, grad_accum_steps=1)
+    train_cfg = TrainConfig(micro_batch_size=micro, grad_accum_steps=grad_accum)
     ds = DSC.resolve(f"zero{stage}", train_cfg, dist.world_size, device.type)
     _reset_memory(device)
     torch.manual_seed(0)
@@ -195,15 +205,17 @@ def bench_gpt2(opts, stage: int, dist, device: torch.device, work: Workload) -> 
 
     def step(timer):
         timer = timer or PhaseTimer(None)
-        timer.mark(None)
-        loss = engine(input_ids=ids, labels=ids).loss
-        timer.mark("forward")
-        engine.backward(loss)
-        timer.mark("backward")
-        engine.step()
-        timer.mark("optimizer")
+        for _ in range(grad_accum):  # DeepSpeed applies the optimizer at the accumulation boundary
+            timer.mark(None)
+            loss = engine(input_ids=ids, labels=ids).loss
+            timer.mark("forward")
+            engine.backward(loss)
+            timer.mark("backward")
+            engine.step()
+            timer.mark("optimizer")
         loss.item()  # the same one sync per step as the training loop's all-reduce
-        return ids.numel() * dist.world_size, ids.numel() * dist.world_size * flops_per_token
+        tokens = ids.numel() * dist.world_size * grad_accum
+        return tokens, tokens * flops_per_token
 
     elapsed, tokens, flops, phases = _time_steps(step, work, device)
     phases["data_ms"] = None  # token ids stay on the device: no loader
@@ -230,9 +242,14 @@ def run(opts) -> dict:
     work = workload(opts)
     rows = []
     for stage in opts.zero_stages:
-        rows.append(bench_nuwa(opts, stage, dist, device, work))
+        ours = bench_nuwa(opts, stage, dist, device, work)
+        rows.append(ours)
         if opts.compare_baseline:
-            rows.append(bench_gpt2(opts, stage, dist, device, work))
+            # same tokens per micro-batch and the same accumulation: the same tokens per optimizer step
+            per_micro = ours["tokens_per_step"] // ours["grad_accum"]
+            base = bench_gpt2(opts, stage, dist, device, work, per_micro, ours["grad_accum"])
+            base["ratio_ours_over_this"] = ours["tokens_per_s"] / base["tokens_per_s"]
+            rows.append(base)
     notes = [f"{work.timed} timed steps after {work.warmup} warm-up steps; phase breakdown from {work.breakdown} "
              f"further steps with a device sync at each phase boundary",
              "mfu: model FLOPs / (time x dense bf16 peak x ranks); nuwa: DESIGN convention (attended blocks only), "
