@@ -117,8 +117,8 @@ def profile_table(step_fn, device: torch.device, steps: int = 3, rows: int = 30)
 def nuwa_config(opts, stage: int, run_dir: str):
     from nuwa_ds.config import RunConfig
 
-    overrides = [f"train.ds_config=zero{stage}", f"train.run_dir={run_dir}", "train.grad_accum_steps=1",
-                 "train.tensorboard=false"]
+    # the preset's own micro-batch and accumulation: the bench measures what `nuwa-ds train` runs
+    overrides = [f"train.ds_config=zero{stage}", f"train.run_dir={run_dir}", "train.tensorboard=false"]
     if opts.micro_batch_size:
         overrides.append(f"train.micro_batch_size={opts.micro_batch_size}")
     # the user's --set model./data./train. settings last, so they win (e.g. train.grad_accum_steps=4)
