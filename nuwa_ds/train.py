@@ -444,7 +444,14 @@ def train(cfg: RunConfig, resume: Optional[str] = None, local_rank: Optional[int
     plan = preflight(cfg, dist, kind, resume)
     _quiet_libraries()
     device = D.init(dist, kind)
-    return Trainer(cfg, plan, dist, device).fit(progress)
+    try:
+        trainer = Trainer(cfg, plan, dist, device)
+        try:
+            return trainer.fit(progress)
+        finally:
+            trainer.engine.destroy()  # ZeRO-3 hooks and buffers, before the process group goes
+    finally:
+        D.shutdown()
 
 
 def add_arguments(parser: argparse.ArgumentParser):

@@ -36,9 +36,9 @@ class MLP(nn.Module):
         return self.proj(F.gelu(self.fc(x), approximate="tanh"))
 
 
-class GlobalBlock(nn.Module):
-    """Patch-level block: a patch's tokens attend bidirectionally to themselves and to the same
-    layer's states of its NCP context patches."""
+class Block(nn.Module):
+    """Pre-norm transformer block whose attention is run by a layout (see the module docstring);
+    the two stacks differ only in ``attend``."""
 
     def __init__(self, dim: int, head_dim: int, mlp_ratio: float, num_bias: int, eps: float):
         super().__init__()
@@ -51,6 +51,21 @@ class GlobalBlock(nn.Module):
         # per-head bias by patch offset; last column is the text block (ADC positions)
         self.offset_bias = nn.Parameter(torch.zeros(self.heads, num_bias))
 
+    def attend(self, layout, layer: int, q, k, v) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, layout, layer: int) -> torch.Tensor:
+        R, n, dim = x.shape  # rows (patches), positions, width
+        q, k, v = self.qkv(self.norm1(x)).view(R, n, 3, self.heads, self.head_dim).unbind(2)
+        attn = self.attend(layout, layer, q, k, v)  # [R, n, H, D]
+        x = x + self.proj(attn.reshape(R, n, dim))
+        return x + self.mlp(self.norm2(x))
+
+
+class GlobalBlock(Block):
+    """Patch-level block: a patch's tokens attend bidirectionally to themselves and to the same
+    layer's states of its NCP context patches."""
+
     def text_kv(self, text_states: torch.Tensor):
         """Keys/values of the text block from the same projections as the tokens: [Bt, S, H, D] x2.
         Goes through ``self.qkv(...)`` (not its weight) so ZeRO-3 gathers the weight; the unused
@@ -58,40 +73,25 @@ class GlobalBlock(nn.Module):
         qkv = self.qkv(text_states).view(*text_states.shape[:2], 3, self.heads, self.head_dim)
         return qkv[:, :, 1], qkv[:, :, 2]
 
-    def forward(self, x: torch.Tensor, layout, layer: int) -> torch.Tensor:
-        R, n, dim = x.shape  # rows (patches), positions, width
-        q, k, v = self.qkv(self.norm1(x)).view(R, n, 3, self.heads, self.head_dim).unbind(2)
-        attn = layout.global_attend(layer, q, k, v, self.offset_bias, self.text_kv)  # [R, n, H, D]
-        x = x + self.proj(attn.reshape(R, n, dim))
-        return x + self.mlp(self.norm2(x))
+    def attend(self, layout, layer, q, k, v):
+        return layout.global_attend(layer, q, k, v, self.offset_bias, self.text_kv)
 
 
-class LocalBlock(nn.Module):
+class LocalBlock(Block):
     """Token-level decoder block: causal over its own patch, plus context keys/values projected
     from the *global* states of the NCP context patches (never its own patch's global state)."""
 
     def __init__(self, dim: int, context_dim: int, head_dim: int, mlp_ratio: float, num_bias: int, eps: float):
-        super().__init__()
-        self.heads, self.head_dim = dim // head_dim, head_dim
-        self.norm1 = RMSNorm(dim, eps)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        super().__init__(dim, head_dim, mlp_ratio, num_bias, eps)
         self.context = nn.Linear(context_dim, 2 * dim, bias=False)
-        self.proj = nn.Linear(dim, dim, bias=False)
-        self.norm2 = RMSNorm(dim, eps)
-        self.mlp = MLP(dim, mlp_ratio)
-        self.offset_bias = nn.Parameter(torch.zeros(self.heads, num_bias))
 
     def context_kv(self, states: torch.Tensor):
         """Context keys/values from global-stack states (or text states) [..., S, context_dim]."""
         kv = self.context(states)
         return kv.view(*states.shape[:-1], 2, self.heads, self.head_dim).unbind(-3)
 
-    def forward(self, x: torch.Tensor, layout, layer: int) -> torch.Tensor:
-        R, n, dim = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(R, n, 3, self.heads, self.head_dim).unbind(2)
-        attn = layout.local_attend(layer, q, k, v, self.offset_bias, self.context_kv)
-        x = x + self.proj(attn.reshape(R, n, dim))
-        return x + self.mlp(self.norm2(x))
+    def attend(self, layout, layer, q, k, v):
+        return layout.local_attend(layer, q, k, v, self.offset_bias, self.context_kv)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):

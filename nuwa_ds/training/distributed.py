@@ -119,6 +119,16 @@ def init(dist: DistEnv, device_kind: str) -> torch.device:
     return device
 
 
+def shutdown():
+    """Tear the process group down before the interpreter exits: a gloo group still alive at exit can
+    abort the process from a C++ destructor ("terminate called without an active exception") after a
+    run that otherwise finished."""
+    import torch.distributed as tdist
+
+    if tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     import torch.distributed as tdist
 
