@@ -412,7 +412,7 @@ def _corrupt_shards(directory: Path) -> str:
 
 
 def test_read_shard_skips_counts_and_logs_bad_input(tmp_path, caplog):
-    pattern = _corrupt_shards(tmp_path)
+    _corrupt_shards(tmp_path)
     skips = SkipLog()
     with caplog.at_level(logging.WARNING, logger="nuwa_ds.data"):
         good = read_shard(str(tmp_path / "tok-000.tar"), skips)

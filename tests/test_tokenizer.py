@@ -13,7 +13,6 @@ import torch
 
 from nuwa_ds.tokenizer import (VQConfig, VQTokenizer, demo_pictures, from_uint8, load_image, psnr, resolve_device,
                                save_gif, save_mp4, save_png, to_uint8)
-from nuwa_ds.tokenizer.checkpoints import infer_config
 
 # ----------------------------------------------------------------------------------------------
 # A taming-format checkpoint, written from taming-transformers' construction rules (restated here
