@@ -14,6 +14,7 @@ Everything lands in ``--out`` (default ``outputs/demo``); ``summary.json`` holds
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -61,6 +62,7 @@ def run(args) -> int:
                          "seconds": round(time.perf_counter() - t, 1)}
 
     t = _stage("3/5 train (DeepSpeed, one rank)")
+    shutil.rmtree(out / "run", ignore_errors=True)  # a fresh run each time the demo runs
     cfg = RunConfig.load("small", [
         f"data.shards={out / 'shards' / manifest['shards']}", "data.canvas=[1,16,16]", "data.num_workers=1",
         "data.caption_dropout=0.0", f"train.run_dir={out / 'run'}", f"train.steps={args.steps}",
@@ -68,7 +70,11 @@ def run(args) -> int:
         "train.ds_config=zero1", "train.tensorboard=false", f"train.seed={args.seed}",
     ])
     result = train(cfg, progress=False)
-    summary["train"] = {"steps": args.steps, "final_loss": getattr(result, "last_loss", None),
+    if result.status != "finished":
+        raise RuntimeError(f"training stopped early ({result.status}) at step {result.step}")
+    losses = [json.loads(line).get("loss") for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [x for x in losses if x is not None]
+    summary["train"] = {"steps": args.steps, "first_loss": losses[0], "final_loss": losses[-1],
                         "seconds": round(time.perf_counter() - t, 1)}
 
     t = _stage("4/5 export")
