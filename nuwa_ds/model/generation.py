@@ -222,7 +222,8 @@ def estimate_generation_memory(cfg, shape, order: str, batch_size: int = 1, wave
     elt = torch.tensor([], dtype=dtype).element_size()
     table = O.context_table(patch_canvas(shape, cfg.patch_size), order, cfg.extents)
     rows_b = batch_size * (2 if guided else 1)
-    pool = rows_b * table.slots_needed(wavefront) * RotatingPool.bytes_per_slot(cfg, dtype)
+    slots = table.slots_needed(wavefront)
+    pool = rows_b * slots * RotatingPool.bytes_per_slot(cfg, dtype)
     width = max(len(w) for w in table.steps(wavefront))
     rows = rows_b * width
     n, C = cfg.tokens_per_patch, table.max_context
@@ -238,7 +239,7 @@ def estimate_generation_memory(cfg, shape, order: str, batch_size: int = 1, wave
     if return_logits:
         canvas += batch_size * table.num_patches * n * cfg.vocab_size * 4
     return {"pool": pool, "activations": act, "canvas": canvas, "total": pool + act + canvas,
-            "slots_per_canvas": table.slots_needed(wavefront), "rows_per_step": rows}
+            "slots_per_canvas": slots, "rows_per_step": rows}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -297,11 +298,8 @@ def run_generation(model, shape, order: str, batch_size: int, prompt=None, promp
     schedule = table.steps(config.wavefront)
     slots_per_canvas = table.slots_needed(config.wavefront)
     pool = RotatingPool(cfg, rows_b * slots_per_canvas, device, dtype)
-    consumer_step = torch.empty(N, dtype=torch.long)
-    for s, patches in enumerate(schedule):
-        consumer_step[patches] = s
-    free_after = consumer_step[table.sequence[table.last_consumer]]  # step after which a patch is freed
-    has_consumer = table.last_consumer != table.position
+    _, free_after = table.lifetimes(config.wavefront)  # step after which a patch's slot is freed
+    has_consumer = (table.last_consumer != table.position).to(device)
 
     prompt_p = to_patches(prompt, P) if prompt is not None else None
     canvas = prompt_p.clone() if prompt_p is not None else torch.zeros(batch_size, N, n, dtype=torch.long,
@@ -353,7 +351,7 @@ def run_generation(model, shape, order: str, batch_size: int, prompt=None, promp
             decoded += int(sel.numel()) // (2 if guided else 1)
 
         # 2. global stack on the finished patches that someone will read
-        run = has_consumer.to(device)[rp]
+        run = has_consumer[rp]
         if bool(run.any()):
             sel = run.nonzero().squeeze(1)
             if text_cache is not None:

@@ -125,19 +125,24 @@ class ContextTable:
             return self.waves()
         return [self.sequence[i : i + 1] for i in range(self.num_patches)]
 
+    def lifetimes(self, wavefront: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(step at which each canonical patch is made, step after which its slot is free: that of
+        its last consumer) when following ``steps(wavefront)``; both [N]."""
+        step_of = torch.empty(self.num_patches, dtype=torch.long)
+        for s, patches in enumerate(self.steps(wavefront)):
+            step_of[patches] = s
+        return step_of, step_of[self.sequence[self.last_consumer]]
+
     def slots_needed(self, wavefront: bool) -> int:
         """Most patches alive at once (allocated before a step, freed after their last consumer's
         step) when following ``steps(wavefront)``: the pool's slot count per canvas."""
-        step_of = torch.empty(self.num_patches, dtype=torch.long)
-        schedule = self.steps(wavefront)
-        for s, patches in enumerate(schedule):
-            step_of[patches] = s
-        # a patch occupies its slot from its own step to the step of its last consumer
-        consumer_step = step_of[self.sequence[self.last_consumer]]
-        alive = torch.zeros(len(schedule) + 1, dtype=torch.long)
-        alive.index_add_(0, step_of, torch.ones_like(step_of))
-        alive.index_add_(0, consumer_step + 1, -torch.ones_like(step_of))
-        return int(alive.cumsum(0).max()) if self.num_patches else 0
+        if not self.num_patches:
+            return 0
+        made, freed = self.lifetimes(wavefront)
+        alive = torch.zeros(int(freed.max()) + 2, dtype=torch.long)
+        alive.index_add_(0, made, torch.ones_like(made))
+        alive.index_add_(0, freed + 1, -torch.ones_like(made))
+        return int(alive.cumsum(0).max())
 
 
 def _canvas_shape(shape) -> tuple[int, int, int]:
