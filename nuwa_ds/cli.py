@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("nuwa_ds.demo", "the whole path on pictures shipped inside an installed package, on CPU, in minutes"),
     "tokenizer-train": ("nuwa_ds.tokenizer.train", "train a VQ tokenizer (for users without a pretrained VQGAN)"),
     "prepare": ("data_pipelines.prepare", "images / videos (+ captions) -> VQGAN tokens -> WebDataset shards"),
+    "landscapes": ("data_pipelines.landscapes",
+                   "procedural landscape pictures of any size (training data and held-out references)"),
     "train": ("nuwa_ds.train", "DeepSpeed training; under python, torchrun, deepspeed or srun"),
     "export": ("nuwa_ds.export", "ZeRO checkpoint -> model.safetensors + config.json"),
     "generate": ("nuwa_ds.generate", "images / videos of any size, every task, PNG / GIF / MP4 out"),
