@@ -19,13 +19,18 @@ Vertical layout, in world pixels (a *view* is ``VIEW_HEIGHT = 1024`` rows, y in 
   it a paler, smaller moon.
 * Clouds: 2-D fractal value noise (5 octaves), stretched horizontally and compressed toward the
   horizon (perspective), seeded coverage; lit by the sun halo.
-* Ridges: 3 or 4 mountain ranges (1-D fractal / ridged noise of x for the ridge line), the far ones
-  taller, lighter and hazier (blended toward the haze colour by depth), the near ones darker with
+* Ridges: 3 or 4 mountain ranges (1-D fractal / ridged noise of x for the ridge line, up to ~150-360
+  px above the water line; nearer ranges sink into wide valleys), the far ones taller, lighter and hazier (blended toward the haze colour by depth), the near ones darker with
   some 2-D texture; mist gathers at their feet. All ranges stand on the water line.
 * ``y >= horizon``: water. ``horizon`` is seeded per world in [HORIZON_MIN, HORIZON_MAX] = [600, 700].
   A mirror image of everything above about the water line (row ``horizon + d`` reflects row
   ``horizon - 1 - d``), displaced by integer ripples (vertical and horizontal, stronger toward the
   bottom), tinted and darkened with depth toward the water colour. Water goes on downward forever.
+
+Useful windows: ``y0 = 480, height 256`` shows sky, ridges and water in every world (panoramas
+``--size 4096x256 --y 480``); ``--size 1024x1024 --y 0`` a whole view; ``--size 256x1024 --y 0``
+full-view-height strips (absolute row position); random 256x256 crops (y0 uniform in [0, 768])
+range from pure sky to pure water.
 
 Palettes (dawn, noon, dusk, night, misty, golden) are chosen per world, jittered per world, and drift
 slowly along x between two variants of the world's palette.
@@ -244,11 +249,11 @@ class World:
         self.ranges = []
         for i in range(n_ranges):  # far to near
             depth = 1.0 - i / (n_ranges - 1)
-            top = scale * (170.0 + 190.0 * depth) * (0.8 + 0.4 * r[11 + i])
-            base = top * (0.05 + 0.25 * r[15 + i])
+            top = scale * (190.0 + 110.0 * depth) * (0.8 + 0.4 * r[11 + i])
+            base = top * (0.1 + 0.25 * depth) * r[15 + i]
             self.ranges.append(_Range(key=_key(k, 100 + i), base=base, amp=top - base,
-                                      period=(500.0 + 700.0 * r[19 + i]) * (1.2 - 0.4 * depth),
-                                      ridged=r[23 + i] > 0.45, contrast=1.5 + 1.0 * r[28 + i],
+                                      period=(350.0 + 550.0 * r[19 + i]),
+                                      ridged=r[23 + i] > 0.45, contrast=1.6 + 1.0 * r[28 + i],
                                       depth=depth))
         # two variants of the palette, jittered per world; columns drift between them
         self._pal = []
@@ -338,9 +343,15 @@ class World:
         for rg in self.ranges:
             xe = np.concatenate([xf - 8.0, xf, xf + 8.0])
             prof_e = fbm1(rg.key, xe, rg.period, octaves=6, ridged=rg.ridged)
-            z = (prof_e - F32(0.5)) * F32(2 * rg.contrast)  # soft contrast stretch, no flat tops
+            mid = F32(0.62 if rg.ridged else 0.5)  # typical profile value
+            z = (prof_e - mid) * F32(2 * rg.contrast)  # soft contrast stretch, no flat tops
             c = F32(rg.contrast / (1.0 + rg.contrast))
-            prof_e = F32(0.5) + F32(0.5) * z / ((F32(1) + np.abs(z)) * c)
+            prof_e = _clip01(F32(0.5) + F32(0.5) * z / ((F32(1) + np.abs(z)) * c))
+            if rg.depth < 1.0:  # wide valleys: nearer ranges sometimes sink to the water line
+                val = value_noise1(_key(rg.key, 1), xe / (rg.period * 3.0))
+                val = _clip01((val - F32(0.2)) * F32(1.6))
+                val = val * val * (F32(3) - F32(2) * val)
+                prof_e = prof_e * (F32(0.1) + F32(0.9) * val)
             n = len(xf)
             prof = prof_e[n:2 * n]
             h = F32(H) - (F32(rg.base) + F32(rg.amp) * prof)  # ridge line (float32 row)
@@ -411,7 +422,7 @@ class World:
         shade = F32(1) + r1[..., None] * F32(0.25)
         w = pal["water"]
         img = (w + (refl * F32(0.95) - w) * k) * shade
-        edge = _clip01(F32(1) - df * F32(1.0 / 3.0))[:, None, None] * F32(0.25)  # bright shore line
+        edge = _clip01(F32(1) - df * F32(1.0 / 3.0))[:, None, None] * F32(0.15)  # bright shore line
         img = img + (pal["haze"] - img) * edge
         return img
 
