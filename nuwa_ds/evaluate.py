@@ -9,6 +9,13 @@ statistics and, with ``--block-size``, the non-overlapping blocks of each image 
 statistics (definition: ``nuwa_ds.metrics.images`` and docs/decisions.md). ``--real`` / ``--fake`` may
 also be a statistics ``.npz`` (pytorch-fid's ``mu``/``sigma``, or one written by ``--save-stats``), so
 a reference set is featurised once. Python: ``compute_fid``, ``compute_block_fid``, ``evaluate``.
+
+Without ``--inception-weights`` (or with ``--swd`` / ``--seams``) the metrics that need no downloaded
+network run on CPU: multi-scale sliced Wasserstein distance and seam scores, each beside its floor
+(real vs real) and ceilings (shuffled real blocks, blocky noise, ``--random-tokens``), with ``--recon``
+reported beside them (``nuwa_ds.metrics.quality``):
+
+    nuwa-ds eval --real REAL --fake FAKE [--recon RECON] [--block-size 64] [--swd] [--seams] [--out eval.json]
 """
 
 from __future__ import annotations
@@ -236,13 +243,15 @@ def compute_block_fid(folder_a: PathLike, folder_b: PathLike, weights: Union[Pat
 
 def add_arguments(parser) -> None:
     parser.add_argument("--real", required=True, help="folder of reference images (PNG/JPG/..., any sizes; "
-                        "not recursive) or a statistics .npz")
-    parser.add_argument("--fake", required=True, help="folder of generated images, or a statistics .npz")
-    parser.add_argument("--inception-weights", required=True, metavar="FILE",
+                        "not recursive) or, for FID only, a statistics .npz")
+    parser.add_argument("--fake", required=True, help="folder of generated images, or (FID only) a statistics .npz")
+    parser.add_argument("--inception-weights", default=None, metavar="FILE",
                         help="local pytorch-fid Inception weights (pt_inception-2015-12-05-6726825d.pth, "
-                             "or the same tensors as .safetensors)")
+                             "or the same tensors as .safetensors); without it FID is skipped and SWD + seam "
+                             "scores run")
     parser.add_argument("--block-size", type=int, default=None, metavar="PX",
-                        help="also compute Block-FID over non-overlapping PX x PX blocks (e.g. 256)")
+                        help="also compute Block-FID over non-overlapping PX x PX blocks (e.g. 256); also the "
+                             "patch size for seam scores and shuffled blocks unless --seam-block-size is given")
     parser.add_argument("--batch-size", type=int, default=50, help="network batch size (default 50)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--workers", type=int, default=0, help="image decoding processes (default 0: in-process)")
@@ -250,18 +259,75 @@ def add_arguments(parser) -> None:
                         help="trace term: exact symmetric eigenvalues (default) or scipy sqrtm as pytorch-fid")
     parser.add_argument("--save-stats", metavar="DIR", default=None,
                         help="write real.npz / fake.npz feature statistics, reusable as --real / --fake")
+    group = parser.add_argument_group("quality without downloaded networks (SWD, seams; CPU)")
+    group.add_argument("--swd", action="store_true", help="multi-scale sliced Wasserstein distance (x1e3) vs "
+                       "real half B, beside the floor and ceilings (default when no --inception-weights)")
+    group.add_argument("--seams", action="store_true", help="seam scores at patch boundaries (default when no "
+                       "--inception-weights)")
+    group.add_argument("--recon", metavar="DIR", default=None, help="reconstructions of real canvases (e.g. "
+                       "VQ encode/decode), reported beside the score")
+    group.add_argument("--random-tokens", metavar="DIR", default=None, help="decodes of random tokens: a ceiling")
+    group.add_argument("--seam-block-size", type=int, default=None, metavar="PX",
+                       help="patch size in pixels for seams and shuffled blocks (default: --block-size, else 64)")
+    group.add_argument("--boundary-column", type=int, action="append", default=[], metavar="X",
+                       help="outpainting: score the boundary before column X (repeatable)")
+    group.add_argument("--boundary-row", type=int, action="append", default=[], metavar="Y",
+                       help="outpainting: score the boundary before row Y (repeatable)")
+    group.add_argument("--seed", type=int, default=0, help="seed of the split, descriptors and directions (default 0)")
+    group.add_argument("--swd-descriptors", type=int, default=128, metavar="N",
+                       help="descriptors per level per 256x256 px of image area (default 128)")
+    group.add_argument("--swd-max-descriptors", type=int, default=65536, metavar="N",
+                       help="at most N descriptors per level and set (default 65536; ~600 bytes each)")
     parser.add_argument("--out", metavar="JSON", default=None, help="write the results as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args) -> int:
-    with warnings.catch_warnings(record=True) as caught:  # shown below as plain "warning:" lines
-        warnings.simplefilter("always")
-        result = evaluate(args.real, args.fake, args.inception_weights, block_size=args.block_size,
-                          batch_size=args.batch_size, device=args.device, num_workers=args.workers,
-                          method=args.fid_method, progress=not args.quiet, save_stats=args.save_stats)
-    for warning in caught:
-        print(f"warning: {warning.message}", file=sys.stderr)
+    fid = args.inception_weights is not None
+    explicit = args.swd or args.seams
+    do_swd, do_seams = (args.swd, args.seams) if explicit else (not fid, not fid)
+    seam_block = args.seam_block_size or args.block_size or 64
+    if do_swd or do_seams:  # fail before FID's features are computed
+        for role in ("real", "fake"):
+            if Path(getattr(args, role)).suffix == ".npz":
+                raise ValueError(f"--{role}: SWD and seam scores need an image folder, not a statistics file")
+    elif args.recon or args.random_tokens:
+        raise ValueError("--recon / --random-tokens are for --swd / --seams")
+    if not fid and args.save_stats:
+        raise ValueError("--save-stats writes Inception statistics: give --inception-weights")
+    if fid:
+        with warnings.catch_warnings(record=True) as caught:  # shown below as plain "warning:" lines
+            warnings.simplefilter("always")
+            result = evaluate(args.real, args.fake, args.inception_weights, block_size=args.block_size,
+                              batch_size=args.batch_size, device=args.device, num_workers=args.workers,
+                              method=args.fid_method, progress=not args.quiet, save_stats=args.save_stats)
+        for warning in caught:
+            print(f"warning: {warning.message}", file=sys.stderr)
+        _print_fid(result)
+    else:
+        result = {"fid": None, "block_fid": None, "fid_skipped": "no --inception-weights given"}
+        print("FID skipped (no --inception-weights)")
+    if do_swd or do_seams:
+        from nuwa_ds.metrics.quality import format_report, quality_report
+
+        result["quality"] = quality_report(
+            args.real, args.fake, recon=args.recon, random_tokens=args.random_tokens, block_size=seam_block,
+            swd=do_swd, seams=do_seams, seed=args.seed, descriptors=args.swd_descriptors,
+            max_descriptors=args.swd_max_descriptors, boundary_columns=args.boundary_column,
+            boundary_rows=args.boundary_row, progress=not args.quiet)
+        for line in format_report(result["quality"]):
+            print(line)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, out)  # atomic: a reader never sees half a file
+        print(f"wrote {out}")
+    return 0
+
+
+def _print_fid(result: dict) -> None:
     real, fake = result["real"], result["fake"]
     print(f"FID {result['fid']:.4f}  (real {real['fid_samples'] or '?'} images, "
           f"fake {fake['fid_samples'] or '?'} images)")
@@ -273,11 +339,3 @@ def run(args) -> int:
         print(f"note: {weights['path']} has sha256 {weights['sha256'][:8]}..., not the pytorch-fid file "
               f"({FID_WEIGHTS_SHA256_PREFIX}...): compare these scores only with scores from the same weights",
               file=sys.stderr)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, out)  # atomic: a reader never sees half a file
-        print(f"wrote {out}")
-    return 0
