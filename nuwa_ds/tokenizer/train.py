@@ -37,12 +37,15 @@ class TrainOptions:
     """Crops per step."""
     crop: int = 64
     """Crop side in pixels (a multiple of the downsampling factor)."""
-    lr: float = 2e-3
+    lr: float = 1e-3
     """Peak AdamW learning rate (warm-up, then cosine to 5%)."""
     beta: float = 0.25
     """Commitment loss weight."""
     ema_decay: float = 0.95
     """Codebook EMA decay (per step; lower adapts faster, useful for short runs)."""
+    ae_warmup_steps: int | None = None
+    """Steps trained as a plain autoencoder before the codebook is initialised on the latents
+    (k-means++) and quantisation starts; None: a tenth of the steps, at most 100."""
     restart_threshold: float = 0.1
     """A code whose EMA assignment count falls below this fraction of the mean count is restarted
     on a vector of the batch (a mean-relative threshold acts as fast with any codebook size)."""
@@ -115,28 +118,74 @@ class CropSampler:
 
 
 class EMACodebook:
-    def __init__(self, model: VQTokenizer, decay: float, restart_threshold: float, generator: torch.Generator):
+    """EMA codebook with k-means++ initialisation and a restart policy that cannot thrash.
+
+    * **Initialisation**: k-means++ seeding on the encoder outputs of the first batch, then a few
+      Lloyd iterations, so the codes start spread over the data instead of on random (often
+      near-identical) rows of smooth pictures.
+    * **Restarts**: a code is dead when no vector was assigned to it in the last ``patience`` steps
+      *and* its EMA assignment count is below ``threshold x`` the mean count (rarely used codes are
+      not dead: they are the codebook's tail). Restarts begin after ``warmup`` steps, a restarted
+      code gets ``patience`` steps to gather assignments before it can be restarted again, and at
+      most ``max_per_step`` codes are restarted per step. A restarted code moves onto a batch vector drawn with
+      probability proportional to its squared quantisation error (k-means++ again), i.e. where the
+      codebook serves the data worst, not onto a random (likely well-served) vector.
+    """
+
+    def __init__(self, model: VQTokenizer, decay: float, restart_threshold: float, generator: torch.Generator,
+                 warmup: int = 10, patience: int | None = None, max_per_step: int | None = None,
+                 kmeans_iters: int = 10):
         weight = model.quantize.embedding.weight
+        K = weight.shape[0]
         self.weight, self.decay, self.threshold, self.g = weight, decay, restart_threshold, generator
-        self.count = torch.ones(weight.shape[0], device=weight.device)  # reset to the mean at init_from
+        self.warmup = warmup
+        # a restarted code needs about 1 / (1 - decay) steps for its EMA count to reflect its use
+        self.patience = patience if patience is not None else max(10, round(2 / (1 - decay)))
+        self.max_per_step = max_per_step if max_per_step is not None else max(1, K // 64)
+        self.kmeans_iters = kmeans_iters
+        self.count = torch.ones(K, device=weight.device)  # reset to the mean at init_from
         self.total = weight.detach().clone()
+        self.last_used = torch.zeros(K, dtype=torch.long, device=weight.device)
         self.initialised = False
         self.restarts = 0
+        self.steps = 0
+
+    def _draw(self, weights: torch.Tensor, count: int) -> torch.Tensor:
+        """``count`` row indices drawn with probability proportional to ``weights`` (CPU generator)."""
+        w = weights.double().cpu().clamp_min(0)
+        if float(w.sum()) <= 0:
+            w = torch.ones_like(w)
+        return torch.multinomial(w, count, replacement=count > int((w > 0).sum()), generator=self.g).to(weights.device)
 
     @torch.no_grad()
     def init_from(self, vectors: torch.Tensor):
-        """Start the codebook on encoder outputs (random rows), not on a tiny uniform box."""
-        idx = torch.randint(vectors.shape[0], (self.weight.shape[0],), generator=self.g).to(vectors.device)
-        mean = vectors.shape[0] / self.weight.shape[0]  # assignments per code and step, on average
+        """k-means++ seeding on encoder outputs, then Lloyd iterations (no gradient, fp32)."""
+        K = self.weight.shape[0]
+        first = int(torch.randint(vectors.shape[0], (1,), generator=self.g))
+        centres = [vectors[first]]
+        nearest = ((vectors - vectors[first]) ** 2).sum(1)
+        for _ in range(1, K):
+            pick = int(self._draw(nearest, 1))
+            centres.append(vectors[pick])
+            nearest = torch.minimum(nearest, ((vectors - vectors[pick]) ** 2).sum(1))
+        book = torch.stack(centres)
+        for _ in range(self.kmeans_iters):
+            assign = torch.cdist(vectors, book).argmin(1)
+            counts = torch.bincount(assign, minlength=K).float()
+            sums = torch.zeros_like(book).index_add_(0, assign, vectors)
+            used = counts > 0
+            book[used] = sums[used] / counts[used, None]
+        mean = vectors.shape[0] / K  # assignments per code and step, on average
         self.count.fill_(mean)
-        self.weight.copy_(vectors[idx])
-        self.total.copy_(vectors[idx] * mean)
+        self.weight.copy_(book)
+        self.total.copy_(book * mean)
         self.initialised = True
 
     @torch.no_grad()
     def update(self, vectors: torch.Tensor, codes: torch.Tensor):
-        """vectors (N, e) fp32, codes (N,): EMA of counts and sums, then restart the dead codes."""
+        """vectors (N, e) fp32, codes (N,): EMA of counts and sums, then restart (a few) dead codes."""
         K = self.weight.shape[0]
+        self.steps += 1
         counts = torch.bincount(codes, minlength=K).float()
         sums = torch.zeros_like(self.total).index_add_(0, codes, vectors)
         self.count.mul_(self.decay).add_(counts, alpha=1 - self.decay)
@@ -144,14 +193,22 @@ class EMACodebook:
         n = self.count.sum()
         smoothed = (self.count + 1e-5) / (n + K * 1e-5) * n  # Laplace smoothing: no division by 0
         self.weight.copy_(self.total / smoothed[:, None])
+        self.last_used[counts > 0] = self.steps
+        if self.steps <= self.warmup:
+            return
         mean = n / K
-        dead = (self.count < self.threshold * mean).nonzero().flatten()
-        if len(dead):
-            pick = torch.randint(vectors.shape[0], (len(dead),), generator=self.g).to(vectors.device)
-            self.weight[dead] = vectors[pick]
-            self.total[dead] = vectors[pick] * mean
-            self.count[dead] = mean
-            self.restarts += len(dead)
+        dead = (self.count < self.threshold * mean) & (self.steps - self.last_used >= self.patience)
+        dead = dead.nonzero().flatten()
+        if not len(dead):
+            return
+        dead = dead[torch.argsort(self.count[dead])][: self.max_per_step]  # the least used first
+        error = ((vectors - self.weight[codes]) ** 2).sum(1)  # each vector's squared quantisation error
+        pick = self._draw(error, len(dead))
+        self.weight[dead] = vectors[pick]
+        self.total[dead] = vectors[pick] * mean
+        self.count[dead] = mean
+        self.last_used[dead] = self.steps  # a fresh code gets `patience` steps before it can be dead again
+        self.restarts += len(dead)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,10 +223,16 @@ def _lr_at(step: int, total: int, peak: float) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def training_step(model: VQTokenizer, codebook: EMACodebook, images: torch.Tensor, beta: float):
-    """One forward with the straight-through estimator; returns (loss, recon, codes)."""
+def training_step(model: VQTokenizer, codebook: EMACodebook, images: torch.Tensor, beta: float,
+                  quantize: bool = True):
+    """One forward with the straight-through estimator; returns (loss, recon, codes). With
+    ``quantize=False`` (the autoencoder warm-up) the decoder reads the latents as they are and the
+    codebook is left alone (codes is None)."""
     z = model.latents(images)  # (B, e, h, w)
     B, e, h, w = z.shape
+    if not quantize:
+        recon = model.decode_latents(z)
+        return F.l1_loss(recon, images) + F.mse_loss(recon, images), recon, None
     flat = z.permute(0, 2, 3, 1).reshape(-1, e)
     if not codebook.initialised:
         codebook.init_from(flat.detach().float())
@@ -238,12 +301,14 @@ def train_tokenizer(images="demo", out_dir=None, *, config: VQConfig | str = "de
     params = [p for n, p in model.named_parameters() if not n.startswith("quantize.")]
     optimizer = torch.optim.AdamW(params, lr=opts.lr, betas=(0.9, 0.99), weight_decay=0.0)
 
+    # autoencoder warm-up: the codebook is placed (k-means++) on latents that already carry the pictures
+    warmup = opts.ae_warmup_steps if opts.ae_warmup_steps is not None else min(100, opts.steps // 10)
     start, step, losses = time.perf_counter(), 0, []
     for step in range(opts.steps):
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, opts.steps, opts.lr)
         batch = sampler.batch(opts.batch_size).to(dev)
-        loss, _, _ = training_step(model, codebook, batch, opts.beta)
+        loss, _, _ = training_step(model, codebook, batch, opts.beta, quantize=step >= warmup)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
