@@ -3,7 +3,9 @@
 The contract every source keeps (the training loop relies on nothing else):
 
 * iterating yields batches ``{"tokens": LongTensor [B, T, H, W], "orders": list[str] (B),
-  "text": None | {"input_ids": LongTensor [B, S], "attention_mask": LongTensor [B, S]}}``,
+  "text": None | {"input_ids": LongTensor [B, S], "attention_mask": LongTensor [B, S]},
+  "rows": LongTensor [B]}`` (``rows``: the patch row of each example's top in its source picture,
+  read by models with ``model.row_embedding``),
   every batch of one rank the same shape, every rank the same number of batches (no hangs);
 * ``state_dict()`` returns a small JSON-able dict (seed, epoch, position...), saved in every
   checkpoint; ``load_state_dict(state)`` on a freshly built loader continues with exactly the

@@ -94,6 +94,16 @@ def expand_shards(pattern: str) -> list[str]:
     return urls
 
 
+def source_patch_row(meta: dict, patch_size: int) -> int:
+    """The patch row at which a sample's token grid starts in its (resized) source picture:
+    ``prepare`` records the crop's top in pixels (``crop_yx``) and the tokenizer's factor
+    (``downsample``); 0 when the sample does not say."""
+    crop, f = meta.get("crop_yx"), meta.get("downsample")
+    if not crop or not f:
+        return 0
+    return int(crop[0]) // (int(f) * patch_size)
+
+
 # ----------------------------------------------------------------------------------------------
 # Reading shards
 
@@ -199,17 +209,20 @@ class TokenStream:
         spec, rng = self.spec, self._rng(segment, index, 1)
         T, H, W = canvas
         tokens = np.empty((len(indices), T, H, W), dtype=np.int16)
+        rows = np.empty(len(indices), dtype=np.int64)
         for n, i in enumerate(indices):
             grid = samples[i][0]
             t0 = int(rng.integers(0, grid.shape[0] - T + 1))
             y0 = _aligned_offset(rng, grid.shape[1] - H, spec.patch_size)
             x0 = _aligned_offset(rng, grid.shape[2] - W, spec.patch_size)
             tokens[n] = grid[t0:t0 + T, y0:y0 + H, x0:x0 + W]
+            rows[n] = source_patch_row(samples[i][1], spec.patch_size) + y0 // spec.patch_size
         weights = np.asarray(spec.order_weights, dtype=np.float64)
         orders = [spec.orders[k] for k in rng.choice(len(spec.orders), size=len(indices), p=weights / weights.sum())]
         dropped = rng.random(len(indices)) < spec.caption_dropout
         captions = [None if drop else samples[i][1].get("caption") for i, drop in zip(indices, dropped)]
-        return {"tokens": torch.from_numpy(tokens).long(), "orders": orders, "text": self.tokenize(captions)}
+        return {"tokens": torch.from_numpy(tokens).long(), "orders": orders, "text": self.tokenize(captions),
+                "rows": torch.from_numpy(rows)}
 
     def tokenize(self, captions: list) -> dict | None:
         """Right-padded to max_text_len; a dropped or missing caption is an all-zero attention_mask row."""

@@ -45,7 +45,7 @@ class SyntheticLoader:
         tokens = torch.stack([synthetic_grid(g, canvas, self.vocab) for _ in range(self.batch)])
         orders = rng.choices(self.orders, weights=self.weights, k=self.batch)
         assert all(o in ORDERS for o in orders)
-        return {"tokens": tokens, "orders": orders, "text": None}
+        return {"tokens": tokens, "orders": orders, "text": None, "rows": torch.zeros(self.batch, dtype=torch.long)}
 
     def __iter__(self):
         while True:

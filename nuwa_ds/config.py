@@ -246,6 +246,12 @@ class NuwaConfig(ConfigBase):
     """Frames with their own BOS frame embedding; later frames share the last one."""
     frame_embedding: bool = True
     """Add a frame-index embedding to each patch's BOS (helps video; harmless for images)."""
+    row_embedding: int = 0
+    """Absolute row signal: patch rows with their own learned embedding, added to every patch's
+    global input and to its BOS (rows below the last share the last one); 0: none, the model then
+    knows only relative positions. A patch's row counts from the top of the *source picture* its
+    training crop was cut from (the batch's ``rows``), so a model trained on crops of tall pictures
+    knows where in the picture it is, and a canvas taller than the crops stays coherent."""
     norm_eps: float = 1e-5
     """RMSNorm epsilon."""
     init_std: float = 0.02
@@ -292,6 +298,8 @@ class NuwaConfig(ConfigBase):
             raise ConfigError(f"model.loss_backend must be auto, torch or triton, got {self.loss_backend!r}")
         if self.mlp_ratio <= 0:
             raise ConfigError("model.mlp_ratio must be > 0")
+        if self.row_embedding < 0:
+            raise ConfigError(f"model.row_embedding must be >= 0 (0: off), got {self.row_embedding}")
 
     def __post_init__(self):
         self.extents = tuple(self.extents)

@@ -38,6 +38,10 @@ def add_arguments(parser):
     parser.add_argument("--prompt", default=None, help="text for text2image / text2video")
     parser.add_argument("--order", default=None, choices=("down", "up", "right", "left"),
                         help="override the task's generation order")
+    parser.add_argument("--top", type=int, default=0, metavar="PX",
+                        help="where the canvas's top lies in the training pictures, in pixels from their top (a "
+                             "multiple of the patch in pixels); read by models trained with model.row_embedding "
+                             "(e.g. 448 for a strip at the horizon of 1024-pixel-tall landscape views)")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--top-p", type=float, default=None)
@@ -212,6 +216,8 @@ def run(args) -> int:
     else:
         W = H = 4 * unit
     check_pixel_size(W, H, unit)
+    if args.top < 0 or args.top % unit:
+        raise ValueError(f"--top {args.top}: must be a non-negative multiple of the patch ({unit} px)")
     order = args.order or task_order(task, args.direction, W, H)
     shape = (frames, H // f, W // f)
     guided = bool(args.prompt) and args.cfg_scale is not None and args.cfg_scale != 1.0
@@ -241,7 +247,7 @@ def run(args) -> int:
     start = time.perf_counter()
     with tqdm(total=total, unit="patch", desc="generating") as bar:
         tokens = model.generate(shape, order=order, batch_size=args.batch, prompt=prompt, prompt_mask=mask,
-                                text=text, config=gen, progress=bar.update)
+                                text=text, config=gen, progress=bar.update, rows=args.top // unit)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -260,7 +266,8 @@ def run(args) -> int:
             import numpy as np
 
             np.save(target.with_suffix(".npy"), tokens[b].cpu().numpy().astype(np.int16))
-    summary = {"task": task, "order": order, "size_px": [W, H], "frames": frames, "tokens": list(tokens.shape),
+    summary = {"task": task, "order": order, "size_px": [W, H], "top_px": args.top, "frames": frames,
+               "tokens": list(tokens.shape),
                "seconds": round(seconds, 3), "ms_per_token": 1000 * seconds / tokens.numel(), "files": written,
                **{k: stats[k] for k in ("steps", "patches", "slots_per_canvas", "peak_slots_in_use")}}
     print(json.dumps(summary))

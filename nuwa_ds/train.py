@@ -253,7 +253,8 @@ class Trainer:
         text = batch.get("text")
         if text is not None:
             text = {k: v.to(self.device, non_blocking=True) for k, v in text.items()}
-        return tokens, text
+        rows = batch.get("rows")
+        return tokens, text, (None if rows is None else rows.to(self.device, non_blocking=True))
 
     def _batch_flops(self, batch: dict) -> tuple[int, float]:
         tokens = batch["tokens"]
@@ -273,9 +274,9 @@ class Trainer:
         for _ in range(accum):
             timer.mark(None)
             batch = next(data_iter)
-            tokens_dev, text = self._to_device(batch)
+            tokens_dev, text, rows = self._to_device(batch)
             timer.mark("data")
-            loss = engine(tokens_dev, order=batch["orders"], text=text, return_logits=False).loss
+            loss = engine(tokens_dev, order=batch["orders"], text=text, rows=rows, return_logits=False).loss
             loss = self.faults.loss(step, loss)
             timer.mark("forward")
             engine.backward(loss)

@@ -173,3 +173,28 @@ def test_bad_input_raises_value_error(bad, message):
 def test_negative_extents_rejected_before_building():
     with pytest.raises(ValueError, match="extents"):
         tiny_model(extents=(0, -1, 1))
+
+
+@pytest.mark.parametrize("order", ["down", "right", "up"])
+@pytest.mark.parametrize("wavefront", [False, True])
+def test_row_embedding_equivalence_and_effect(order, wavefront):
+    """Absolute patch rows (model.row_embedding): pooled decoding equals the parallel forward with
+    per-example rows, the rows change the prediction, and rows past the table share its last row."""
+    model = tiny_model(row_embedding=6)
+    with torch.no_grad():  # zero-initialised tables: give them values so the rows matter
+        model.global_model.row_embed.normal_(std=0.5)
+        model.local_model.row_embed.normal_(std=0.5)
+    tokens = torch.randint(0, 256, (2, 1, 12, 8))  # 3 patch rows
+    rows = torch.tensor([0, 2])
+    with torch.no_grad():
+        parallel = model(tokens, order=order, rows=rows).logits
+        at_top = model(tokens, order=order).logits  # rows=None: every example starts at row 0
+        far = model(tokens, order=order, rows=torch.tensor([40, 3])).logits
+        last = model(tokens, order=order, rows=torch.tensor([5, 4])).logits
+    pooled = model.teacher_forced_decode(tokens, order=order, rows=rows, wavefront=wavefront)
+    assert relative_error(pooled, parallel) <= 1e-4
+    assert relative_error(at_top[0], parallel[0]) <= 1e-6 and relative_error(at_top[1], parallel[1]) > 1e-3
+    # the table has 6 rows: patch rows 40..42 and 5..7 all read its last row; 3..5 and 4..6 differ
+    assert relative_error(far[0], last[0]) <= 1e-6 and relative_error(far[1], last[1]) > 1e-3
+    with pytest.raises(ValueError, match="one non-negative patch row per example"):
+        model(tokens, rows=torch.tensor([-1, 0]))

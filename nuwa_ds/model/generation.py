@@ -265,7 +265,7 @@ def _check_prompt(model, prompt, prompt_mask, batch_size, shape, device):
 @torch.no_grad()  # (not inference_mode: the kernels' tables track in-place refills by version counter)
 def run_generation(model, shape, order: str, batch_size: int, prompt=None, prompt_mask=None, text=None,
                    config: Optional[GenerationConfig] = None, return_logits: bool = False,
-                   progress: Optional[Callable[[int], None]] = None) -> GenerationResult:
+                   progress: Optional[Callable[[int], None]] = None, rows=None) -> GenerationResult:
     from nuwa_ds.model.nuwa import from_patches, patch_canvas, to_patches
 
     cfg = model.config
@@ -309,6 +309,8 @@ def run_generation(model, shape, order: str, batch_size: int, prompt=None, promp
                   if return_logits else None)
     slot_of = torch.full((rows_b, N), -1, dtype=torch.long, device=device)
     frame_of = torch.arange(pshape[0], device=device).repeat_interleave(pshape[1] * pshape[2])
+    top = model.patch_rows(rows, batch_size, device)  # [B] or None (no row embedding)
+    row_in_canvas = torch.arange(pshape[1], device=device).repeat_interleave(pshape[2]).repeat(pshape[0])
     ctx_index, ctx_offset = table.ctx_index.to(device), table.ctx_offset.to(device)
     live: dict[int, list[int]] = {}
     decoded = 0
@@ -346,7 +348,9 @@ def run_generation(model, shape, order: str, batch_size: int, prompt=None, promp
                                                   text_cache, order_id, config, guided, canvas, prompt_p, mask_p,
                                                   logits_out)
             stepper = steppers[sel.numel()]
-            stepper.load(slots[sel], ctx_slots[sel], coff[sel], rb[sel], frame_of[rp[sel]], canon[half], rp[half])
+            patch_rows = None if top is None else top[canon[sel]] + row_in_canvas[rp[sel]]
+            stepper.load(slots[sel], ctx_slots[sel], coff[sel], rb[sel], frame_of[rp[sel]], canon[half], rp[half],
+                         patch_rows)
             stepper.run_patch(n, use_graph=use_graph)
             decoded += int(sel.numel()) // (2 if guided else 1)
 
@@ -357,7 +361,8 @@ def run_generation(model, shape, order: str, batch_size: int, prompt=None, promp
             if text_cache is not None:
                 text_cache.rows = rb[sel]
             layout = GlobalStepLayout(pool, slots[sel], ctx_slots[sel], coff[sel], own_offset, backend, text_cache)
-            states = model.global_model(canvas[canon[sel], rp[sel]], layout)  # [R, n, d_global]
+            patch_rows = None if top is None else top[canon[sel]] + row_in_canvas[rp[sel]]
+            states = model.global_model(canvas[canon[sel], rp[sel]], layout, patch_rows)  # [R, n, d_global]
             for i, block in enumerate(model.local_model.blocks):
                 ck, cv = block.context_kv(states)
                 pool.context_kv[slots[sel], i, 0] = ck.transpose(1, 2)
@@ -408,13 +413,13 @@ class TokenStep:
         self.layout.position = self.position
         self.graph = None
 
-    def load(self, slots, ctx_slots, ctx_offset, text_rows, frame, b, p):
+    def load(self, slots, ctx_slots, ctx_offset, text_rows, frame, b, p, patch_rows=None):
         """Point the static buffers at the next patches (same row count)."""
         for buf, value in ((self.slots, slots), (self.ctx_slots, ctx_slots), (self.ctx_offset, ctx_offset),
                            (self.text_rows, text_rows), (self.b, b), (self.p, p)):
             buf.copy_(value)
         order = torch.full_like(slots, self.order_id)
-        self.bos.copy_(self.model.local_model.begin_of_patch(order, frame))  # [R, d_local]
+        self.bos.copy_(self.model.local_model.begin_of_patch(order, frame, patch_rows))  # [R, d_local]
         tokens = torch.arange(self.uniform.shape[1], device=slots.device)
         self.uniform.copy_(keyed_uniform(self.config.seed, b.unsqueeze(1), p.unsqueeze(1), tokens))
 

@@ -77,6 +77,7 @@ class BatchTables:
     ctx_offset: torch.Tensor  # [R, C] bias-table id
     frame: torch.Tensor  # [R] frame index of each row's patch
     batch: torch.Tensor  # [R] example of each row
+    row: torch.Tensor  # [R] patch row of each row's patch inside its canvas
 
 
 def batch_tables(shape, orders: list[str], extents, device) -> BatchTables:
@@ -92,7 +93,18 @@ def batch_tables(shape, orders: list[str], extents, device) -> BatchTables:
     T, Hp, Wp = shape
     frame = torch.arange(T).repeat_interleave(Hp * Wp).repeat(len(orders))
     batch = torch.arange(len(orders)).repeat_interleave(N)
-    return BatchTables(torch.cat(rows).to(device), torch.cat(offs).to(device), frame.to(device), batch.to(device))
+    row = torch.arange(Hp).repeat_interleave(Wp).repeat(T * len(orders))
+    return BatchTables(torch.cat(rows).to(device), torch.cat(offs).to(device), frame.to(device), batch.to(device),
+                       row.to(device))
+
+
+def row_embedding(table: Optional[nn.Parameter], rows: Optional[torch.Tensor]):
+    """The absolute-row term of each patch row (rows [R] long, from the source picture's top), or 0."""
+    if table is None:
+        return 0
+    if rows is None:
+        raise ValueError("this model has a row embedding: pass the patch rows")
+    return table[rows.clamp(0, table.shape[0] - 1)]
 
 
 class ParallelLayout:
@@ -131,14 +143,18 @@ class GlobalStack(nn.Module):
         nb = O.num_offsets(cfg.extents) + 1
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_global)
         self.pos = nn.Parameter(torch.zeros(cfg.tokens_per_patch, cfg.d_global))  # intra-patch position
+        self.row_embed = nn.Parameter(torch.zeros(cfg.row_embedding, cfg.d_global)) if cfg.row_embedding else None
         self.blocks = nn.ModuleList(GlobalBlock(cfg.d_global, cfg.head_dim, cfg.mlp_ratio, nb, cfg.norm_eps)
                                     for _ in range(cfg.n_global_layers))
         self.norm = RMSNorm(cfg.d_global, cfg.norm_eps)
         self.checkpointing = cfg.activation_checkpointing
 
-    def forward(self, patches: torch.Tensor, layout) -> torch.Tensor:
-        """patches [R, n] complete patch tokens -> global states [R, n, d_global] (after the final norm)."""
+    def forward(self, patches: torch.Tensor, layout, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """patches [R, n] complete patch tokens (rows [R]: absolute patch rows, for the row embedding)
+        -> global states [R, n, d_global] (after the final norm)."""
         x = self.embed(patches) + self.pos
+        if self.row_embed is not None:
+            x = x + row_embedding(self.row_embed, rows).unsqueeze(1)
         for i, block in enumerate(self.blocks):
             if self.checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, layout, i, use_reentrant=False)
@@ -156,25 +172,30 @@ class LocalStack(nn.Module):
         self.bos = nn.Parameter(torch.zeros(cfg.d_local))
         self.order_embed = nn.Parameter(torch.zeros(len(O.ORDERS), cfg.d_local))
         self.frame_embed = nn.Parameter(torch.zeros(cfg.max_frames, cfg.d_local)) if cfg.frame_embedding else None
+        self.row_embed = nn.Parameter(torch.zeros(cfg.row_embedding, cfg.d_local)) if cfg.row_embedding else None
         self.blocks = nn.ModuleList(LocalBlock(cfg.d_local, cfg.d_global, cfg.head_dim, cfg.mlp_ratio, nb,
                                                cfg.norm_eps) for _ in range(cfg.n_local_layers))
         self.max_frames = cfg.max_frames
         self.checkpointing = cfg.activation_checkpointing
 
-    def begin_of_patch(self, order_id: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
-        """BOS_i [R, d_local]: learned BOS + order embedding (+ frame embedding)."""
+    def begin_of_patch(self, order_id: torch.Tensor, frame: torch.Tensor,
+                       rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """BOS_i [R, d_local]: learned BOS + order embedding (+ frame embedding) (+ row embedding)."""
         x = self.bos + self.order_embed[order_id]
         if self.frame_embed is not None:
             x = x + self.frame_embed[frame.clamp(max=self.max_frames - 1)]
+        if self.row_embed is not None:
+            x = x + row_embedding(self.row_embed, rows)
         return x
 
-    def inputs(self, patches: torch.Tensor, order_id: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+    def inputs(self, patches: torch.Tensor, order_id: torch.Tensor, frame: torch.Tensor,
+               rows: Optional[torch.Tensor] = None) -> torch.Tensor:
         """[BOS_i, x_0 .. x_{n-2}] + positions: [R, n, d_local] (teacher forcing)."""
-        bos = self.begin_of_patch(order_id, frame).unsqueeze(1)
+        bos = self.begin_of_patch(order_id, frame, rows).unsqueeze(1)
         return torch.cat([bos, self.embed(patches[:, :-1])], dim=1) + self.pos
 
-    def forward(self, patches, order_id, frame, layout) -> torch.Tensor:
-        x = self.inputs(patches, order_id, frame)
+    def forward(self, patches, order_id, frame, layout, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = self.inputs(patches, order_id, frame, rows)
         for i, block in enumerate(self.blocks):
             if self.checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, layout, i, use_reentrant=False)
@@ -287,11 +308,23 @@ class NuwaInfinity(nn.Module):
 
     # -- training forward -------------------------------------------------------------------------
 
+    def patch_rows(self, rows, batch: int, device) -> Optional[torch.Tensor]:
+        """``rows`` (None, an int, or [B] ints: the patch row of each example's top in its source
+        picture) -> LongTensor [B], or None for a model without a row embedding."""
+        if not self.config.row_embedding:
+            return None
+        rows = torch.as_tensor(0 if rows is None else rows, dtype=torch.long, device=device)
+        rows = rows.expand(batch) if rows.dim() == 0 else rows
+        if rows.shape != (batch,) or bool((rows < 0).any()):
+            raise ValueError(f"rows must be one non-negative patch row per example ({batch}), got {rows.tolist()}")
+        return rows
+
     def forward(self, tokens: torch.Tensor, order: OrderArg = "down", text=None, return_logits: bool = True,
-                return_loss: bool = True) -> NuwaOutput:
+                return_loss: bool = True, rows=None) -> NuwaOutput:
         """Teacher-forced forward over all patches in parallel.
 
-        tokens [B, T, H, W] (H, W multiples of P); ``order`` one name or one per example.
+        tokens [B, T, H, W] (H, W multiples of P); ``order`` one name or one per example; ``rows``
+        (models with ``row_embedding``): the patch row of each example's top in its source picture.
         Returns loss (mean cross-entropy over all tokens) and logits [B, T, H, W, K]."""
         cfg = self.config
         self.check_tokens(tokens)
@@ -304,9 +337,11 @@ class NuwaInfinity(nn.Module):
         text_ctx = self.encode_text(text, B, device)
         layout = ParallelLayout(tables, O.own_offset_id(cfg.extents), self.attention_backend(device),
                                 *(text_ctx or (None, None)))
-        layout.global_states = self.global_model(patches, layout)
+        top = self.patch_rows(rows, B, device)
+        patch_rows = None if top is None else top[tables.batch] + tables.row  # [R] absolute patch rows
+        layout.global_states = self.global_model(patches, layout, patch_rows)
         order_id = torch.tensor([O.ORDERS.index(o) for o in orders], device=device)[tables.batch]
-        h = self.local_model(patches, order_id, tables.frame, layout)  # [R, n, d_local]
+        h = self.local_model(patches, order_id, tables.frame, layout, patch_rows)  # [R, n, d_local]
         loss, logits = self.head(h.reshape(-1, h.shape[-1]), patches.reshape(-1) if return_loss else None,
                                  return_logits)
         if logits is not None:
@@ -318,7 +353,7 @@ class NuwaInfinity(nn.Module):
 
     @torch.no_grad()
     def teacher_forced_decode(self, tokens: torch.Tensor, order: str = "down", text=None,
-                              wavefront: bool = False) -> torch.Tensor:
+                              wavefront: bool = False, rows=None) -> torch.Tensor:
         """Logits [B, T, H, W, K] of the ground-truth tokens fed through the pooled, token-by-token
         generation path; equals ``forward(tokens).logits`` (the invariant of DESIGN section 3)."""
         from nuwa_ds.model.generation import GenerationConfig, run_generation
@@ -327,18 +362,19 @@ class NuwaInfinity(nn.Module):
         mask = torch.ones(tokens.shape, dtype=torch.bool, device=tokens.device)
         result = run_generation(self, tuple(tokens.shape[1:]), order, tokens.shape[0], prompt=tokens,
                                 prompt_mask=mask, text=text, config=GenerationConfig(wavefront=wavefront),
-                                return_logits=True)
+                                return_logits=True, rows=rows)
         return result.logits
 
     @torch.no_grad()
     def generate(self, shape, order: str = "down", batch_size: int = 1, prompt=None, prompt_mask=None, text=None,
-                 config=None, progress=None) -> torch.Tensor:
+                 config=None, progress=None, rows=None) -> torch.Tensor:
         """Sample a token canvas [B, T, H, W] of ``shape`` (T, H, W) tokens through the rotating pool.
-        ``prompt`` tokens are kept (not sampled) where ``prompt_mask`` is true."""
+        ``prompt`` tokens are kept (not sampled) where ``prompt_mask`` is true; ``rows`` (models with
+        ``row_embedding``): the patch row of the canvas top in the training pictures' frame (default 0)."""
         from nuwa_ds.model.generation import GenerationConfig, run_generation
 
         result = run_generation(self, shape, order, batch_size, prompt=prompt, prompt_mask=prompt_mask, text=text,
-                                config=config or GenerationConfig(), progress=progress)
+                                config=config or GenerationConfig(), progress=progress, rows=rows)
         self.last_generation_stats = result.stats
         return result.tokens
 
