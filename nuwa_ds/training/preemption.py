@@ -52,22 +52,25 @@ def ignore_stop_signals(worker_id: int = 0):
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
+_SIGACTION = []
+
+
 def _c_handler(sig: int):
     """The address the kernel calls for ``sig`` (what ``sigaction`` reports), or None where unknown. A
     native library can replace CPython's handler this way, which ``signal.getsignal`` never shows."""
     try:
-        import ctypes
+        if not _SIGACTION:
+            import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
+            class SigAction(ctypes.Structure):  # Linux libc: handler, sa_mask (128 bytes), flags, restorer
+                _fields_ = [("handler", ctypes.c_void_p),
+                            ("mask", ctypes.c_ulong * (128 // ctypes.sizeof(ctypes.c_ulong))),
+                            ("flags", ctypes.c_int), ("restorer", ctypes.c_void_p)]
 
-        class SigAction(ctypes.Structure):  # glibc/musl on Linux: handler, sa_mask (128 bytes), flags, restorer
-            _fields_ = [("handler", ctypes.c_void_p), ("mask", ctypes.c_ulong * (128 // ctypes.sizeof(ctypes.c_ulong))),
-                        ("flags", ctypes.c_int), ("restorer", ctypes.c_void_p)]
-
+            _SIGACTION.extend([ctypes.CDLL(None).sigaction, SigAction, ctypes.byref])
+        sigaction, SigAction, byref = _SIGACTION
         action = SigAction()
-        if libc.sigaction(int(sig), None, ctypes.byref(action)) != 0:
-            return None
-        return action.handler
+        return action.handler if sigaction(int(sig), None, byref(action)) == 0 else None
     except (OSError, AttributeError, TypeError, ValueError):
         return None
 
@@ -121,7 +124,8 @@ class StopRequest:
         """Reinstall any stop handler that a library replaced since ``install`` (warns once per signal)."""
         for sig in self._previous:
             python_level = signal.getsignal(sig) != self._handle
-            c_level = not python_level and self._c_handlers[sig] is not None and _c_handler(sig) != self._c_handlers[sig]
+            known = self._c_handlers[sig]
+            c_level = not python_level and known is not None and _c_handler(sig) != known
             if python_level or c_level:
                 name = signal.Signals(sig).name
                 if name not in self.replaced:
