@@ -39,6 +39,7 @@ import torch
 
 from data_pipelines.samples import BadSample, decode_sample
 from nuwa_ds.model.orders import ORDERS
+from nuwa_ds.training.preemption import ignore_stop_signals
 
 log = logging.getLogger("nuwa_ds.data")
 MAX_SHARDS_PER_SEGMENT = 64
@@ -371,7 +372,7 @@ class ShardLoader:
         else:
             batches = iter(torch.utils.data.DataLoader(
                 dataset, batch_size=None, num_workers=self.num_workers, prefetch_factor=self.cfg.prefetch_factor,
-                persistent_workers=False))
+                persistent_workers=False, worker_init_fn=ignore_stop_signals))  # the trainer owns the stop
         for batch in batches:
             info = batch.pop("_stream")
             self.streams[info["stream"]] = [info["segment"], info["batch"]]

@@ -2,8 +2,17 @@
 videos) as a DeepSpeed training system. Public interface: DESIGN section 9."""
 
 from nuwa_ds.config import ConfigError, DataConfig, NuwaConfig, RunConfig, TrainConfig
-from nuwa_ds.model import GenerationConfig, NuwaInfinity
 
 __version__ = "0.1.0"
 __all__ = ["NuwaConfig", "RunConfig", "DataConfig", "TrainConfig", "ConfigError", "NuwaInfinity",
            "GenerationConfig", "__version__"]
+
+
+def __getattr__(name: str):
+    # the model (and torch) on first use, so that ``nuwa-ds`` starts without torch: ``nuwa-ds train``
+    # blocks its stop signals before any library starts a thread (nuwa_ds.training.preemption)
+    if name in ("GenerationConfig", "NuwaInfinity"):
+        from nuwa_ds import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module 'nuwa_ds' has no attribute {name!r}")

@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         top.error(f"unknown command {name!r}; choose one of {', '.join(COMMANDS)}")
     module_name, desc = COMMANDS[name]
+    if name == "train":  # before torch is imported: every thread of the process inherits the mask
+        from nuwa_ds.training.preemption import block_stop_signals
+
+        block_stop_signals()
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

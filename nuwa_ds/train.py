@@ -24,11 +24,12 @@ import json
 import logging
 import os
 import resource
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -38,7 +39,8 @@ from nuwa_ds.training import distributed as D
 from nuwa_ds.training import ds_config as DSC
 from nuwa_ds.training import optim
 from nuwa_ds.training.metrics import RunLogger
-from nuwa_ds.training.preemption import DIVERGED_EXIT_CODE, REQUEUE_EXIT_CODE, Faults, StopRequest
+from nuwa_ds.training.preemption import (DIVERGED_EXIT_CODE, REQUEUE_EXIT_CODE, Faults, StopRequest,
+                                         block_stop_signals, restore_signal_mask)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,9 +266,12 @@ class Trainer:
         flops = sum(per_example * self.flops_per_token(canvas, o, text_len) for o in batch["orders"])
         return tokens.numel(), flops
 
-    def train_step(self, data_iter, step: int, stop_requested: bool = False,
+    def train_step(self, data_iter, step: int, stop_requested: Union[bool, Callable[[], bool]] = False,
                    timer: Optional[PhaseTimer] = None) -> StepResult:
-        """Accumulate grad_accum_steps micro-batches, step the optimizer, and agree on the outcome with all ranks."""
+        """Accumulate grad_accum_steps micro-batches, step the optimizer, and agree on the outcome with all ranks.
+
+        ``stop_requested``: this rank's vote to stop, or a callable asked just before the all-reduce
+        (so a signal that came during the step's work stops the run after this very step)."""
         engine, accum = self.engine, self.cfg.train.grad_accum_steps
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         tokens = flops = 0.0
@@ -289,7 +294,8 @@ class Trainer:
         # one small all-reduce per step: mean loss, work done, and whether any rank must stop
         totals = torch.stack([loss_sum, torch.tensor(tokens, dtype=torch.float64, device=self.device),
                               torch.tensor(flops, dtype=torch.float64, device=self.device),
-                              torch.tensor(float(stop_requested), dtype=torch.float64, device=self.device)])
+                              torch.tensor(float(stop_requested() if callable(stop_requested) else stop_requested),
+                                           dtype=torch.float64, device=self.device)])
         totals = D.all_reduce_sum(totals).tolist()
         return StepResult(loss=totals[0] / (accum * self.dist.world_size), tokens=int(totals[1]), flops=totals[2],
                           stop=totals[3] > 0, applied=bool(engine.was_step_applied()))
@@ -388,7 +394,7 @@ class Trainer:
         for step in range(start_step + 1, train.steps + 1):
             lr = self.optimizer.param_groups[0]["lr"]
             started = time.perf_counter()
-            result = self.train_step(data_iter, step, stop.requested)
+            result = self.train_step(data_iter, step, stop.poll)
             logger.step(step, self.metrics(result, time.perf_counter() - started, lr))
             bad_in_row = 0 if result.applied else bad_in_row + 1
             if not result.applied:
@@ -440,19 +446,26 @@ def train(cfg: RunConfig, resume: Optional[str] = None, local_rank: Optional[int
 
     ``resume``: None (fresh), ``"auto"`` (newest complete checkpoint under run_dir, or fresh), or a
     checkpoint / checkpoint-root path. Raises ValueError on bad input before allocating anything."""
-    dist = D.detect(local_rank)
-    kind = D.device_type()
-    plan = preflight(cfg, dist, kind, resume)
-    _quiet_libraries()
-    device = D.init(dist, kind)
+    # before CUDA, the process group, DeepSpeed and the loader start their threads, which inherit the
+    # mask: a stop signal then waits in the kernel for the trainer (preemption.StopRequest), in no thread
+    mask = block_stop_signals() if threading.current_thread() is threading.main_thread() else None
     try:
-        trainer = Trainer(cfg, plan, dist, device)
+        dist = D.detect(local_rank)
+        kind = D.device_type()
+        plan = preflight(cfg, dist, kind, resume)
+        _quiet_libraries()
+        device = D.init(dist, kind)
         try:
-            return trainer.fit(progress)
+            trainer = Trainer(cfg, plan, dist, device)
+            try:
+                return trainer.fit(progress)
+            finally:
+                trainer.engine.destroy()  # ZeRO-3 hooks and buffers, before the process group goes
         finally:
-            trainer.engine.destroy()  # ZeRO-3 hooks and buffers, before the process group goes
+            D.shutdown()
     finally:
-        D.shutdown()
+        if mask is not None:
+            restore_signal_mask(mask)
 
 
 def add_arguments(parser: argparse.ArgumentParser):
@@ -470,6 +483,9 @@ def add_arguments(parser: argparse.ArgumentParser):
 
 
 def run(args) -> int:
+    # the stop signals stay blocked in this process to its end: one that comes after the run (during
+    # teardown) waits unnoticed instead of killing the process (SIG_DFL) and changing its exit status
+    block_stop_signals()
     overrides = list(args.overrides)
     if args.ds_config:
         overrides.append(f"train.ds_config={args.ds_config}")

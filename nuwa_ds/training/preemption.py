@@ -1,16 +1,19 @@
 """Preemption: a signal asks the run to stop at the next step boundary, save, and exit for a requeue.
 
 Slurm sends SIGUSR1 ahead of the time limit (``--signal=B:USR1@...``, forwarded to the ranks by
-``slurm/train.sbatch``) and SIGTERM when it preempts or cancels a job. A handler only sets a flag:
-the training loop folds it into its per-step all-reduce, so every rank stops after the same step,
-even when the signal reached the nodes at different moments. The first Ctrl-C does the same; a second
-one interrupts at once.
+``slurm/train.sbatch``) and SIGTERM when it preempts or cancels a job. Those two stay blocked in
+every thread and are collected at each step boundary (``StopRequest``), so no library can take them;
+the training loop folds the request into its per-step all-reduce, so every rank stops after the same
+step, even when the signal reached the nodes at different moments. The first Ctrl-C does the same (a
+handler sets the flag); a second one interrupts at once. Data workers ignore all three
+(``ignore_stop_signals``): the trainer owns the stop.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 REQUEUE_EXIT_CODE = 75
@@ -20,39 +23,147 @@ DIVERGED_EXIT_CODE = 3
 """Exit status when max_bad_steps non-finite steps in a row stopped the run (no requeue)."""
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+BLOCKED_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+"""The scheduler's stop signals, kept blocked in every thread of a training process (see ``StopRequest``)."""
+
+
+def block_stop_signals() -> set:
+    """Block SIGUSR1 and SIGTERM in the calling thread and in every thread it starts from now on; returns
+    the previous mask. ``nuwa-ds train`` calls it before anything starts a thread (CUDA, NCCL, DeepSpeed,
+    TensorBoard, DataLoader workers all inherit the mask), so the kernel cannot hand such a signal to some
+    library thread: it stays pending until the trainer collects it (``StopRequest.poll``)."""
+    return signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_SIGNALS)
+
+
+def restore_signal_mask(previous: set):
+    """Undo ``block_stop_signals``; stop signals still pending are taken first (the run is over), so
+    unblocking cannot hand them to SIG_DFL and kill the process."""
+    while signal.sigtimedwait(BLOCKED_SIGNALS, 0) is not None:
+        pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def ignore_stop_signals(worker_id: int = 0):
+    """``worker_init_fn`` of the data workers: the trainer owns the stop, workers ignore the stop signals
+    (a worker forked by the trainer inherits its handlers and its blocked mask; ignoring a signal also
+    drops it if pending) and unblock them afterwards so that nothing stays queued there."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+_SIGACTION = []
+
+
+def _c_handler(sig: int):
+    """The address the kernel calls for ``sig`` (what ``sigaction`` reports), or None where unknown. A
+    native library can replace CPython's handler this way, which ``signal.getsignal`` never shows."""
+    try:
+        if not _SIGACTION:
+            import ctypes
+
+            class SigAction(ctypes.Structure):  # Linux libc: handler, sa_mask (128 bytes), flags, restorer
+                _fields_ = [("handler", ctypes.c_void_p),
+                            ("mask", ctypes.c_ulong * (128 // ctypes.sizeof(ctypes.c_ulong))),
+                            ("flags", ctypes.c_int), ("restorer", ctypes.c_void_p)]
+
+            _SIGACTION.extend([ctypes.CDLL(None).sigaction, SigAction, ctypes.byref])
+        sigaction, SigAction, byref = _SIGACTION
+        action = SigAction()
+        return action.handler if sigaction(int(sig), None, byref(action)) == 0 else None
+    except (OSError, AttributeError, TypeError, ValueError):
+        return None
 
 
 class StopRequest:
-    """Installs the stop-signal handlers (main thread only) and remembers the first signal received."""
+    """The stop signals of a training process, which must never be lost (issue 20, docs/decisions.md).
+
+    * SIGUSR1 and SIGTERM are blocked in the main thread (and, via ``block_stop_signals`` early in
+      ``nuwa-ds train``, in every thread): they stay pending in the kernel whatever a library does to
+      the handlers, and ``poll()`` collects them with ``sigtimedwait(..., 0)`` at every step boundary.
+    * Handlers stay installed too (the path for SIGINT, and for a stop signal that some library thread
+      left unblocked): they only set a flag. ``poll()`` also re-asserts them, at the Python and at the
+      C level, and warns once if something had replaced them.
+    * SIGINT is never blocked, so a second Ctrl-C still interrupts at once.
+
+    Only the main thread installs anything (``signal.signal`` raises elsewhere: no preemption there).
+    The trainer prints the single "received" line, from ``poll()``, never from inside a handler."""
 
     def __init__(self):
         self.signal_name: str | None = None
-        self._previous = {}
+        self._announced = False
+        self._previous: dict = {}
+        self._c_handlers: dict = {}
+        self._mask = None
+        self.replaced: list[str] = []
+        """Signals whose handler was found replaced (and reinstalled)."""
 
     def _handle(self, signum, frame):
         if signum == signal.SIGINT and self.signal_name == "SIGINT":
             raise KeyboardInterrupt  # second Ctrl-C: stop now
+        self._note(signum)
+
+    def _note(self, signum: int):
         if self.signal_name is None:
             self.signal_name = signal.Signals(signum).name
-            print(f"[nuwa-ds] {self.signal_name} received (pid {os.getpid()}): checkpoint after this step, then exit",
-                  flush=True)
 
     def install(self) -> "StopRequest":
+        if threading.current_thread() is not threading.main_thread():
+            return self  # not the main thread (e.g. a test runner thread): no handlers, no preemption
         for sig in STOP_SIGNALS:
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. a test runner thread): no handlers, no preemption
-                break
+            self._previous[sig] = signal.signal(sig, self._handle)
+            self._c_handlers[sig] = _c_handler(sig)
+        self._mask = block_stop_signals()
         return self
 
+    @property
+    def installed(self) -> bool:
+        return bool(self._previous)
+
+    def check_handlers(self):
+        """Reinstall any stop handler that a library replaced since ``install`` (warns once per signal)."""
+        for sig in self._previous:
+            python_level = signal.getsignal(sig) != self._handle
+            known = self._c_handlers[sig]
+            c_level = not python_level and known is not None and _c_handler(sig) != known
+            if python_level or c_level:
+                name = signal.Signals(sig).name
+                if name not in self.replaced:
+                    self.replaced.append(name)
+                    print(f"[nuwa-ds] warning: the {name} handler was replaced "
+                          f"({'by ' + repr(signal.getsignal(sig)) if python_level else 'in native code'}); "
+                          f"reinstalled", flush=True)
+                signal.signal(sig, self._handle)
+                self._c_handlers[sig] = _c_handler(sig)
+
+    def poll(self) -> bool:
+        """Collect pending stop signals and re-assert the handlers (call at every step boundary); True
+        once a stop was requested. Prints the one "received" line of the process."""
+        if self.installed:
+            while True:
+                info = signal.sigtimedwait(BLOCKED_SIGNALS, 0)
+                if info is None:
+                    break
+                self._note(info.si_signo)
+            self.check_handlers()
+        if self.signal_name is not None and not self._announced:
+            self._announced = True
+            print(f"[nuwa-ds] {self.signal_name} received (pid {os.getpid()}): checkpoint after this step, then exit",
+                  flush=True)
+        return self.signal_name is not None
+
     def uninstall(self):
+        if not self.installed:
+            return
+        self.poll()  # whatever is pending now is noted, not left for the restored handlers
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        restore_signal_mask(self._mask)
 
     @property
     def requested(self) -> bool:
-        return self.signal_name is not None
+        return self.poll()
 
 
 class Faults:
