@@ -441,6 +441,9 @@ class TrainConfig(ConfigBase):
     an earlier run); optimizer, schedule and data position start fresh. Ignored when resuming."""
     text_encoder_path: Optional[str] = None
     """Local transformers text encoder directory attached at start (text-conditioned training)."""
+    time_limit: Optional[float] = None
+    """Seconds of training after which the run checkpoints and stops as on a stop signal (exit 75,
+    so a requeue or ``--resume auto`` continues it); None: no limit."""
     checkpoint_fsync: bool = True
     """fsync every checkpoint file before publishing it, so a checkpoint survives a node crash, not
     only a killed process (costs the time to flush it to disk)."""

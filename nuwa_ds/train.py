@@ -391,10 +391,15 @@ class Trainer:
         data_iter = iter(self.loader)
         saved_step = start_step if self.plan.resume_from is not None else None
         bad_in_row = 0
+        deadline = time.monotonic() + train.time_limit if train.time_limit is not None else None
+
+        def vote() -> bool:  # this rank's stop vote: a stop signal, or train.time_limit reached
+            return bool(stop.poll()) or (deadline is not None and time.monotonic() >= deadline)
+
         for step in range(start_step + 1, train.steps + 1):
             lr = self.optimizer.param_groups[0]["lr"]
             started = time.perf_counter()
-            result = self.train_step(data_iter, step, stop.poll)
+            result = self.train_step(data_iter, step, vote)
             logger.step(step, self.metrics(result, time.perf_counter() - started, lr))
             bad_in_row = 0 if result.applied else bad_in_row + 1
             if not result.applied:
@@ -415,8 +420,10 @@ class Trainer:
             if result.stop:
                 info = self.save(step, logger) if saved_step != step else None
                 path = info.path if info else self.run_dir / "checkpoints" / C.tag_for(step)
-                logger.event("preempted", f"stopped by {stop.signal_name or 'a signal on another rank'} after step "
-                             f"{step}; resume with --resume auto", step=step, checkpoint=str(path))
+                cause = stop.signal_name or ("train.time_limit" if deadline is not None and time.monotonic() >= deadline
+                                             else "a signal on another rank")
+                logger.event("preempted", f"stopped by {cause} after step {step}; resume with --resume auto",
+                             step=step, checkpoint=str(path), cause=cause)
                 return TrainResult("preempted", step, path, self.run_dir)
         final = train.steps
         if saved_step != final:

@@ -134,6 +134,10 @@ VQ_PRESETS: dict[str, dict] = {
     # 8-dim codes (low-dimensional codes keep most of the codebook in use).
     "demo-f8": dict(ch=16, ch_mult=[1, 2, 2, 4], num_res_blocks=1, attn_resolutions=[], resolution=32,
                     z_channels=64, embed_dim=8, n_embed=1024, norm_groups=8),
+    # Ours, for `nuwa-ds tokenizer-train` on a GPU (the landscape recipe): the same f8 layout and
+    # 8-dim codes, 4x the width and two residual blocks per level.
+    "landscape-f8": dict(ch=64, ch_mult=[1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[], resolution=32,
+                         z_channels=64, embed_dim=8, n_embed=1024, norm_groups=16),
 }
 
 

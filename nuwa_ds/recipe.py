@@ -1,0 +1,504 @@
+"""``nuwa-ds recipe landscapes``: the whole path on procedural landscapes, measured against held-out worlds.
+
+    nuwa-ds recipe landscapes --preset gpu --out outputs/recipe      # one GPU, about 10 minutes
+    nuwa-ds recipe landscapes --preset cpu --out outputs/recipe-cpu  # 2 CPU cores, minutes (nuwa-ds demo)
+
+Stages (each with a progress bar, each writing into ``--out``):
+
+1. **pictures**: full-view-height strips of training worlds (``data_pipelines.landscapes``), and from
+   *other* worlds (the held-out split): validation strips, panoramas 16x the training crop's width,
+   whole views 4x its height, and outpainting references;
+2. **tokenizer**: ``tokenizer-train`` on the training strips (its reconstruction PSNR is the ceiling
+   of every picture);
+3. **shards**: ``prepare`` of the training and validation strips at native size, so each sample is a
+   whole strip and the loader's crops know their row in the view (``rows``);
+4. **train**: DeepSpeed, one rank, with validation on the held-out strips;
+5. **export**, then **generate** in-process: panoramas (order right), tall views (order down) and
+   outpainting in all four directions from held-out pictures;
+6. **eval**: SWD and seam scores (``nuwa_ds.metrics.quality``) of every generated set against the
+   held-out real set of the same size, beside the floors and ceilings measured the same way (real vs
+   real, VQ reconstructions, shuffled real blocks, blocky noise, decoded random tokens), the row
+   profile distance (does a tall canvas keep the sky on top and the water below), and the boundary
+   scores of outpainting. Everything goes to ``report.json``.
+
+A preset fixes every size; ``--set key=value`` changes one (``--set train_steps=500``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+
+@dataclass
+class RecipeSettings:
+    scale: float = 1.0
+    """Pictures are rendered in world pixels and resized by this factor (the CPU preset works on a
+    miniature of the same world)."""
+    train_strips: int = 3000
+    train_worlds: int = 1500
+    strip_width: int = 256
+    """World pixels; strips are VIEW_HEIGHT (1024) world pixels tall."""
+    val_strips: int = 64
+    panoramas: int = 16
+    panorama_size: tuple[int, int] = (4096, 256)
+    """World pixels (w, h)."""
+    panorama_top: int = 448
+    views: int = 16
+    view_size: tuple[int, int] = (1024, 1024)
+    outpaint_inputs: int = 4
+    """Held-out pictures outpainted per direction."""
+    outpaint_given: int = 256
+    """World pixels of the given square picture; the canvas is 3x as long in the direction."""
+    tokenizer_preset: str = "landscape-f8"
+    tokenizer_steps: int = 3000
+    tokenizer_seconds: float = 110.0
+    tokenizer_batch: int = 32
+    tokenizer_crop: int = 128
+    model: dict = field(default_factory=lambda: dict(
+        vocab_size=1024, patch_size=8, d_global=384, n_global_layers=6, d_local=384, n_local_layers=6,
+        head_dim=64, max_frames=8, row_embedding=16, loss_chunk_tokens=8192))
+    canvas: tuple[int, int, int] = (1, 32, 32)
+    train_steps: int = 2500
+    micro_batch: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    eval_every: int = 500
+    train_seconds: Optional[float] = 260.0
+    """Safety limit of the training stage (the schedule is set by train_steps)."""
+    ds_config: str = "zero2"
+    num_workers: int = 4
+    temperature: float = 1.0
+    top_k: Optional[int] = 64
+    gen_batch: int = 8
+    seed: int = 0
+    workers: int = 0
+    """Processes rendering pictures (0: the CPU count, at most 16)."""
+
+
+PRESETS: dict[str, dict] = {
+    # One H200: about 10 minutes in all (docs/benchmarks.md has the measured stage times).
+    "gpu": {},
+    # Two CPU cores, a few minutes: a quarter-scale world (1024-pixel views become 256 pixels), the
+    # `small` model (4x4-token patches of f8 tokens: 32-pixel patches).
+    "cpu": dict(scale=0.25, train_strips=240, train_worlds=240, strip_width=512, val_strips=16, panoramas=4,
+                panorama_size=(2048, 512), panorama_top=384, views=4, view_size=(512, 1024), outpaint_inputs=2,
+                outpaint_given=256, tokenizer_preset="demo-f8", tokenizer_steps=600, tokenizer_seconds=120.0,
+                tokenizer_batch=16, tokenizer_crop=64,
+                model=dict(vocab_size=1024, patch_size=4, d_global=128, n_global_layers=3, d_local=128,
+                           n_local_layers=3, head_dim=32, max_frames=8, row_embedding=8, loss_chunk_tokens=2048),
+                canvas=(1, 16, 16), train_steps=600, micro_batch=8, lr=2e-3, warmup_steps=30, eval_every=200,
+                train_seconds=None, ds_config="zero1", num_workers=1, gen_batch=4, top_k=64),
+}
+
+
+def settings_for(preset: str, assignments: list[str]) -> RecipeSettings:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown recipe preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    settings = RecipeSettings(**PRESETS[preset])
+    hints = {f.name: f for f in dataclasses.fields(RecipeSettings)}
+    for item in assignments:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected key=value")
+        key, text = item.split("=", 1)
+        if key not in hints:
+            raise ValueError(f"--set {key}: unknown setting; known: {', '.join(hints)}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        setattr(settings, key, tuple(value) if isinstance(value, list) else value)
+    return settings
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. pictures
+
+
+def _render_job(job):
+    """(world seed, x0, y0, w, h, scale, path): render, resize, save (runs in a worker process)."""
+    from PIL import Image
+
+    from data_pipelines.landscapes import World
+
+    seed, x0, y0, w, h, scale, path = job
+    img = Image.fromarray(World(seed).render(x0, y0, w, h))
+    if scale != 1.0:
+        img = img.resize((round(w * scale), round(h * scale)), Image.Resampling.LANCZOS)
+    img.save(path)
+    return path
+
+
+def render_set(folder: Path, jobs: list, workers: int, desc: str) -> list[dict]:
+    """Render ``jobs`` = [(seed, x0, y0, w, h)] into ``folder`` (PNG) with a manifest; returns it."""
+    from tqdm import tqdm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return_jobs = []
+    for i, job in enumerate(jobs):
+        return_jobs.append((*job[:5], job[5], str(folder / f"{desc}_{i:05d}.png")))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        list(tqdm(pool.map(_render_job, return_jobs, chunksize=4), total=len(jobs), desc=f"pictures: {desc}",
+                  unit="pic"))
+    manifest = [dict(file=Path(j[6]).name, world_seed=j[0], x0=j[1], y0=j[2], width=j[3], height=j[4])
+                for j in return_jobs]
+    (folder / "landscapes.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def make_pictures(out: Path, s: RecipeSettings, workers: int) -> dict:
+    from data_pipelines.landscapes import DEFAULT_WORLD_SEED_BASE, VIEW_HEIGHT
+
+    rng = np.random.default_rng(s.seed)
+    train_base, val_base = DEFAULT_WORLD_SEED_BASE["train"], DEFAULT_WORLD_SEED_BASE["val"]
+    x = lambda n: rng.integers(-500_000, 500_000, n)  # noqa: E731
+    jobs = {}
+    seeds = train_base + rng.integers(0, s.train_worlds, s.train_strips)
+    jobs["train"] = [(int(w), int(x0), 0, s.strip_width, VIEW_HEIGHT, s.scale) for w, x0 in zip(seeds, x(s.train_strips))]
+    # held-out worlds: every evaluation picture comes from a world the model never saw
+    val_seeds = iter(range(val_base, val_base + 10**6))
+    jobs["val"] = [(next(val_seeds), int(x0), 0, s.strip_width, VIEW_HEIGHT, s.scale) for x0 in x(s.val_strips)]
+    pw, ph = s.panorama_size
+    jobs["panorama"] = [(next(val_seeds), int(x0), s.panorama_top, pw, ph, s.scale) for x0 in x(2 * s.panoramas)]
+    vw, vh = s.view_size
+    jobs["view"] = [(next(val_seeds), int(x0), 0, vw, vh, s.scale) for x0 in x(2 * s.views)]
+    g = s.outpaint_given
+    for direction in ("right", "left", "down", "up"):
+        wide = direction in ("left", "right")
+        w, h = (3 * g, g) if wide else (g, 3 * g)
+        top = s.panorama_top if wide else VIEW_HEIGHT - 3 * g
+        jobs[f"outpaint_{direction}"] = [(next(val_seeds), int(x0), top, w, h, s.scale)
+                                         for x0 in x(max(2, s.outpaint_inputs))]
+    return {name: render_set(out / "real" / name, j, workers, name) for name, j in jobs.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+class Stage:
+    """Prints a stage header and records its wall time in the report."""
+
+    def __init__(self, report: dict, name: str):
+        self.report, self.name = report, name
+
+    def __enter__(self):
+        print(f"\n== {self.name} ==", flush=True)
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.report.setdefault("stage_seconds", {})[self.name] = round(time.perf_counter() - self.start, 1)
+        return False
+
+
+def _write_report(out: Path, report: dict):
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+
+def _save_canvases(tokenizer, tokens, folder: Path, prefix: str) -> list[Path]:
+    """Decode token canvases [B, 1, h, w] (tiled, canvas-wide norm statistics) to PNGs."""
+    from nuwa_ds.tokenizer import save_png
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for b in range(tokens.shape[0]):
+        pixels = tokenizer.decode_tiled(tokens[b, :1].to(tokenizer.device))
+        paths.append(save_png(pixels[0].float().cpu(), folder / f"{prefix}_{b:05d}.png"))
+    return paths
+
+
+def _load(folder: Path) -> list:
+    from nuwa_ds.tokenizer import load_image
+
+    return [load_image(p) for p in sorted(folder.glob("*.png"))]
+
+
+def reconstruct(tokenizer, real: Path, folder: Path):
+    """VQ round trip of every real picture (the floor any generated picture can reach)."""
+    import torch
+
+    for path, image in zip(sorted(real.glob("*.png")), _load(real)):
+        with torch.no_grad():
+            tokens = tokenizer.encode(image[None].to(tokenizer.device))
+        _save_canvases(tokenizer, tokens[:, None], folder, path.stem)
+        (folder / f"{path.stem}_00000.png").rename(folder / f"{path.stem}.png")
+
+
+def random_token_canvases(tokenizer, real: Path, folder: Path, seed: int):
+    """Uniformly random tokens decoded at the real pictures' sizes (the worst-case ceiling)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    f = tokenizer.downsample
+    for i, image in enumerate(_load(real)[:4]):
+        h, w = image.shape[1] // f, image.shape[2] // f
+        tokens = torch.randint(0, tokenizer.codebook_size, (1, 1, h, w), generator=g)
+        _save_canvases(tokenizer, tokens, folder, f"random_{i}")
+
+
+def row_profile_distance(a: list, b: list) -> float:
+    """Mean absolute difference (0..255) between the mean colour of each pixel row of two sets of
+    equally tall pictures: 0 when the sky, ridges and water sit at the same heights on average."""
+    pa = np.mean([im.mean(dim=2).numpy() for im in a], axis=0)  # [3, H]
+    pb = np.mean([im.mean(dim=2).numpy() for im in b], axis=0)
+    return float(np.abs(pa - pb).mean() * 127.5)
+
+
+def vertical_repetition(images: list, period_rows: int) -> float:
+    """How much a picture repeats itself downward: the mean correlation between the row-mean colour
+    profile and itself shifted by ``period_rows`` (one training-crop height), over pictures."""
+    scores = []
+    for im in images:
+        prof = im.mean(dim=2).numpy()  # [3, H]
+        a, b = prof[:, :-period_rows].ravel(), prof[:, period_rows:].ravel()
+        a, b = a - a.mean(), b - b.mean()
+        denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
+        scores.append(float((a * b).sum() / denom) if denom > 0 else 0.0)
+    return float(np.mean(scores))
+
+
+# ----------------------------------------------------------------------------------------------
+# the recipe
+
+
+def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=(), skip_done: bool = False) -> dict:
+    import torch
+
+    from data_pipelines.prepare import prepare_shards
+    from nuwa_ds.config import RunConfig
+    from nuwa_ds.export import export_checkpoint
+    from nuwa_ds.metrics.quality import quality_report
+    from nuwa_ds.metrics.seams import boundary_score
+    from nuwa_ds.model import GenerationConfig, NuwaInfinity
+    from nuwa_ds.tokenizer import VQTokenizer, train_tokenizer
+    from nuwa_ds.train import train
+
+    s = settings_for(preset, list(assignments))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    workers = s.workers or min(16, os.cpu_count() or 1)
+    report: dict = {"preset": preset, "settings": dataclasses.asdict(s), "device": str(dev),
+                    "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+                    "versions": {"torch": torch.__version__}}
+    started = time.perf_counter()
+
+    with Stage(report, "1 pictures"):
+        sets = make_pictures(out, s, workers)
+        report["pictures"] = {k: len(v) for k, v in sets.items()}
+    _write_report(out, report)
+
+    with Stage(report, "2 tokenizer"):
+        tokenizer, metrics = train_tokenizer(str(out / "real" / "train"), out / "tokenizer",
+                                             config=s.tokenizer_preset, device=str(dev), steps=s.tokenizer_steps,
+                                             batch_size=s.tokenizer_batch, crop=s.tokenizer_crop,
+                                             time_limit=s.tokenizer_seconds, seed=s.seed, log_every=200)
+        report["tokenizer"] = {k: metrics[k] for k in ("psnr", "codebook_usage", "steps", "seconds", "restarts")}
+        print(f"tokenizer: PSNR {metrics['psnr']:.2f} dB, usage {metrics['codebook_usage']:.0%}", flush=True)
+    _write_report(out, report)
+    tokenizer = tokenizer.to(dev).eval()
+    f = tokenizer.downsample
+    P = s.model["patch_size"]
+    unit = f * P  # pixels per patch (in the scaled pictures)
+
+    with Stage(report, "3 shards"):
+        shards = {}
+        for split in ("train", "val"):
+            manifest = prepare_shards([str(out / "real" / split)], out / "shards" / split, tokenizer, image_size=0,
+                                      patch_size=P, progress=True, overwrite=True, device=str(dev))
+            shards[split] = str(out / "shards" / split / manifest["shards"])
+            report.setdefault("shards", {})[split] = manifest["num_samples"]
+    _write_report(out, report)
+
+    with Stage(report, "4 train"):
+        run_dir = out / "run"
+        overrides = [f"model.{k}={json.dumps(v)}" for k, v in s.model.items()] + [
+            f"data.shards={shards['train']}", f"data.canvas={json.dumps(list(s.canvas))}",
+            f"data.num_workers={s.num_workers}", "data.caption_dropout=0.0", "data.shuffle_buffer=500",
+            f"train.run_dir={run_dir}", f"train.steps={s.train_steps}", f"train.save_every={s.train_steps}",
+            "train.log_every=50", f"train.warmup_steps={s.warmup_steps}", f"train.lr={s.lr}",
+            f"train.micro_batch_size={s.micro_batch}", f"train.ds_config={s.ds_config}", "train.tensorboard=true",
+            f"train.seed={s.seed}", "train.weight_decay=0.0"] + (
+            [f"train.time_limit={s.train_seconds}"] if s.train_seconds else [])
+        validation = _validation_overrides(shards["val"], s)
+        cfg = RunConfig.load("small", overrides + validation)
+        tic = time.perf_counter()
+        result = train(cfg, progress=True)
+        seconds = time.perf_counter() - tic
+        if result.status == "diverged" or result.step < 1:
+            raise RuntimeError(f"training stopped ({result.status}) at step {result.step}")
+        lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        steps = [x for x in lines if "loss" in x and "event" not in x]
+        evals = [x for x in lines if x.get("event") == "eval"]
+        tokens = cfg.train.micro_batch_size * math.prod(s.canvas) * result.step
+        report["train"] = {"steps": result.step, "planned_steps": s.train_steps, "status": result.status,
+                           "seconds": round(seconds, 1), "tokens_per_s": tokens / seconds,
+                           "first_loss": steps[0]["loss"], "final_loss": steps[-1]["loss"],
+                           "final_train_bits_per_token": steps[-1]["loss"] / math.log(2),
+                           "val": [{k: e[k] for k in ("step", "val_loss", "val_bits_per_token") if k in e}
+                                   for e in evals]}
+        if evals:
+            report["train"]["final_val_bits_per_token"] = evals[-1].get("val_bits_per_token")
+    _write_report(out, report)
+
+    with Stage(report, "5 export + generate"):
+        model_dir = export_checkpoint(run_dir, out / "model", tokenizer=str(out / "tokenizer"))
+        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+        model = NuwaInfinity.from_pretrained(model_dir, device=dev, dtype=dtype)
+        gen = GenerationConfig(temperature=s.temperature, top_k=s.top_k, seed=s.seed)
+        generated = out / "generated"
+        timings = {}
+
+        def generate(name, shape, order, batch, top_px, prompt=None, mask=None):
+            tic = time.perf_counter()
+            tokens = model.generate(shape, order=order, batch_size=batch, prompt=prompt, prompt_mask=mask,
+                                    config=gen, rows=top_px // unit)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            timings[name] = round(time.perf_counter() - tic, 2)
+            return _save_canvases(tokenizer, tokens, generated / name, name)
+
+        def px(v):  # world pixels -> pixels of the scaled pictures
+            return round(v * s.scale)
+
+        pw, ph = px(s.panorama_size[0]), px(s.panorama_size[1])
+        for start in range(0, s.panoramas, s.gen_batch):
+            n = min(s.gen_batch, s.panoramas - start)
+            gen.seed = s.seed + start
+            paths = generate("panorama", (1, ph // f, pw // f), "right", n, px(s.panorama_top))
+            for k, p in enumerate(paths):
+                p.rename(p.with_name(f"panorama_{start + k:05d}.png"))
+        vw, vh = px(s.view_size[0]), px(s.view_size[1])
+        for start in range(0, s.views, s.gen_batch):
+            n = min(s.gen_batch, s.views - start)
+            gen.seed = s.seed + start
+            paths = generate("view", (1, vh // f, vw // f), "down", n, 0)
+            for k, p in enumerate(paths):
+                p.rename(p.with_name(f"view_{start + k:05d}.png"))
+        gen.seed = s.seed
+        for direction in ("right", "left", "down", "up"):
+            name = f"outpaint_{direction}"
+            refs = _load(out / "real" / name)[: s.outpaint_inputs]
+            prompt, mask, top = _outpaint_prompt(tokenizer, refs, direction, px(s.outpaint_given), s, px)
+            generate(name, tuple(prompt.shape[1:]), direction, len(refs), top, prompt.to(dev), mask.to(dev))
+        report["generate"] = {"seconds": timings}
+    _write_report(out, report)
+
+    with Stage(report, "6 eval"):
+        report["eval"] = evaluate_sets(out, tokenizer, s, unit, px, quality_report, boundary_score)
+    report["total_seconds"] = round(time.perf_counter() - started, 1)
+    _write_report(out, report)
+    _print_summary(report)
+    return report
+
+
+def _validation_overrides(val_shards: str, s: RecipeSettings) -> list[str]:
+    """Validation keys when this version of the trainer has them."""
+    from nuwa_ds.config import DataConfig, TrainConfig
+
+    names = {f.name for f in dataclasses.fields(DataConfig)} | {f.name for f in dataclasses.fields(TrainConfig)}
+    if "val_shards" not in names:
+        return []
+    return [f"data.val_shards={val_shards}", f"train.eval_every={s.eval_every}"]
+
+
+def _outpaint_prompt(tokenizer, refs, direction, given_px, s, px):
+    """Prompt tokens / mask [B, 1, h, w] holding the given square of each held-out reference, and the
+    canvas top (pixels) in the view."""
+    import torch
+
+    from data_pipelines.landscapes import VIEW_HEIGHT
+
+    f = tokenizer.downsample
+    batch = torch.stack(refs).to(tokenizer.device)
+    with torch.no_grad():
+        tokens = tokenizer.encode(batch).cpu()[:, None]  # [B, 1, h, w]
+    mask = torch.zeros_like(tokens, dtype=torch.bool)
+    g = given_px // f
+    region = {"right": (slice(None), slice(0, g)), "left": (slice(None), slice(tokens.shape[3] - g, None)),
+              "down": (slice(0, g), slice(None)), "up": (slice(tokens.shape[2] - g, None), slice(None))}[direction]
+    mask[:, :, region[0], region[1]] = True
+    wide = direction in ("left", "right")
+    top = px(s.panorama_top) if wide else px(VIEW_HEIGHT - 3 * s.outpaint_given)
+    return torch.where(mask, tokens, torch.zeros_like(tokens)), mask, top
+
+
+def evaluate_sets(out: Path, tokenizer, s: RecipeSettings, unit: int, px, quality_report, boundary_score) -> dict:
+    results = {}
+    for name in ("panorama", "view"):
+        real, fake = out / "real" / name, out / "generated" / name
+        recon, noise = out / "recon" / name, out / "random_tokens" / name
+        reconstruct(tokenizer, real, recon)
+        random_token_canvases(tokenizer, real, noise, s.seed)
+        q = quality_report(real, fake, recon=recon, random_tokens=noise, block_size=unit, seed=s.seed)
+        real_images, fake_images, recon_images = _load(real), _load(fake), _load(recon)
+        half = len(real_images) // 2
+        crop_rows = s.canvas[1] * tokenizer.downsample
+        q["row_profile"] = {"real_vs_real": row_profile_distance(real_images[:half], real_images[half:]),
+                            "recon_vs_real": row_profile_distance(recon_images, real_images),
+                            "fake_vs_real": row_profile_distance(fake_images, real_images)}
+        if real_images[0].shape[1] > crop_rows:
+            q["vertical_repetition"] = {"real": vertical_repetition(real_images, crop_rows),
+                                        "fake": vertical_repetition(fake_images, crop_rows)}
+        results[name] = q
+    g = px(s.outpaint_given)
+    for direction in ("right", "left", "down", "up"):
+        name = f"outpaint_{direction}"
+        real = _load(out / "real" / name)
+        fake = _load(out / "generated" / name)
+        line = {"right": g, "left": 2 * g, "down": g, "up": 2 * g}[direction]
+        key = "column" if direction in ("left", "right") else "row"
+        score = lambda ims: float(np.mean([boundary_score(im, **{key: line}) for im in ims]))  # noqa: E731
+        recon = out / "recon" / name
+        reconstruct(tokenizer, out / "real" / name, recon)
+        results[name] = {"boundary": {"line": {key: line}, "real": score(real), "recon": score(_load(recon)),
+                                      "fake": score(fake)}}
+    return results
+
+
+def _print_summary(report: dict):
+    ev = report.get("eval", {})
+    print("\n== summary ==")
+    t = report.get("train", {})
+    print(f"train: {t.get('tokens_per_s', 0):,.0f} tokens/s, train bits/token {t.get('final_train_bits_per_token')}, "
+          f"val bits/token {t.get('final_val_bits_per_token')}")
+    for name in ("panorama", "view"):
+        q = ev.get(name)
+        if not q:
+            continue
+        swd, seams = q["swd"]["scores"], q["seams"]["scores"]
+        print(f"{name}: SWD fake {swd['fake']['mean']:.1f}  floor(real) {swd['real_a']['mean']:.1f}  "
+              f"recon {swd.get('recon', {}).get('mean', float('nan')):.1f}  shuffled "
+              f"{swd['shuffled_real']['mean']:.1f} | seams fake {seams['fake']['both']}  real {seams['real']['both']}"
+              f"  recon {seams.get('recon', {}).get('both')} | row profile {q['row_profile']}")
+    for d in ("right", "left", "down", "up"):
+        b = ev.get(f"outpaint_{d}", {}).get("boundary")
+        if b:
+            print(f"outpaint {d}: boundary fake {b['fake']:.3f} real {b['real']:.3f} recon {b['recon']:.3f}")
+    print(f"total {report.get('total_seconds')} s; stages {report.get('stage_seconds')}")
+
+
+def add_arguments(parser):
+    parser.add_argument("recipe", choices=("landscapes",), help="which recipe")
+    parser.add_argument("--preset", default="gpu", choices=list(PRESETS), help="sizes: gpu (one GPU, ~10 min) or "
+                        "cpu (2 cores, minutes)")
+    parser.add_argument("--out", default="outputs/recipe", help="output folder (pictures, run, report.json)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                        help="change one setting of the preset (RecipeSettings fields), e.g. train_steps=500")
+
+
+def run(args) -> int:
+    run_recipe(args.out, args.preset, args.device, args.assignments)
+    return 0
