@@ -60,6 +60,8 @@ class RecipeSettings:
     outpaint_given: int = 256
     """World pixels of the given square picture; the canvas is 3x as long in the direction."""
     tokenizer_preset: str = "landscape-f8"
+    tokenizer_pictures: int = 300
+    """Training strips the tokenizer trains (and is evaluated) on."""
     tokenizer_steps: int = 3000
     tokenizer_seconds: float = 110.0
     tokenizer_batch: int = 32
@@ -300,7 +302,9 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=(), s
     _write_report(out, report)
 
     with Stage(report, "2 tokenizer"):
-        tokenizer, metrics = train_tokenizer(str(out / "real" / "train"), out / "tokenizer",
+        # a few hundred strips hold crops enough, and keep the tokenizer's own final evaluation short
+        strips = sorted((out / "real" / "train").glob("*.png"))[: s.tokenizer_pictures]
+        tokenizer, metrics = train_tokenizer([str(p) for p in strips], out / "tokenizer",
                                              config=s.tokenizer_preset, device=str(dev), steps=s.tokenizer_steps,
                                              batch_size=s.tokenizer_batch, crop=s.tokenizer_crop,
                                              time_limit=s.tokenizer_seconds, seed=s.seed, log_every=200)
