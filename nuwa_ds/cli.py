@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+import time
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("nuwa_ds.demo", "the whole path on pictures shipped inside an installed package, on CPU, in minutes"),
@@ -41,6 +42,7 @@ def _top_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()  # before the command's heavy imports: `--time-limit`s count from here
     argv = list(sys.argv[1:] if argv is None else argv)
     top = _top_parser()
     if not argv or argv[0] in ("-h", "--help"):
@@ -69,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"nuwa-ds {name}", description=desc)
     module.add_arguments(parser)
     args = parser.parse_intermixed_args(rest)  # options may follow positionals (key=value overrides)
+    args.command_started = started
     try:
         return int(module.run(args) or 0)
     except (ValueError, FileNotFoundError) as exc:

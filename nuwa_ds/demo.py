@@ -21,7 +21,7 @@ from pathlib import Path
 
 def add_arguments(parser):
     parser.add_argument("--out", default="outputs/demo", help="output directory")
-    parser.add_argument("--tokenizer-seconds", type=float, default=150.0, help="time budget of tokenizer training")
+    parser.add_argument("--tokenizer-seconds", type=float, default=150.0, help="time budget of the tokenizer stage: loading, training, saving and its evaluation")
     parser.add_argument("--steps", type=int, default=600, help="training steps of the model")
     parser.add_argument("--seed", type=int, default=0)
 

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -307,6 +312,157 @@ def test_tokenizer_train_command(tmp_path, capsys):
     assert VQTokenizer.from_pretrained(tmp_path / "tok").codebook_size == 32
     assert main(["tokenizer-train", "--images", str(tmp_path / "absent"), "--out", str(tmp_path / "x")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# tokenizer-train's budget and interruptions (issue 21), on real processes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_picture_folder(directory, count: int = 8):
+    """``count`` 96x128 crops of two photographs: training steps and evaluation batches of a few ms."""
+    directory.mkdir()
+    pictures = list(demo_pictures(["coffee", "chelsea"]).items())
+    for k in range(count):
+        name, array = pictures[k % 2]
+        y, x = 30 * (k // 2), 25 * (k // 2)
+        save_png(from_uint8(np.ascontiguousarray(array[y:y + 96, x:x + 128])), directory / f"{name}{k}.png")
+    return directory
+
+
+def tokenizer_train_cmd(pictures, out, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "nuwa_ds.cli", "tokenizer-train", "--images", str(pictures), "--out", str(out),
+            "--batch-size", "2", "--crop", "32", "--codebook-size", "32", "--device", "cpu", *extra]
+
+
+def start_process(cmd: list[str], log, **env) -> subprocess.Popen:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("NUWA_FAULT_")}
+    environ.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONWARNINGS="ignore::FutureWarning",
+                   **{k: str(v) for k, v in env.items()})
+    return subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def wait_for_line(text: str, proc: subprocess.Popen, log, timeout: float = 180):
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"never printed {text!r} (rc {proc.poll()}):\n{log.read_text()[-3000:]}")
+        time.sleep(0.05)
+
+
+def assert_usable_tokenizer(directory, codes: int = 32):
+    tok = VQTokenizer.from_pretrained(directory)
+    assert tok.codebook_size == codes
+    tokens = tok.encode(torch.rand(1, 3, 32, 48) * 2 - 1)
+    assert tokens.shape == (1, 4, 6) and 0 <= int(tokens.min()) and int(tokens.max()) < codes
+    assert not list(directory.glob(".saving-*"))  # no half-written save left behind
+
+
+@pytest.mark.slow
+def test_tokenizer_train_killed_during_evaluation_leaves_a_usable_tokenizer(tmp_path):
+    pictures = small_picture_folder(tmp_path / "pics")
+    out, log = tmp_path / "tok", tmp_path / "log.txt"
+    proc = start_process(tokenizer_train_cmd(pictures, out, "--steps", "5", "--eval-pictures", "all",
+                                             "--eval-batch-size", "1"), log, NUWA_FAULT_PAUSE_IN_EVAL=2)
+    wait_for_line("pausing in evaluation after batch 2", proc, log)
+    proc.kill()  # SIGKILL: no handler runs
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert_usable_tokenizer(out)
+    metrics = json.loads((out / "metrics.json").read_text())  # written with the weights, before the evaluation
+    assert metrics["status"] == "evaluating" and metrics["steps"] == 5 and metrics["eval_pictures"] == 0
+    assert metrics["pictures_total"] == 8 and not (out / "reconstruction.png").exists()
+
+
+@pytest.mark.slow
+def test_tokenizer_train_sigusr1_saves_and_exits_75(tmp_path):
+    from nuwa_ds.training.preemption import REQUEUE_EXIT_CODE
+
+    pictures = small_picture_folder(tmp_path / "pics")
+    out, log = tmp_path / "tok", tmp_path / "log.txt"
+    proc = start_process(tokenizer_train_cmd(pictures, out, "--steps", "1000"), log, NUWA_FAULT_PAUSE_AT_STEP=4)
+    wait_for_line("pausing after step 4", proc, log)
+    os.kill(proc.pid, signal.SIGUSR1)
+    assert proc.wait(timeout=120) == REQUEUE_EXIT_CODE, log.read_text()[-3000:]
+    assert_usable_tokenizer(out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["stopped_by"] == metrics["signal"] == "SIGUSR1" and metrics["steps"] == 4
+    assert metrics["status"] == "stopped" and metrics["eval_pictures"] == 0 and metrics["psnr"] is None
+
+
+@pytest.mark.slow
+def test_tokenizer_train_time_limit_bounds_the_whole_command(tmp_path):
+    """The trainer's own figures, not the outside clock: it stopped training because the next step,
+    the save and the (estimated) evaluation would not have fitted, and what it then measured itself
+    (save, evaluation batches) stays within the limit plus one of each of its own steps / batches."""
+    pictures = small_picture_folder(tmp_path / "pics")
+    out, log, limit = tmp_path / "tok", tmp_path / "log.txt", 10.0
+    proc = start_process(tokenizer_train_cmd(pictures, out, "--steps", "1000000", "--time-limit", str(limit),
+                                             "--eval-pictures", "5", "--eval-batch-size", "2"), log)
+    assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["stopped_by"] == "time_limit" and m["status"] == "complete" and m["time_limit"] == limit
+    decision = m["stop_decision"]  # why training stopped: the next step would have eaten the reserve
+    assert decision["elapsed"] + decision["next_step_estimate"] + decision["reserved_seconds"] >= limit
+    assert decision["reserved_seconds"] >= min(m["eval_seconds_estimate"], limit / 2)
+    assert m["pictures_total"] == 8 and 1 <= m["eval_pictures"] <= 5
+    assert len(m["psnr_per_picture"]) == len(m["eval_indices"]) == m["eval_pictures"]
+    assert m["eval_stopped_by"] in ("done", "time_limit")
+    assert m["eval_stopped_by"] == "time_limit" or m["eval_pictures"] == 5
+    parts = m["load_seconds"] + m["seconds"] + m["save_seconds"] + m["eval_seconds"]
+    assert parts <= m["total_seconds"] + 0.2  # (`seconds` is rounded to 0.1 s)
+    slack = m["step_seconds_max"] + m["save_seconds"] + m["eval_batch_seconds_max"] + 1.0
+    assert m["total_seconds"] <= max(limit, m["load_seconds"]) + slack, m
+    assert_usable_tokenizer(out)
+    assert "of 8 pictures" in log.read_text()
+
+
+def test_tokenizer_saves_are_atomic(tmp_path, monkeypatch):
+    """A save interrupted between its renames leaves the previous tokenizer, or, over an earlier
+    run's tokenizer of another architecture, none: never a config that does not fit the weights."""
+    import nuwa_ds.tokenizer.train as T
+
+    out = tmp_path / "tok"
+    VQTokenizer(VQConfig.preset("demo-f8", n_embed=48)).save_pretrained(out)  # an earlier run, other codebook
+    renames = []
+    real_replace = T.os.replace
+
+    def crash_after_first(src, dst):
+        if renames:
+            raise KeyboardInterrupt("killed between the renames")
+        renames.append(dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(T.os, "replace", crash_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        T.TokenizerSaver(out).save(VQTokenizer(VQConfig.preset("demo-f8", n_embed=32)), {"steps": 1})
+    with pytest.raises(FileNotFoundError, match="not a tokenizer directory"):  # not a mismatch error
+        VQTokenizer.from_pretrained(out)
+    monkeypatch.setattr(T.os, "replace", real_replace)
+    saver = T.TokenizerSaver(out)
+    first = VQTokenizer(VQConfig.preset("demo-f8", n_embed=32))
+    saver.save(first, {"steps": 1})
+    assert_usable_tokenizer(out)
+    renames.clear()
+    monkeypatch.setattr(T.os, "replace", crash_after_first)
+    second = VQTokenizer(VQConfig.preset("demo-f8", n_embed=32))
+    with pytest.raises(KeyboardInterrupt):
+        saver.save(second, {"steps": 2})
+    loaded = VQTokenizer.from_pretrained(out)  # the new weights with their (identical) config
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in second.state_dict().items())
+
+
+def test_evaluation_sample_and_batches():
+    from nuwa_ds.tokenizer.train import eval_batches, eval_sample
+
+    assert eval_sample(5, 64, 0) == [0, 1, 2, 3, 4] and eval_sample(5, None, 0) == [0, 1, 2, 3, 4]
+    sample = eval_sample(100, 10, 3)
+    assert len(sample) == 10 == len(set(sample)) and sample == sorted(sample) and sample == eval_sample(100, 10, 3)
+    pictures = [np.zeros((64 + 8 * (i % 3), 80, 3), np.uint8) for i in range(20)]
+    batches = eval_batches(pictures, list(range(20)), 8, batch_size=4)
+    assert sorted(i for b in batches for i in b) == list(range(20))
+    assert all(len(b) <= 4 and len({pictures[i].shape for i in b}) == 1 for b in batches)
 
 
 # ----------------------------------------------------------------------------------------------

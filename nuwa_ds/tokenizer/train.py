@@ -9,6 +9,11 @@ reconstruction (see docs/benchmarks.md for the PSNR).
 
 Data: random crops (with flips and a random downscale) of the given pictures. The function form,
 :func:`train_tokenizer`, is what ``nuwa-ds demo`` calls.
+
+Budgets and interruptions (issue 21, docs/decisions.md): the weights are saved (atomically) before
+the evaluation and every ``save_every`` steps / ``save_every_seconds``; the evaluation is batched, on
+a seeded sample of ``eval_pictures`` pictures, and ``time_limit`` bounds loading + training + saving +
+evaluation together. Under the CLI, SIGUSR1 / SIGTERM / the first Ctrl-C save and exit with 75.
 """
 
 from __future__ import annotations
@@ -16,7 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shutil
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +35,8 @@ import torch.nn.functional as F
 
 from nuwa_ds.tokenizer.media import (DEMO_PICTURES, IMAGE_SUFFIXES, demo_pictures, from_uint8, open_rgb,
                                      save_png)
-from nuwa_ds.tokenizer.vqgan import VQConfig, VQTokenizer, psnr, resolve_device
+from nuwa_ds.tokenizer.vqgan import CONFIG_FILE, WEIGHTS_FILE, VQConfig, VQTokenizer, psnr, resolve_device
+from nuwa_ds.training.preemption import REQUEUE_EXIT_CODE, Faults, StopRequest
 
 
 @dataclass
@@ -52,7 +62,21 @@ class TrainOptions:
     seed: int = 0
     """Initialisation and crop sampling seed."""
     time_limit: float | None = None
-    """Stop after this many seconds of training (the demo's budget); None: run all steps."""
+    """Budget in seconds of the whole call (loading, training, saving, evaluation): training stops
+    early enough for the final save and the estimated evaluation to fit, and the evaluation stops
+    when the budget runs out (at most half the budget is reserved for it; at least one step and one
+    evaluation batch always run). None: all steps, the whole evaluation sample."""
+    save_every: int = 0
+    """With an output directory: save the tokenizer every this many steps (0: off)."""
+    save_every_seconds: float | None = 300.0
+    """With an output directory: save the tokenizer when this many seconds passed since the last
+    save (None / 0: off). Saves are atomic; the final save happens before the evaluation anyway."""
+    eval_pictures: int | None = 64
+    """Pictures in the final evaluation: a seeded random sample of this many (None: every picture)."""
+    eval_batch_size: int = 16
+    """Pictures of one size per evaluation batch (also capped at ~1M pixels per batch)."""
+    progress: bool | None = None
+    """Evaluation progress bar (tqdm); None: when stderr is a terminal."""
     log_every: int = 100
     """Steps between progress lines (0: quiet)."""
 
@@ -69,14 +93,19 @@ def _load_pictures(images) -> list[np.ndarray]:
         images = sorted(p for p in Path(images).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if isinstance(images, (str, Path, np.ndarray)):
         images = [images]
-    out = []
+    images = list(images)
     for item in images:
+        if not isinstance(item, np.ndarray) and not Path(item).is_file():
+            raise FileNotFoundError(f"picture {item} does not exist")
+
+    def load(item) -> np.ndarray:
         if isinstance(item, np.ndarray):
-            out.append(item if item.ndim == 3 else np.repeat(item[..., None], 3, -1))
-        else:
-            if not Path(item).is_file():
-                raise FileNotFoundError(f"picture {item} does not exist")
-            out.append(np.asarray(open_rgb(item)))
+            return item if item.ndim == 3 else np.repeat(item[..., None], 3, -1)
+        return np.asarray(open_rgb(item))
+
+    # Pillow releases the GIL while decoding: a thread pool decodes several files at once
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        out = list(pool.map(load, images))
     if not out:
         raise ValueError("no pictures to train on")
     return out
@@ -246,36 +275,215 @@ def training_step(model: VQTokenizer, codebook: EMACodebook, images: torch.Tenso
     return loss, recon, codes
 
 
+EVAL_BATCH_PIXELS = 16 * 256 * 256
+"""At most this many pixels per evaluation batch (the decoder's activations scale with it)."""
+SHOWN_PICTURES = 8
+"""Pictures in reconstruction.png (the first of the evaluation sample)."""
+
+
+def eval_sample(count: int, size: int | None, seed: int) -> list[int]:
+    """Sorted indices of the pictures evaluated: a seeded random choice of ``size`` (None: all)."""
+    if size is None or size >= count:
+        return list(range(count))
+    if size < 1:
+        raise ValueError(f"eval_pictures must be >= 1 or None (all), got {size}")
+    return sorted(int(i) for i in np.random.default_rng(seed).choice(count, size=size, replace=False))
+
+
+def eval_batches(pictures: list[np.ndarray], indices: list[int], f: int, batch_size: int = 16,
+                 seed: int = 0) -> list[list[int]]:
+    """Pictures of one (cropped to multiples of f) size per batch, at most ``batch_size`` and about
+    EVAL_BATCH_PIXELS pixels each; batches in a seeded random order, so an evaluation cut short by
+    the time limit covers a random part of the sample rather than its smallest pictures."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i in indices:
+        H, W = pictures[i].shape[0] // f * f, pictures[i].shape[1] // f * f
+        if H == 0 or W == 0:
+            raise ValueError(f"picture {i} ({pictures[i].shape[1]}x{pictures[i].shape[0]}) is smaller than "
+                             f"the downsampling factor {f}")
+        groups.setdefault((H, W), []).append(i)
+    batches = []
+    for (H, W), members in groups.items():
+        per = max(1, min(batch_size, EVAL_BATCH_PIXELS // (H * W)))
+        batches += [members[k:k + per] for k in range(0, len(members), per)]
+    order = np.random.default_rng(seed).permutation(len(batches))
+    return [batches[k] for k in order]
+
+
+def _cropped(array: np.ndarray, f: int) -> np.ndarray:
+    return array[: array.shape[0] // f * f, : array.shape[1] // f * f]
+
+
 @torch.no_grad()
-def evaluate(model: VQTokenizer, pictures: list[np.ndarray]) -> dict:
-    """Whole-picture reconstruction PSNR (8-bit) and codebook usage, pictures cropped to multiples of f."""
+def evaluate(model: VQTokenizer, pictures: list[np.ndarray], indices: list[int] | None = None, *,
+             batch_size: int = 16, seed: int = 0, deadline: float | None = None, stop: StopRequest | None = None,
+             faults: Faults | None = None, progress: bool | None = False) -> dict:
+    """Whole-picture reconstruction PSNR (8-bit) and codebook usage of ``pictures[indices]`` (default:
+    all), pictures cropped to multiples of f, batched by size on the model's device.
+
+    ``deadline`` (a ``time.perf_counter()`` value): no batch is started that the measured per-pixel
+    rate says would end after it (the first batch always runs); a stop signal ends it too.
+    ``eval_pictures`` says how many pictures the figures cover, ``eval_stopped_by`` why it ended
+    (``done``, ``time_limit`` or the signal's name)."""
+    was_training = model.training
     model.eval()
     f = model.downsample
-    scores, used = [], set()
-    recons = []
-    for array in pictures:
-        H, W = (array.shape[0] // f) * f, (array.shape[1] // f) * f
-        image = from_uint8(array[:H, :W])[None]
-        tokens = model.encode(image)
-        recon = model.decode(tokens).cpu()
-        scores.append(psnr(image, recon))
-        used.update(tokens.unique().tolist())
-        recons.append((image[0], recon[0]))
-    model.train()
-    return {"psnr": float(np.mean(scores)), "psnr_per_picture": scores,
-            "codebook_usage": len(used) / model.codebook_size, "pairs": recons}
+    indices = list(range(len(pictures))) if indices is None else list(indices)
+    batches = eval_batches(pictures, indices, f, batch_size, seed)
+    shown = set(indices[:SHOWN_PICTURES])
+    scores: dict[int, float] = {}
+    used: set[int] = set()
+    pairs: dict[int, tuple] = {}
+    started, pixels_done, batch_max, stopped_by = time.perf_counter(), 0, 0.0, "done"
+    if progress is None:
+        progress = sys.stderr.isatty()
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(indices), desc="tokenizer evaluation", unit="pic", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True)
+    try:
+        for number, batch in enumerate(batches):
+            pixels = sum(_cropped(pictures[i], f).shape[0] * _cropped(pictures[i], f).shape[1] for i in batch)
+            if number and stop is not None and stop.requested:
+                stopped_by = stop.signal_name
+                break
+            if number and deadline is not None:
+                rate = pixels_done / max(time.perf_counter() - started, 1e-9)  # pixels per second so far
+                if time.perf_counter() + pixels / rate > deadline:
+                    stopped_by = "time_limit"
+                    break
+            t = time.perf_counter()
+            images = torch.stack([from_uint8(_cropped(pictures[i], f)) for i in batch])
+            tokens = model.encode(images)
+            recon = model.decode(tokens).cpu()
+            for j, i in enumerate(batch):
+                scores[i] = psnr(images[j:j + 1], recon[j:j + 1])
+                if i in shown:
+                    pairs[i] = (images[j], recon[j])
+            used.update(tokens.unique().tolist())
+            pixels_done += pixels
+            batch_max = max(batch_max, time.perf_counter() - t)
+            bar.update(len(batch))
+            if faults is not None:
+                faults.pause_in_eval(number + 1, stop)
+    finally:
+        bar.close()
+        model.train(was_training)
+    done = sorted(scores)
+    return {"psnr": float(np.mean([scores[i] for i in done])) if done else None,
+            "psnr_per_picture": [scores[i] for i in done], "codebook_usage": len(used) / model.codebook_size,
+            "eval_pictures": len(done), "pictures_total": len(pictures), "eval_indices": done,
+            "eval_stopped_by": stopped_by, "eval_seconds": round(time.perf_counter() - started, 3),
+            "eval_batch_seconds_max": round(batch_max, 3), "pairs": [pairs[i] for i in sorted(pairs)]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Saving (atomic) and the time budget
+
+
+def _fsync(path: Path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes):
+    """Write to a temporary file beside ``path``, then rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    _fsync(tmp)
+    os.replace(tmp, path)
+
+
+class TokenizerSaver:
+    """Saves into ``out`` so that a kill at any moment leaves either the previous complete tokenizer
+    or the new one (or, the first time over an earlier run's tokenizer of another architecture, none):
+    the files are written into ``out/.saving-PID`` and renamed into place, weights before config."""
+
+    def __init__(self, out):
+        self.out = Path(out)
+        self.saves, self.seconds, self.last_seconds, self.first = 0, 0.0, None, True
+
+    def save(self, model: VQTokenizer, metrics: dict | None = None) -> float:
+        t = time.perf_counter()
+        out = self.out
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".saving-{os.getpid()}"
+        if self.first:  # leftovers of a killed run; an earlier run's figures do not describe this one
+            for old in out.glob(".saving-*"):
+                shutil.rmtree(old, ignore_errors=True)
+            for name in ("metrics.json", "reconstruction.png"):
+                (out / name).unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        if metrics is not None:
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        for name in os.listdir(tmp):
+            _fsync(tmp / name)
+        if self.first and (out / CONFIG_FILE).is_file() and \
+                (out / CONFIG_FILE).read_bytes() != (tmp / CONFIG_FILE).read_bytes():
+            (out / CONFIG_FILE).unlink()  # never pair another architecture's config with these weights
+        for name in (WEIGHTS_FILE, CONFIG_FILE, "metrics.json"):
+            if (tmp / name).exists():
+                os.replace(tmp / name, out / name)
+        shutil.rmtree(tmp, ignore_errors=True)
+        _fsync(out)
+        self.first = False
+        self.saves += 1
+        self.last_seconds = time.perf_counter() - t
+        self.seconds += self.last_seconds
+        return self.last_seconds
+
+
+def _serialise_seconds(model: VQTokenizer) -> float:
+    """Time to serialise the weights in memory: the floor of a save's cost (estimate before any save)."""
+    from safetensors.torch import save
+
+    t = time.perf_counter()
+    save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    return time.perf_counter() - t
+
+
+@torch.no_grad()
+def _probe_eval_rate(model: VQTokenizer, pictures: list[np.ndarray], index: int) -> float:
+    """Pixels per second of encode + decode on one picture (the first-call overheads included, so
+    the estimate errs on the slow side)."""
+    was_training = model.training
+    model.eval()
+    image = from_uint8(_cropped(pictures[index], model.downsample))[None]
+    t = time.perf_counter()
+    model.decode(model.encode(image)).cpu()
+    model.train(was_training)
+    return image.shape[2] * image.shape[3] / max(time.perf_counter() - t, 1e-9)
+
+
+# ----------------------------------------------------------------------------------------------
+# train_tokenizer
 
 
 def train_tokenizer(images="demo", out_dir=None, *, config: VQConfig | str = "demo-f8",
                     codebook_size: int | None = None, device: str = "auto", options: TrainOptions | None = None,
+                    stop_signals: bool = False, started_at: float | None = None,
                     **option_overrides) -> tuple[VQTokenizer, dict]:
     """Train a VQ tokenizer on pictures and return ``(tokenizer, metrics)``.
 
     ``images``: file paths, a folder, ``[H, W, 3]`` uint8 arrays, or ``"demo"`` (the scikit-image
-    photographs). ``metrics``: ``psnr`` (dB, whole pictures), ``codebook_usage``, ``steps``,
-    ``seconds``, ``restarts``, ``loss``. With ``out_dir`` the tokenizer is saved there
-    (``save_pretrained``) with ``metrics.json`` and ``reconstruction.png`` (originals over
-    reconstructions)."""
+    photographs). ``metrics``: ``psnr`` (dB, whole pictures, mean over the evaluated ones; None if
+    none was), ``psnr_per_picture`` (of ``eval_indices``), ``codebook_usage`` (over the evaluated
+    pictures), ``eval_pictures`` / ``pictures_total``, ``steps``, ``seconds`` (training),
+    ``restarts``, ``loss``, ``stopped_by`` (``steps``, ``time_limit`` or a signal's name), the
+    budget's figures (``load_seconds``, ``save_seconds``, ``eval_seconds``, ``total_seconds``,
+    ``stop_decision``...). With ``out_dir`` the tokenizer is saved there (``save_pretrained``, before
+    the evaluation and every ``save_every`` steps / ``save_every_seconds``) with ``metrics.json`` and
+    ``reconstruction.png`` (originals over reconstructions) once evaluated.
+
+    ``stop_signals`` (the CLI): SIGUSR1 / SIGTERM / the first Ctrl-C stop training after the current
+    step (or the evaluation after its current batch), save, and return (``stopped_by`` names the
+    signal). ``started_at``: the ``time.perf_counter()`` from which ``time_limit`` counts (default:
+    the call)."""
+    origin = time.perf_counter() if started_at is None else started_at
     opts = options or TrainOptions()
     for key, value in option_overrides.items():
         if not hasattr(opts, key):
@@ -286,10 +494,14 @@ def train_tokenizer(images="demo", out_dir=None, *, config: VQConfig | str = "de
         cfg = VQConfig.from_dict({**cfg.to_dict(), "n_embed": codebook_size})
     if cfg.quantizer != "vq":
         raise ValueError("tokenizer training supports the 'vq' quantizer (EMA codebook) only")
-    if opts.steps < 1 or opts.batch_size < 1:
-        raise ValueError("steps and batch_size must be >= 1")
+    if opts.steps < 1 or opts.batch_size < 1 or opts.eval_batch_size < 1:
+        raise ValueError("steps, batch_size and eval_batch_size must be >= 1")
     if opts.crop % cfg.downsample:
         raise ValueError(f"crop {opts.crop} must be a multiple of the downsampling factor {cfg.downsample}")
+    if opts.time_limit is not None and opts.time_limit <= 0:
+        raise ValueError(f"time_limit must be > 0 seconds, got {opts.time_limit}")
+    if opts.eval_pictures is not None and opts.eval_pictures < 1:
+        raise ValueError(f"eval_pictures must be >= 1 or None (all), got {opts.eval_pictures}")
     pictures = _load_pictures(images)
     dev = resolve_device(device)
 
@@ -300,11 +512,64 @@ def train_tokenizer(images="demo", out_dir=None, *, config: VQConfig | str = "de
                            torch.Generator().manual_seed(opts.seed + 1))
     params = [p for n, p in model.named_parameters() if not n.startswith("quantize.")]
     optimizer = torch.optim.AdamW(params, lr=opts.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    sample = eval_sample(len(pictures), opts.eval_pictures, opts.seed)
+    eval_batches(pictures, sample, cfg.downsample)  # too-small pictures are refused before training
+    saver = TokenizerSaver(out_dir) if out_dir is not None else None
+    faults = Faults()
+    stop = StopRequest()
+    if stop_signals:
+        stop.install()
+    try:
+        return _train(model, codebook, sampler, optimizer, params, pictures, sample, dev, cfg, opts, origin,
+                      saver, stop, faults)
+    finally:
+        stop.uninstall()
+
+
+def _train(model, codebook, sampler, optimizer, params, pictures, sample, dev, cfg, opts, origin, saver,
+           stop: StopRequest, faults: Faults) -> tuple[VQTokenizer, dict]:
+    limit = opts.time_limit
+    deadline = None if limit is None else origin + limit
+    load_seconds = time.perf_counter() - origin
+    budget: dict = {"time_limit": limit, "load_seconds": round(load_seconds, 3)}
+    reserve = eval_reserve = save_estimate = 0.0
+    if limit is not None:
+        # what must still fit after the last step: the final save and the evaluation (at most half the budget)
+        f = model.downsample
+        eval_pixels = sum(_cropped(pictures[i], f).shape[0] * _cropped(pictures[i], f).shape[1] for i in sample)
+        rate = _probe_eval_rate(model, pictures, max(sample, key=lambda i: pictures[i].shape[0] * pictures[i].shape[1]))
+        eval_estimate = 1.25 * eval_pixels / rate
+        save_estimate = 3.0 * _serialise_seconds(model) + 0.2 if saver is not None else 0.0
+        eval_reserve = min(eval_estimate, 0.5 * limit) + 0.5  # + metrics.json, reconstruction.png
+        reserve = eval_reserve + save_estimate
+        budget.update(eval_seconds_estimate=round(eval_estimate, 3), save_seconds_estimate=round(save_estimate, 3),
+                      reserved_seconds=round(reserve, 3))
+        if opts.log_every:
+            print(f"tokenizer time limit {limit:g}s: {load_seconds:.1f}s spent loading, {reserve:.1f}s reserved for "
+                  f"saving and evaluating {len(sample)} pictures (estimated {eval_estimate:.1f}s)", flush=True)
 
     # autoencoder warm-up: the codebook is placed (k-means++) on latents that already carry the pictures
     warmup = opts.ae_warmup_steps if opts.ae_warmup_steps is not None else min(100, opts.steps // 10)
-    start, step, losses = time.perf_counter(), 0, []
+    start, steps_done, losses, step_times = time.perf_counter(), 0, [], []
+    last_save = start
+
+    def save_due(steps_done: int, now: float) -> bool:
+        return saver is not None and bool((opts.save_every and steps_done % opts.save_every == 0) or
+                                          (opts.save_every_seconds and now - last_save >= opts.save_every_seconds))
+
+    stopped_by, decision = "steps", None
     for step in range(opts.steps):
+        if deadline is not None and steps_done:
+            now = time.perf_counter()
+            save_cost = max(save_estimate, saver.last_seconds or 0.0) if saver is not None else 0.0
+            reserve = eval_reserve + save_cost  # the final save, measured once a periodic one happened
+            next_step = max(step_times[-20:]) + (save_cost if save_due(step + 1, now) else 0.0)
+            if now + next_step + reserve >= deadline:
+                stopped_by = "time_limit"
+                decision = {"elapsed": round(now - origin, 3), "next_step_estimate": round(next_step, 3),
+                            "reserved_seconds": round(reserve, 3)}
+                break
+        t = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, opts.steps, opts.lr)
         batch = sampler.batch(opts.batch_size).to(dev)
@@ -314,23 +579,61 @@ def train_tokenizer(images="demo", out_dir=None, *, config: VQConfig | str = "de
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         losses.append(loss.item())
+        step_times.append(time.perf_counter() - t)
+        steps_done = step + 1
         elapsed = time.perf_counter() - start
-        if opts.log_every and (step + 1) % opts.log_every == 0:
-            print(f"tokenizer step {step + 1}/{opts.steps}  loss {np.mean(losses[-opts.log_every:]):.4f}  "
+        if opts.log_every and steps_done % opts.log_every == 0:
+            print(f"tokenizer step {steps_done}/{opts.steps}  loss {np.mean(losses[-opts.log_every:]):.4f}  "
                   f"restarts {codebook.restarts}  {elapsed:.0f}s", flush=True)
-        if opts.time_limit is not None and elapsed >= opts.time_limit:
+        faults.pause(steps_done, stop)
+        if stop.requested:
+            stopped_by = stop.signal_name
             break
+        if steps_done < opts.steps and save_due(steps_done, time.perf_counter()):
+            saver.save(model, _train_metrics(steps_done, start, codebook, losses, step_times, dev, cfg, stopped_by,
+                                             budget, "training", len(pictures)))
+            last_save = time.perf_counter()
     seconds = time.perf_counter() - start
+    if decision is not None:
+        budget["stop_decision"] = decision
+    metrics = _train_metrics(steps_done, start, codebook, losses, step_times, dev, cfg, stopped_by, budget,
+                             "evaluating", len(pictures), seconds)
+    if saver is not None:  # before any evaluation: a kill from here on leaves this tokenizer
+        saver.save(model, metrics if stopped_by in ("steps", "time_limit") else {**metrics, "status": "stopped"})
     model.eval()
-    result = evaluate(model, pictures)
+    if stopped_by in ("steps", "time_limit"):
+        result = evaluate(model, pictures, sample, batch_size=opts.eval_batch_size, seed=opts.seed,
+                          deadline=deadline, stop=stop, faults=faults, progress=opts.progress)
+    else:  # a stop signal: save and leave, no evaluation
+        result = {"psnr": None, "psnr_per_picture": [], "codebook_usage": None, "eval_pictures": 0,
+                  "pictures_total": len(pictures), "eval_indices": [], "eval_stopped_by": stopped_by,
+                  "eval_seconds": 0.0, "eval_batch_seconds_max": 0.0, "pairs": []}
     pairs = result.pop("pairs")
-    metrics = {**result, "steps": step + 1, "seconds": round(seconds, 1), "restarts": codebook.restarts,
-               "loss": float(np.mean(losses[-20:])), "device": str(dev), "config": cfg.to_dict()}
-    if out_dir is not None:
-        out = model.save_pretrained(out_dir)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        save_png(_side_by_side(pairs), out / "reconstruction.png")
+    metrics.update(result)
+    signal_name = stopped_by if stopped_by not in ("steps", "time_limit") else (
+        result["eval_stopped_by"] if result["eval_stopped_by"] not in ("done", "time_limit") else None)
+    metrics["status"] = "stopped" if signal_name else "complete"
+    metrics["signal"] = signal_name
+    if saver is not None:
+        metrics["save_seconds"] = round(saver.seconds, 3)
+        if pairs:
+            save_png(_side_by_side(pairs), saver.out / ".reconstruction.png.tmp")
+            os.replace(saver.out / ".reconstruction.png.tmp", saver.out / "reconstruction.png")
+    metrics["total_seconds"] = round(time.perf_counter() - origin, 3)
+    if saver is not None:
+        _write_atomic(saver.out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
     return model, metrics
+
+
+def _train_metrics(steps_done, start, codebook, losses, step_times, dev, cfg, stopped_by, budget, status,
+                   pictures_total, seconds=None) -> dict:
+    """The figures known once training stopped (the evaluation's are added later)."""
+    seconds = time.perf_counter() - start if seconds is None else seconds
+    return {"status": status, "psnr": None, "psnr_per_picture": [], "codebook_usage": None, "eval_pictures": 0,
+            "pictures_total": pictures_total, "steps": steps_done, "seconds": round(seconds, 1),
+            "restarts": codebook.restarts, "loss": float(np.mean(losses[-20:])) if losses else None,
+            "device": str(dev), "config": cfg.to_dict(), "stopped_by": stopped_by,
+            "step_seconds_max": round(max(step_times), 3) if step_times else 0.0, **budget}
 
 
 def _side_by_side(pairs, height: int = 192) -> torch.Tensor:
@@ -359,16 +662,60 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--batch-size", type=int, default=TrainOptions.batch_size)
     parser.add_argument("--crop", type=int, default=TrainOptions.crop)
     parser.add_argument("--lr", type=float, default=TrainOptions.lr)
-    parser.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                        help="budget of the whole command, counted from its start (imports included): loading "
+                             "the pictures, training, the final save and the evaluation. Training stops early "
+                             "enough for the save and the estimated evaluation (timed on one picture before "
+                             "training; at most half the budget is reserved for it) to fit; the evaluation "
+                             "stops before a batch that would overrun and metrics.json says how many pictures "
+                             "it covered. At least one step and one evaluation batch always run, so a budget "
+                             "shorter than that is exceeded by them. Default: no limit (all --steps)")
+    parser.add_argument("--save-every", type=int, default=TrainOptions.save_every, metavar="STEPS",
+                        help="also save the tokenizer every this many steps (default: 0, off)")
+    parser.add_argument("--save-every-seconds", type=float, default=TrainOptions.save_every_seconds,
+                        metavar="SECONDS",
+                        help="also save the tokenizer when this many seconds passed since the last save "
+                             f"(default: {TrainOptions.save_every_seconds:g}; 0: off). Every save is atomic, and "
+                             "the tokenizer is always saved before the evaluation starts")
+    parser.add_argument("--eval-pictures", type=_eval_count, default=TrainOptions.eval_pictures, metavar="N|all",
+                        help="pictures for the final reconstruction PSNR: a random sample of N (seeded by "
+                             f"--seed; default: {TrainOptions.eval_pictures}), or 'all'")
+    parser.add_argument("--eval-batch-size", type=int, default=TrainOptions.eval_batch_size,
+                        help="pictures of one size per evaluation batch (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="evaluation progress bar (default: when stderr is a terminal)")
+    parser.epilog = ("SIGUSR1, SIGTERM or a first Ctrl-C: the tokenizer is saved after the current step (or, "
+                     f"during the evaluation, the metrics so far are written) and the command exits with "
+                     f"{REQUEUE_EXIT_CODE}.")
+
+
+def _eval_count(text: str) -> int | None:
+    if text.strip().lower() == "all":
+        return None
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'all', got {text!r}")
+    return value
 
 
 def run(args) -> int:
     _, metrics = train_tokenizer(args.images, args.out, config=args.preset, codebook_size=args.codebook_size,
                                  device=args.device, steps=args.steps, batch_size=args.batch_size, crop=args.crop,
-                                 lr=args.lr, time_limit=args.time_limit, seed=args.seed)
-    print(f"tokenizer saved to {args.out}: PSNR {metrics['psnr']:.2f} dB on {len(metrics['psnr_per_picture'])} "
-          f"pictures, codebook usage {metrics['codebook_usage']:.0%}, {metrics['steps']} steps in "
-          f"{metrics['seconds']:.0f}s on {metrics['device']}")
+                                 lr=args.lr, time_limit=args.time_limit, seed=args.seed, save_every=args.save_every,
+                                 save_every_seconds=args.save_every_seconds, eval_pictures=args.eval_pictures,
+                                 eval_batch_size=args.eval_batch_size, progress=args.progress, stop_signals=True,
+                                 started_at=getattr(args, "command_started", None))
+    figures = (f"PSNR {metrics['psnr']:.2f} dB on {metrics['eval_pictures']} of {metrics['pictures_total']} pictures"
+               if metrics["psnr"] is not None else "not evaluated")
+    if metrics["eval_stopped_by"] not in ("done", None) and metrics["eval_pictures"]:
+        figures += f" (evaluation stopped by {metrics['eval_stopped_by']})"
+    usage = f", codebook usage {metrics['codebook_usage']:.0%}" if metrics["codebook_usage"] is not None else ""
+    print(f"tokenizer saved to {args.out}: {figures}{usage}, {metrics['steps']} steps in {metrics['seconds']:.0f}s "
+          f"on {metrics['device']} (stopped by {metrics['stopped_by']}), {metrics['total_seconds']:.0f}s in all",
+          flush=True)
+    if metrics["signal"]:
+        print(f"[nuwa-ds] stopped by {metrics['signal']}: exit {REQUEUE_EXIT_CODE}", flush=True)
+        return REQUEUE_EXIT_CODE
     return 0

@@ -174,22 +174,32 @@ class Faults:
       signal arrives (at most 120 s), so a test can kill or signal the run at a known point.
     * ``NUWA_FAULT_KILL_IN_SAVE=k``  - SIGKILL this process while the checkpoint of step k is half
       written (engine files on disk, not yet published).
+    * ``NUWA_FAULT_PAUSE_IN_EVAL=k`` - (tokenizer-train) after evaluation batch k wait like
+      ``NUWA_FAULT_PAUSE_AT_STEP``, so a test can kill the run during its evaluation.
     """
 
     def __init__(self, environ=os.environ):
         self.nan_steps = {int(s) for s in environ.get("NUWA_FAULT_NAN_STEPS", "").split(",") if s.strip()}
         self.pause_at = int(environ.get("NUWA_FAULT_PAUSE_AT_STEP", "0") or 0)
         self.kill_in_save = int(environ.get("NUWA_FAULT_KILL_IN_SAVE", "0") or 0)
+        self.pause_eval_at = int(environ.get("NUWA_FAULT_PAUSE_IN_EVAL", "0") or 0)
 
     def loss(self, step: int, loss):
         return loss * float("nan") if step in self.nan_steps else loss
 
     def pause(self, step: int, stop: StopRequest):
-        if step != self.pause_at:
-            return
-        print(f"[nuwa-ds] fault injection: pausing after step {step}", flush=True)
+        if step == self.pause_at:
+            self._wait(f"after step {step}", stop)
+
+    def pause_in_eval(self, batch: int, stop: StopRequest | None):
+        if batch == self.pause_eval_at:
+            self._wait(f"in evaluation after batch {batch}", stop)
+
+    @staticmethod
+    def _wait(where: str, stop: StopRequest | None):
+        print(f"[nuwa-ds] fault injection: pausing {where}", flush=True)
         deadline = time.monotonic() + 120
-        while not stop.requested and time.monotonic() < deadline:
+        while not (stop is not None and stop.requested) and time.monotonic() < deadline:
             time.sleep(0.05)
 
     def during_save(self, step: int):
