@@ -357,7 +357,8 @@ class Trainer:
         else:
             mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB, peak RSS
         flops_per_s = result.flops / seconds
-        return {"loss": result.loss, "bits_per_token": result.loss / LN2, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
+        return {"loss": result.loss, "bits_per_token": result.loss / LN2, "lr": lr,
+                "grad_norm": None if grad_norm is None else float(grad_norm),
                 "tokens_per_s": result.tokens / seconds, "step_time_s": seconds,
                 "mfu": flops_per_s / (self.peak * self.dist.world_size) if self.peak else None,
                 "mem_gib": mem, "skipped_steps": int(self.engine.skipped_steps)}
