@@ -73,6 +73,10 @@ class PrepareOptions:
     """Show a progress bar."""
     overwrite: bool = False
     """Delete the shards of a different earlier run in the output folder instead of refusing."""
+    val_fraction: float = 0.0
+    """Share of the sources held out for validation (split by a hash of each source's origin, so the
+    same picture always lands on the same side); written to ``val-{prefix}-*.tar`` beside the training
+    shards. 0 holds nothing out."""
 
     def validate(self):
         if self.image_size < 0:
@@ -84,6 +88,8 @@ class PrepareOptions:
             raise ValueError("max_aspect must be >= 1")
         if self.fps <= 0:
             raise ValueError("fps must be > 0")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be within [0, 1), got {self.val_fraction}")
         if not re.fullmatch(r"[A-Za-z0-9_-]+", self.prefix):
             raise ValueError(f"prefix {self.prefix!r}: letters, digits, '_' and '-' only")
 
@@ -149,6 +155,18 @@ def tokenizer_fingerprint(tokenizer) -> dict:
     return {"config": tokenizer.config.to_dict(), "weights_sha256": digest.hexdigest()[:16]}
 
 
+def held_out(origin: str, fraction: float) -> bool:
+    """The validation split: a source is held out when a SHA-256 of its origin (relative path or
+    tar:member), read as a number in [0, 1), is below ``fraction``; no random state involved."""
+    if fraction <= 0:
+        return False
+    return int(hashlib.sha256(origin.encode()).hexdigest()[:16], 16) / 2**64 < fraction
+
+
+def val_prefix(prefix: str) -> str:
+    return f"val-{prefix}"
+
+
 def brace_pattern(prefix: str, num_shards: int) -> str:
     return f"{prefix}-{{{0:06d}..{max(0, num_shards - 1):06d}}}.tar"
 
@@ -156,18 +174,29 @@ def brace_pattern(prefix: str, num_shards: int) -> str:
 class ShardOutput:
     """``webdataset.ShardWriter`` plus what a restart needs, saved each time a shard is finished:
     how many shards are complete, how many sources are entirely inside them, and which samples of
-    the source in progress they already hold."""
+    the source in progress they already hold.
 
-    def __init__(self, out_dir: Path, opts: PrepareOptions, state: dict, on_shard_closed: Optional[Callable]):
+    With ``--val-fraction`` a second one (``main`` set, its state ``main.state["val"]``) writes the
+    held-out shards; each output's part of ``prepare_state.json`` is what it had at its own last
+    finished shard (``committed``), never the other's unfinished progress."""
+
+    def __init__(self, out_dir: Path, opts: PrepareOptions, state: dict, on_shard_closed: Optional[Callable],
+                 prefix: Optional[str] = None, main: Optional["ShardOutput"] = None):
         import webdataset as wds
 
         self.out_dir, self.opts, self.state = out_dir, opts, state
+        self.prefix = prefix or opts.prefix
+        self.main, self.val = main, None
+        if main is not None:
+            main.val = self
+        self.committed = self._snapshot()
+        self.skip_keys = set(state["partial_keys"]) if state["partial_source"] is not None else set()
         self.on_shard_closed = on_shard_closed
         self.open_count = 0
         self.current_source: Optional[int] = None
         self.current_keys: list[str] = []
         self.counts: Counter = Counter(state.get("counts", {}))
-        self.writer = wds.ShardWriter(str(out_dir / f"{opts.prefix}-%06d.tar"), maxcount=opts.shard_maxcount,
+        self.writer = wds.ShardWriter(str(out_dir / f"{self.prefix}-%06d.tar"), maxcount=opts.shard_maxcount,
                                       maxsize=opts.shard_maxsize, post=self._closed,
                                       start_shard=state["closed_shards"], verbose=0, encoder=False, mtime=0.0)
 
@@ -189,9 +218,15 @@ class ShardOutput:
         self.state["partial_keys"] = list(self.current_keys)
         self.state["counts"] = dict(self.counts)
         self.open_count = 0
-        write_json_atomic(self.out_dir / STATE_FILE, self.state)
+        self.committed = self._snapshot()
+        main = self.main or self
+        disk = {**main.committed, **({"val": main.val.committed} if main.val is not None else {})}
+        write_json_atomic(self.out_dir / STATE_FILE, disk)
         if self.on_shard_closed is not None:
-            self.on_shard_closed(Path(fname), dict(self.state))
+            self.on_shard_closed(Path(fname), disk)
+
+    def _snapshot(self) -> dict:
+        return json.loads(json.dumps({k: v for k, v in self.state.items() if k != "val"}))
 
     def close(self):
         self.writer.close()
@@ -215,11 +250,16 @@ def _shard_files(out_dir: Path, prefix: str) -> list[tuple[int, Path]]:
 def _resume_state(out_dir: Path, settings: dict, opts: PrepareOptions) -> dict:
     """The state to continue from (fresh when nothing was started); removes unfinished shards."""
     fingerprint = settings_fingerprint(settings)
-    fresh = {"fingerprint": fingerprint, "settings": settings, "closed_shards": 0, "shard_samples": [],
-             "sources_done": 0, "partial_source": None, "partial_keys": [], "counts": {}, "complete": False}
+    def output():
+        return {"closed_shards": 0, "shard_samples": [], "sources_done": 0, "partial_source": None,
+                "partial_keys": [], "counts": {}}
+
+    fresh = {"fingerprint": fingerprint, "settings": settings, **output(), "complete": False}
+    if opts.val_fraction > 0:
+        fresh["val"] = output()
     state_path = out_dir / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.is_file() else None
-    shards = _shard_files(out_dir, opts.prefix)
+    shards = _shard_files(out_dir, opts.prefix) + _shard_files(out_dir, val_prefix(opts.prefix))
     if state is not None and state.get("fingerprint") != fingerprint or state is None and shards:
         if not opts.overwrite:
             raise ValueError(f"{out_dir} holds shards of a different prepare run (other inputs, settings or "
@@ -231,9 +271,10 @@ def _resume_state(out_dir: Path, settings: dict, opts: PrepareOptions) -> dict:
         for name in (STATE_FILE, MANIFEST_FILE):
             (out_dir / name).unlink(missing_ok=True)
         return fresh
-    for index, path in shards:  # a shard that was being written when the run stopped
-        if index >= state["closed_shards"]:
-            path.unlink()
+    for sub, prefix in ((state, opts.prefix), (state.get("val"), val_prefix(opts.prefix))):
+        for index, path in _shard_files(out_dir, prefix) if sub is not None else []:
+            if index >= sub["closed_shards"]:  # a shard that was being written when the run stopped
+                path.unlink()
     return state
 
 
@@ -276,22 +317,31 @@ def _meta(source: Source, base: dict, box, tokens_thw, tokenizer, **extra) -> di
 class Preparer:
     """One prepare run (see the module docstring); :func:`prepare_shards` is the entry point."""
 
-    def __init__(self, tokenizer, opts: PrepareOptions, output: ShardOutput, skip_keys: set[str]):
-        self.tokenizer, self.opts, self.output = tokenizer, opts, output
+    def __init__(self, tokenizer, opts: PrepareOptions, output: ShardOutput,
+                 val_output: Optional[ShardOutput] = None):
+        self.tokenizer, self.opts, self.output, self.val_output = tokenizer, opts, output, val_output
         self.align = opts.patch_size * tokenizer.downsample
-        self.skip_keys = skip_keys  # samples of the interrupted source already in finished shards
-        self.counts = output.counts
+
+    def _out(self, source: Source) -> ShardOutput:
+        """The output a source's samples (and counts) go to: held out for validation or not."""
+        if self.val_output is not None and held_out(source.origin, self.opts.val_fraction):
+            return self.val_output
+        return self.output
+
+    def done(self, source: Source) -> bool:
+        """Already entirely in finished shards of its output (an earlier, interrupted run)."""
+        return source.index < self._out(source).state["sources_done"]
 
     def _skip(self, source: Source, exc: SkipSource):
-        self.counts[f"skipped_{exc.reason}"] += 1
+        self._out(source).counts[f"skipped_{exc.reason}"] += 1
         log.warning("skipping %s: %s", source.origin, exc)
 
     def _emit(self, source: Source, key: str, tokens: np.ndarray, meta: dict):
-        if key in self.skip_keys:
+        if key in self._out(source).skip_keys:  # samples of the interrupted source already in finished shards
             return
-        self.output.write(source.index, encode_sample(key, tokens, meta))
-        self.counts["samples"] += 1
-        self.counts["frames"] += tokens.shape[0]
+        self._out(source).write(source.index, encode_sample(key, tokens, meta))
+        self._out(source).counts["samples"] += 1
+        self._out(source).counts["frames"] += tokens.shape[0]
 
     def images(self, batch: list[Source], pool: ThreadPoolExecutor):
         """Decode a window of pictures in threads, tokenize them grouped by size, write in order."""
@@ -314,8 +364,8 @@ class Preparer:
                     tokens = tokens_of[(i, j)][None]  # [1, h, w]
                     self._emit(source, source.key + suffix, tokens,
                                _meta(source, base, box, tokens.shape, self.tokenizer))
-                self.counts["images"] += 1
-            self.output.source_finished(source.index)
+                self._out(source).counts["images"] += 1
+            self._out(source).source_finished(source.index)
 
     @staticmethod
     def _try(fn, *args):
@@ -335,14 +385,14 @@ class Preparer:
             first_time, first = next(frames)
         except Exception as exc:  # noqa: BLE001 - unreadable / empty video: skipped and counted
             self._skip(source, SkipSource("unreadable", str(exc)[:160] or "no frames"))
-            self.output.source_finished(source.index)
+            self._out(source).source_finished(source.index)
             return
         fps = sampled_fps(info["fps"], opts.fps)
         try:
             size, boxes = plan_crops(first.width, first.height, opts.image_size, self.align, opts.max_aspect)
         except SkipSource as exc:
             self._skip(source, exc)
-            self.output.source_finished(source.index)
+            self._out(source).source_finished(source.index)
             return
         base = {"source_hw": [first.height, first.width], "resized_hw": [size[1], size[0]]}
         clip, start_time, clip_index, sampled = [], first_time, 0, 0
@@ -357,8 +407,8 @@ class Preparer:
                 clip, clip_index = [], clip_index + 1
         if clip and clip_index == 0:  # the whole video is shorter than one clip
             self._video_clip(source, base, boxes, clip, 0, 0, start_time, fps)
-        self.counts["videos"] += 1
-        self.output.source_finished(source.index)
+        self._out(source).counts["videos"] += 1
+        self._out(source).source_finished(source.index)
 
     def _video_clip(self, source, base, boxes, clip, clip_index, frame_start, start_time, fps):
         for p, box in enumerate(boxes):
@@ -404,25 +454,26 @@ def prepare_shards(inputs, out_dir, tokenizer, *, captions=None, device="auto",
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    geometry = {k: v for k, v in asdict(opts).items() if k not in ("batch_size", "workers", "progress", "overwrite")}
+    geometry = {k: v for k, v in asdict(opts).items() if k not in ("batch_size", "workers", "progress", "overwrite")
+                and not (k == "val_fraction" and not v)}  # unchanged fingerprint for runs without a split
     settings = {"inputs": [str(i) for i in inputs], "captions": None if captions is None else str(captions),
                 "options": geometry, "tokenizer": tokenizer_fingerprint(tokenizer)}
     state = _resume_state(out_dir, settings, opts)
     if state.get("complete"):
         log.info("%s is already complete", out_dir)
         return json.loads((out_dir / MANIFEST_FILE).read_text())
-    skip_keys = set(state["partial_keys"]) if state["partial_source"] is not None else set()
-    resume_from = state["sources_done"]
-
     output = ShardOutput(out_dir, opts, state, on_shard_closed)
-    preparer = Preparer(tokenizer, opts, output, skip_keys)
+    val_output = None
+    if opts.val_fraction > 0:
+        val_output = ShardOutput(out_dir, opts, state["val"], on_shard_closed, val_prefix(opts.prefix), main=output)
+    preparer = Preparer(tokenizer, opts, output, val_output)
     started = time.perf_counter()
     progress = _progress(inputs, opts.progress)
     window: list[Source] = []
     with ThreadPoolExecutor(max_workers=opts.workers) as pool:
         for source in iter_sources(inputs, caption_table):
             progress.update(1)
-            if source.index < resume_from:
+            if preparer.done(source):
                 continue
             if source.kind == "video":
                 if window:
@@ -437,8 +488,10 @@ def prepare_shards(inputs, out_dir, tokenizer, *, captions=None, device="auto",
         if window:
             preparer.images(window, pool)
     output.close()
+    if val_output is not None:
+        val_output.close()
     progress.close()
-    return _finish(out_dir, opts, state, output, tokenizer, time.perf_counter() - started)
+    return _finish(out_dir, opts, state, output, val_output, tokenizer, time.perf_counter() - started)
 
 
 def _progress(inputs, enabled: bool):
@@ -453,19 +506,36 @@ def _progress(inputs, enabled: bool):
     return tqdm(total=total, unit="src", desc="prepare", disable=not enabled, mininterval=1.0)
 
 
-def _finish(out_dir: Path, opts: PrepareOptions, state: dict, output: ShardOutput, tokenizer, seconds: float):
-    shard_samples = list(state["shard_samples"])
+def _trim(out_dir: Path, prefix: str, shard_samples: list) -> list:
+    shard_samples = list(shard_samples)
     while shard_samples and shard_samples[-1] == 0:  # the writer always opens one more shard
-        (out_dir / f"{opts.prefix}-{len(shard_samples) - 1:06d}.tar").unlink(missing_ok=True)
+        (out_dir / f"{prefix}-{len(shard_samples) - 1:06d}.tar").unlink(missing_ok=True)
         shard_samples.pop()
-    counts = dict(output.counts)
+    return shard_samples
+
+
+def _finish(out_dir: Path, opts: PrepareOptions, state: dict, output: ShardOutput, val_output, tokenizer,
+            seconds: float):
+    shard_samples = _trim(out_dir, opts.prefix, state["shard_samples"])
+    counts = Counter(output.counts)
+    val = {}
+    if val_output is not None:
+        val_samples = _trim(out_dir, val_output.prefix, state["val"]["shard_samples"])
+        counts.update(val_output.counts)
+        val = {"val_shards": brace_pattern(val_output.prefix, len(val_samples)) if val_samples else None,
+               "val_num_shards": len(val_samples), "val_samples": sum(val_samples), "val_shard_samples": val_samples,
+               "val_fraction": opts.val_fraction}
+        state["val"].update(shard_samples=val_samples, closed_shards=len(val_samples),
+                            counts=dict(val_output.counts))
+    counts = dict(counts)
     manifest = {"shards": brace_pattern(opts.prefix, len(shard_samples)), "num_shards": len(shard_samples),
                 "num_samples": sum(shard_samples), "shard_samples": shard_samples, "counts": counts,
                 "downsample": tokenizer.downsample, "codebook_size": tokenizer.codebook_size,
                 "patch_size": opts.patch_size, "seconds_last_run": round(seconds, 2),
-                "settings": state["settings"]}
+                **val, "settings": state["settings"]}
     write_json_atomic(out_dir / MANIFEST_FILE, manifest)
-    state.update(complete=True, shard_samples=shard_samples, closed_shards=len(shard_samples), counts=counts)
+    state.update(complete=True, shard_samples=shard_samples, closed_shards=len(shard_samples),
+                 counts=dict(output.counts))
     write_json_atomic(out_dir / STATE_FILE, state)
     return manifest
 
@@ -495,6 +565,8 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--shard-maxcount", type=int, default=defaults.shard_maxcount)
     parser.add_argument("--shard-maxsize", type=float, default=defaults.shard_maxsize)
     parser.add_argument("--prefix", default=defaults.prefix)
+    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction,
+                        help="share of the sources held out (by a hash of their path) in val-PREFIX-*.tar shards")
     parser.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda")
     parser.add_argument("--overwrite", action="store_true", help="replace shards of a different earlier run")
     parser.add_argument("--no-progress", action="store_true")
@@ -510,7 +582,8 @@ def run(args) -> int:
     opts = PrepareOptions(image_size=args.image_size, patch_size=args.patch_size, max_aspect=args.max_aspect,
                           fps=args.fps, clip_frames=args.clip_frames, batch_size=args.batch_size,
                           workers=args.workers, shard_maxcount=args.shard_maxcount, shard_maxsize=args.shard_maxsize,
-                          prefix=args.prefix, progress=not args.no_progress, overwrite=args.overwrite)
+                          prefix=args.prefix, progress=not args.no_progress, overwrite=args.overwrite,
+                          val_fraction=args.val_fraction)
     manifest = prepare_shards(args.inputs, args.out, tokenizer, captions=args.captions, device=args.device,
                               options=opts)
     counts = manifest["counts"]
@@ -518,4 +591,6 @@ def run(args) -> int:
           f"images {counts.get('images', 0)}, videos {counts.get('videos', 0)}, "
           f"skipped {sum(v for k, v in counts.items() if k.startswith('skipped_'))}")
     print(f"data.shards={Path(args.out) / manifest['shards']}")
+    if manifest.get("val_shards"):
+        print(f"data.val_shards={Path(args.out) / manifest['val_shards']} ({manifest['val_samples']} held out)")
     return 0

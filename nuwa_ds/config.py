@@ -364,6 +364,10 @@ class DataConfig(ConfigBase):
     """Data RNG seed (crops, orders, shard sampling)."""
     prefetch_factor: int = 4
     """Batches each worker prepares ahead."""
+    val_shards: Optional[str] = None
+    """Validation shard pattern with braces (e.g. the ``val_shards`` of ``nuwa-ds prepare --val-fraction``'s
+    manifest); used when train.eval_every > 0. None with synthetic training data validates on a fixed
+    set of synthetic grids of another seed (docs/decisions.md, "Validation")."""
 
     def validate(self):
         if not 0.0 <= self.caption_dropout <= 1.0:
@@ -447,6 +451,11 @@ class TrainConfig(ConfigBase):
     checkpoint_fsync: bool = True
     """fsync every checkpoint file before publishing it, so a checkpoint survives a node crash, not
     only a killed process (costs the time to flush it to disk)."""
+    eval_every: int = 0
+    """Evaluate the loss on the fixed validation set (data.val_shards) every this many steps and at
+    the end; 0 turns validation off."""
+    eval_batches: int = 8
+    """Micro-batches per rank per evaluation (the validation set has world size x this many)."""
 
     def validate(self):
         if self.precision not in ("auto", "bf16", "fp32"):
@@ -459,6 +468,9 @@ class TrainConfig(ConfigBase):
             raise ConfigError(f"train.global_batch_size must be >= 1 (or null), got {self.global_batch_size}")
         if self.replica_check_every < 0:
             raise ConfigError(f"train.replica_check_every must be >= 0, got {self.replica_check_every}")
+        if self.eval_every < 0 or self.eval_batches < 1:
+            raise ConfigError(f"train.eval_every must be >= 0 and train.eval_batches >= 1, got "
+                              f"{self.eval_every} and {self.eval_batches}")
         if self.lr <= 0 or not 0.0 <= self.min_lr_ratio <= 1.0 or self.warmup_steps < 0:
             raise ConfigError("train.lr must be > 0, train.min_lr_ratio within [0, 1], train.warmup_steps >= 0")
         if self.grad_clip < 0 or self.weight_decay < 0:
@@ -479,6 +491,9 @@ class RunConfig(ConfigBase):
             if canvas[1] % P or canvas[2] % P:
                 raise ConfigError(f"data.canvas {tuple(canvas)}: H and W must be multiples of "
                                   f"model.patch_size={P}")
+        if self.train.eval_every and self.data.shards is not None and self.data.val_shards is None:
+            raise ConfigError("train.eval_every > 0 needs data.val_shards (held-out shards, e.g. from "
+                              "`nuwa-ds prepare --val-fraction 0.01`; give data.shards again to validate on them)")
 
     @classmethod
     def preset(cls, name: str) -> "RunConfig":

@@ -41,6 +41,7 @@ from nuwa_ds.training import optim
 from nuwa_ds.training.metrics import RunLogger
 from nuwa_ds.training.preemption import (DIVERGED_EXIT_CODE, REQUEUE_EXIT_CODE, Faults, StopRequest,
                                          block_stop_signals, restore_signal_mask)
+from nuwa_ds.training.validation import LN2, Validator, check_val_shards, model_inputs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -112,6 +113,7 @@ def preflight(cfg: RunConfig, dist: D.DistEnv, device_kind: str, resume: Optiona
     ds = DSC.resolve(cfg.train.ds_config, cfg.train, dist.world_size, device_kind)
     if cfg.data.shards is not None:
         check_shards(cfg.data.shards)
+    check_val_shards(cfg)
     for key in ("init_from", "text_encoder_path"):
         path = getattr(cfg.train, key)
         if path is not None and not Path(path).exists():
@@ -233,6 +235,7 @@ class Trainer:
             config=plan.ds.config, lr_scheduler=lambda opt: optim.schedule(opt, cfg.train), dist_init_required=False)
         self.loader = build_loader(cfg.data, cfg.model, dist.rank, dist.world_size, cfg.train.micro_batch_size,
                                    text_tokenizer=model.text_tokenizer)
+        self.validation = Validator(self, text_tokenizer=model.text_tokenizer)
         self.faults = Faults()
         self.checkpoints = C.CheckpointManager(self.run_dir / "checkpoints", dist.rank, dist.world_size,
                                                cfg.train.keep_last, self.faults, cfg.train.checkpoint_fsync)
@@ -249,14 +252,6 @@ class Trainer:
         if key not in self._flops_per_token:
             self._flops_per_token[key] = train_flops_per_token(self.cfg.model, canvas, order, text_len)
         return self._flops_per_token[key]
-
-    def _to_device(self, batch: dict):
-        tokens = batch["tokens"].to(self.device, non_blocking=True)
-        text = batch.get("text")
-        if text is not None:
-            text = {k: v.to(self.device, non_blocking=True) for k, v in text.items()}
-        rows = batch.get("rows")
-        return tokens, text, (None if rows is None else rows.to(self.device, non_blocking=True))
 
     def _batch_flops(self, batch: dict) -> tuple[int, float]:
         tokens = batch["tokens"]
@@ -279,9 +274,9 @@ class Trainer:
         for _ in range(accum):
             timer.mark(None)
             batch = next(data_iter)
-            tokens_dev, text, rows = self._to_device(batch)
+            inputs = model_inputs(batch, self.device)
             timer.mark("data")
-            loss = engine(tokens_dev, order=batch["orders"], text=text, rows=rows, return_logits=False).loss
+            loss = engine(**inputs).loss
             loss = self.faults.loss(step, loss)
             timer.mark("forward")
             engine.backward(loss)
@@ -307,7 +302,8 @@ class Trainer:
         meta = {"zero_stage": self.plan.ds.stage, "precision": self.plan.ds.precision,
                 "code_version": self.code_version, "ds_config": self.plan.ds.source,
                 "skipped_steps": int(self.engine.skipped_steps)}
-        info = self.checkpoints.save(self.engine, step, self.loader.state_dict(), meta, self.cfg.to_json())
+        info = self.checkpoints.save(self.engine, step, self.loader.state_dict(), meta, self.cfg.to_json(),
+                                     extra=self.validation.state_dict())
         seconds, split = time.monotonic() - started, self.checkpoints.last_timings
         logger.event("checkpoint", f"checkpoint {info.path} ({seconds:.1f} s: write {split['write']:.1f} s, "
                      f"publish {split['publish']:.1f} s)", step=step, path=str(info.path), seconds=seconds,
@@ -350,6 +346,7 @@ class Trainer:
         if int(client["step"]) != info.step:
             raise RuntimeError(f"{info.path}: rank {self.dist.rank} holds step {client['step']}, meta says {info.step}")
         self.loader.load_state_dict(client["loader"])
+        self.validation.load_state_dict(client)
         logger.event("resume", f"resumed from {info.path} at step {info.step}", step=info.step, path=str(info.path))
 
     def metrics(self, result: StepResult, seconds: float, lr: float) -> dict:
@@ -359,7 +356,8 @@ class Trainer:
         else:
             mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB, peak RSS
         flops_per_s = result.flops / seconds
-        return {"loss": result.loss, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
+        return {"loss": result.loss, "bits_per_token": result.loss / LN2, "lr": lr,
+                "grad_norm": None if grad_norm is None else float(grad_norm),
                 "tokens_per_s": result.tokens / seconds, "step_time_s": seconds,
                 "mfu": flops_per_s / (self.peak * self.dist.world_size) if self.peak else None,
                 "mem_gib": mem, "skipped_steps": int(self.engine.skipped_steps)}
@@ -413,6 +411,8 @@ class Trainer:
                     return TrainResult("diverged", step, last.path if last else None, self.run_dir)
             if train.replica_check_every and step % train.replica_check_every == 0:
                 self.check_replicas(step, logger)
+            if self.validation.due(step):  # before the save: the checkpoint's eval history includes it
+                self.validation.run(step, logger)
             if step % train.save_every == 0 and bad_in_row == 0:
                 self.save(step, logger)
                 saved_step = step
@@ -429,6 +429,7 @@ class Trainer:
         if saved_step != final:
             self.save(final, logger)
         self.check_replicas(final, logger)
+        self.validation.finish(self.run_dir, self.dist.is_main)
         logger.event("end", f"finished {final} steps", step=final)
         return TrainResult("finished", final, self.run_dir / "checkpoints" / C.tag_for(final), self.run_dir)
 

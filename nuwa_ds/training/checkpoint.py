@@ -206,8 +206,10 @@ class CheckpointManager:
         self.last_timings: dict[str, float] = {}
         """Seconds of the last save: 'write' (engine + client files, all ranks) and 'publish' (fsync, renames)."""
 
-    def save(self, engine, step: int, loader_state: dict, meta: dict, run_config_json: str) -> CheckpointInfo:
-        """Write, then publish, the checkpoint of ``step`` (collective: every rank calls it)."""
+    def save(self, engine, step: int, loader_state: dict, meta: dict, run_config_json: str,
+             extra: Optional[dict] = None) -> CheckpointInfo:
+        """Write, then publish, the checkpoint of ``step`` (collective: every rank calls it); ``extra``:
+        more entries of this rank's client state (e.g. the eval history), returned by ``load``."""
         tag = tag_for(step)
         tmp = self.root / f"{tag}.tmp"
         if self.rank == 0:
@@ -216,7 +218,7 @@ class CheckpointManager:
         D.barrier()
         started = time.monotonic()
         engine.save_checkpoint(str(self.root), tag=tmp.name, client_state={"step": step}, save_latest=False)
-        client = {"step": step, "rank": self.rank, "loader": loader_state, "rng": rng_state()}
+        client = {**(extra or {}), "step": step, "rank": self.rank, "loader": loader_state, "rng": rng_state()}
         torch.save(client, tmp / rank_file(self.rank))
         if self.faults is not None:
             self.faults.during_save(step)

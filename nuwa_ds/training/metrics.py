@@ -3,7 +3,7 @@
 ``metrics.jsonl`` gets one line per logged step (``{"step", "loss", "lr", ...}``; null where a value
 is not finite) and one per event
 (``{"event": "start" | "resume" | "checkpoint" | "skip" | "preempted" | "diverged" | "replica_check"
-| "end", ...}``); it is appended to, so a resumed run continues the same file. On a terminal the
+| "eval" | "end", ...}``); it is appended to, so a resumed run continues the same file. On a terminal the
 progress bar shows step, loss, tokens/s and ETA; in a batch log (no TTY) a plain line is printed
 every ``log_every`` steps instead of carriage-return noise.
 """
@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-TB_SCALARS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm",
+TB_SCALARS = {"loss": "train/loss", "bits_per_token": "train/bits_per_token", "lr": "train/lr",
+              "grad_norm": "train/grad_norm",
               "tokens_per_s": "perf/tokens_per_s", "mfu": "perf/mfu", "mem_gib": "perf/peak_mem_gib",
               "skipped_steps": "train/skipped_steps", "step_time_s": "perf/step_time_s"}
 
@@ -73,6 +74,14 @@ class RunLogger:
         self.jsonl.write(json.dumps({"event": name, "time": time.time(), **fields}) + "\n")
         if message:
             self.print(f"[nuwa-ds] {message}")
+
+    def scalars(self, step: int, values: dict):
+        """TensorBoard scalars under their own tags (e.g. ``val/loss``); non-finite values are left out."""
+        if self.tb is None:
+            return
+        for tag, value in values.items():
+            if value is not None and math.isfinite(value):
+                self.tb.add_scalar(tag, value, step)
 
     def eta(self, step: int) -> float:
         done = step - self.start_step
