@@ -44,16 +44,16 @@ class RecipeSettings:
     scale: float = 1.0
     """Pictures are rendered in world pixels and resized by this factor (the CPU preset works on a
     miniature of the same world)."""
-    train_strips: int = 3000
+    train_strips: int = 2000
     train_worlds: int = 1500
     strip_width: int = 256
     """World pixels; strips are VIEW_HEIGHT (1024) world pixels tall."""
-    val_strips: int = 64
-    panoramas: int = 16
+    val_strips: int = 128
+    panoramas: int = 12
     panorama_size: tuple[int, int] = (4096, 256)
     """World pixels (w, h)."""
     panorama_top: int = 448
-    views: int = 16
+    views: int = 12
     view_size: tuple[int, int] = (1024, 1024)
     outpaint_inputs: int = 4
     """Held-out pictures outpainted per direction."""
@@ -63,19 +63,19 @@ class RecipeSettings:
     tokenizer_pictures: int = 300
     """Training strips the tokenizer trains (and is evaluated) on."""
     tokenizer_steps: int = 3000
-    tokenizer_seconds: float = 110.0
+    tokenizer_seconds: float = 100.0
     tokenizer_batch: int = 32
     tokenizer_crop: int = 128
     model: dict = field(default_factory=lambda: dict(
         vocab_size=1024, patch_size=8, d_global=384, n_global_layers=6, d_local=384, n_local_layers=6,
         head_dim=64, max_frames=8, row_embedding=16, loss_chunk_tokens=8192))
     canvas: tuple[int, int, int] = (1, 32, 32)
-    train_steps: int = 2500
-    micro_batch: int = 32
+    train_steps: int = 2000
+    micro_batch: int = 64
     lr: float = 1e-3
     warmup_steps: int = 100
-    eval_every: int = 500
-    train_seconds: Optional[float] = 260.0
+    eval_every: int = 400
+    train_seconds: Optional[float] = 250.0
     """Safety limit of the training stage (the schedule is set by train_steps)."""
     ds_config: str = "zero2"
     num_workers: int = 4
@@ -207,15 +207,16 @@ def _write_report(out: Path, report: dict):
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
 
 
-def _save_canvases(tokenizer, tokens, folder: Path, prefix: str) -> list[Path]:
-    """Decode token canvases [B, 1, h, w] (tiled, canvas-wide norm statistics) to PNGs."""
+def _save_canvases(tokenizer, tokens, folder: Path, prefix: str, start: int = 0) -> list[Path]:
+    """Decode token canvases [B, 1, h, w] (tiled, canvas-wide norm statistics) to PNGs named
+    ``{prefix}_{start + b:05d}.png``."""
     from nuwa_ds.tokenizer import save_png
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for b in range(tokens.shape[0]):
         pixels = tokenizer.decode_tiled(tokens[b, :1].to(tokenizer.device))
-        paths.append(save_png(pixels[0].float().cpu(), folder / f"{prefix}_{b:05d}.png"))
+        paths.append(save_png(pixels[0].float().cpu(), folder / f"{prefix}_{start + b:05d}.png"))
     return paths
 
 
@@ -232,8 +233,10 @@ def reconstruct(tokenizer, real: Path, folder: Path):
     for path, image in zip(sorted(real.glob("*.png")), _load(real)):
         with torch.no_grad():
             tokens = tokenizer.encode(image[None].to(tokenizer.device))
-        _save_canvases(tokenizer, tokens[:, None], folder, path.stem)
-        (folder / f"{path.stem}_00000.png").rename(folder / f"{path.stem}.png")
+        from nuwa_ds.tokenizer import save_png
+
+        pixels = tokenizer.decode_tiled(tokens.to(tokenizer.device))
+        save_png(pixels[0].float().cpu(), folder / path.name)
 
 
 def random_token_canvases(tokenizer, real: Path, folder: Path, seed: int):
@@ -279,8 +282,6 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=(), s
     from data_pipelines.prepare import prepare_shards
     from nuwa_ds.config import RunConfig
     from nuwa_ds.export import export_checkpoint
-    from nuwa_ds.metrics.quality import quality_report
-    from nuwa_ds.metrics.seams import boundary_score
     from nuwa_ds.model import GenerationConfig, NuwaInfinity
     from nuwa_ds.tokenizer import VQTokenizer, train_tokenizer
     from nuwa_ds.train import train
@@ -364,14 +365,14 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=(), s
         generated = out / "generated"
         timings = {}
 
-        def generate(name, shape, order, batch, top_px, prompt=None, mask=None):
+        def generate(name, shape, order, batch, top_px, prompt=None, mask=None, start=0):
             tic = time.perf_counter()
             tokens = model.generate(shape, order=order, batch_size=batch, prompt=prompt, prompt_mask=mask,
                                     config=gen, rows=top_px // unit)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
-            timings[name] = round(time.perf_counter() - tic, 2)
-            return _save_canvases(tokenizer, tokens, generated / name, name)
+            timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - tic, 2)
+            return _save_canvases(tokenizer, tokens, generated / name, name, start)
 
         def px(v):  # world pixels -> pixels of the scaled pictures
             return round(v * s.scale)
@@ -380,16 +381,12 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=(), s
         for start in range(0, s.panoramas, s.gen_batch):
             n = min(s.gen_batch, s.panoramas - start)
             gen.seed = s.seed + start
-            paths = generate("panorama", (1, ph // f, pw // f), "right", n, px(s.panorama_top))
-            for k, p in enumerate(paths):
-                p.rename(p.with_name(f"panorama_{start + k:05d}.png"))
+            generate("panorama", (1, ph // f, pw // f), "right", n, px(s.panorama_top), start=start)
         vw, vh = px(s.view_size[0]), px(s.view_size[1])
         for start in range(0, s.views, s.gen_batch):
             n = min(s.gen_batch, s.views - start)
             gen.seed = s.seed + start
-            paths = generate("view", (1, vh // f, vw // f), "down", n, 0)
-            for k, p in enumerate(paths):
-                p.rename(p.with_name(f"view_{start + k:05d}.png"))
+            generate("view", (1, vh // f, vw // f), "down", n, 0, start=start)
         gen.seed = s.seed
         for direction in ("right", "left", "down", "up"):
             name = f"outpaint_{direction}"
@@ -400,7 +397,7 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=(), s
     _write_report(out, report)
 
     with Stage(report, "6 eval"):
-        report["eval"] = evaluate_sets(out, tokenizer, s, unit, px, quality_report, boundary_score)
+        report["eval"] = evaluate_sets(out, tokenizer, s, unit, px, workers)
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     _write_report(out, report)
     _print_summary(report)
@@ -414,7 +411,7 @@ def _validation_overrides(val_shards: str, s: RecipeSettings) -> list[str]:
     names = {f.name for f in dataclasses.fields(DataConfig)} | {f.name for f in dataclasses.fields(TrainConfig)}
     if "val_shards" not in names:
         return []
-    return [f"data.val_shards={val_shards}", f"train.eval_every={s.eval_every}"]
+    return [f"data.val_shards={val_shards}", f"train.eval_every={s.eval_every}", "train.eval_batches=4"]
 
 
 def _outpaint_prompt(tokenizer, refs, direction, given_px, s, px):
@@ -438,36 +435,60 @@ def _outpaint_prompt(tokenizer, refs, direction, given_px, s, px):
     return torch.where(mask, tokens, torch.zeros_like(tokens)), mask, top
 
 
-def evaluate_sets(out: Path, tokenizer, s: RecipeSettings, unit: int, px, quality_report, boundary_score) -> dict:
+def _quality(real, fake, recon, noise, block, seed, threads):
+    """One quality report in a worker process (CPU)."""
+    import torch
+
+    from nuwa_ds.metrics.quality import quality_report
+
+    torch.set_num_threads(threads)
+    return quality_report(real, fake, recon=recon, random_tokens=noise, block_size=block, seed=seed)
+
+
+def evaluate_sets(out: Path, tokenizer, s: RecipeSettings, unit: int, px, workers: int) -> dict:
+    import multiprocessing
+
+    from nuwa_ds.metrics.seams import boundary_score
+
     results = {}
-    for name in ("panorama", "view"):
-        real, fake = out / "real" / name, out / "generated" / name
-        recon, noise = out / "recon" / name, out / "random_tokens" / name
-        reconstruct(tokenizer, real, recon)
-        random_token_canvases(tokenizer, real, noise, s.seed)
-        q = quality_report(real, fake, recon=recon, random_tokens=noise, block_size=unit, seed=s.seed)
-        real_images, fake_images, recon_images = _load(real), _load(fake), _load(recon)
+    names = ("panorama", "view")
+    directions = ("right", "left", "down", "up")
+    for name in names:  # on the device: VQ round trips and random tokens
+        reconstruct(tokenizer, out / "real" / name, out / "recon" / name)
+        random_token_canvases(tokenizer, out / "real" / name, out / "random_tokens" / name, s.seed)
+    for d in directions:
+        reconstruct(tokenizer, out / "real" / f"outpaint_{d}", out / "recon" / f"outpaint_{d}")
+    # the two SWD reports on the CPU, side by side
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {name: pool.submit(_quality, out / "real" / name, out / "generated" / name, out / "recon" / name,
+                                     out / "random_tokens" / name, unit, s.seed, max(1, workers // 2))
+                   for name in names}
+        for name in names:
+            results[name] = futures[name].result()
+    crop_rows = s.canvas[1] * tokenizer.downsample
+    for name in names:
+        real_images = _load(out / "real" / name)
+        fake_images, recon_images = _load(out / "generated" / name), _load(out / "recon" / name)
         half = len(real_images) // 2
-        crop_rows = s.canvas[1] * tokenizer.downsample
+        q = results[name]
         q["row_profile"] = {"real_vs_real": row_profile_distance(real_images[:half], real_images[half:]),
                             "recon_vs_real": row_profile_distance(recon_images, real_images),
                             "fake_vs_real": row_profile_distance(fake_images, real_images)}
         if real_images[0].shape[1] > crop_rows:
             q["vertical_repetition"] = {"real": vertical_repetition(real_images, crop_rows),
+                                        "recon": vertical_repetition(recon_images, crop_rows),
                                         "fake": vertical_repetition(fake_images, crop_rows)}
-        results[name] = q
     g = px(s.outpaint_given)
-    for direction in ("right", "left", "down", "up"):
-        name = f"outpaint_{direction}"
-        real = _load(out / "real" / name)
-        fake = _load(out / "generated" / name)
-        line = {"right": g, "left": 2 * g, "down": g, "up": 2 * g}[direction]
-        key = "column" if direction in ("left", "right") else "row"
-        score = lambda ims: float(np.mean([boundary_score(im, **{key: line}) for im in ims]))  # noqa: E731
-        recon = out / "recon" / name
-        reconstruct(tokenizer, out / "real" / name, recon)
-        results[name] = {"boundary": {"line": {key: line}, "real": score(real), "recon": score(_load(recon)),
-                                      "fake": score(fake)}}
+    for d in directions:
+        name = f"outpaint_{d}"
+        line = {"right": g, "left": 2 * g, "down": g, "up": 2 * g}[d]
+        key = "column" if d in ("left", "right") else "row"
+
+        def score(folder):
+            return float(np.mean([boundary_score(im, **{key: line}) for im in _load(folder)]))
+
+        results[name] = {"boundary": {"line": {key: line}, "real": score(out / "real" / name),
+                                      "recon": score(out / "recon" / name), "fake": score(out / "generated" / name)}}
     return results
 
 

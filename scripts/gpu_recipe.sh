@@ -7,7 +7,7 @@ mkdir -p "${OUT:-/tmp/out}"
 timeout "${RECIPE_TIMEOUT:-560}" python3 -m nuwa_ds.cli recipe landscapes --preset gpu --out "$out" "$@" 2>&1 \
   | tr '\r' '\n' | grep -v 'it/s\]$\|s/it\]$\|pic/s\]$\|src/s\]$' | tee "${OUT:-/tmp/out}/recipe.log"
 cp "$out/report.json" "${OUT:-/tmp/out}/" 2>/dev/null
-cp "$out/run/metrics.jsonl" "${OUT:-/tmp/out}/" 2>/dev/null
+cp "$out/run/metrics.jsonl" "$out/run/loss_curve.png" "${OUT:-/tmp/out}/" 2>/dev/null
 python3 - "$out" "${OUT:-/tmp/out}" <<'PY'
 import sys
 from pathlib import Path
