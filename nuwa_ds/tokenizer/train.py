@@ -448,13 +448,16 @@ def _serialise_seconds(model: VQTokenizer) -> float:
 
 @torch.no_grad()
 def _probe_eval_rate(model: VQTokenizer, pictures: list[np.ndarray], index: int) -> float:
-    """Pixels per second of encode + decode on one picture (the first-call overheads included, so
-    the estimate errs on the slow side)."""
+    """Pixels per second of encode + decode on one picture, timed on a second call: the first one pays
+    one-time costs (CUDA context, cuDNN algorithm search: seconds on a GPU, where it once made the
+    estimate reserve half a 100 s budget for a 5 s evaluation); the caller adds a margin."""
     was_training = model.training
     model.eval()
     image = from_uint8(_cropped(pictures[index], model.downsample))[None]
-    t = time.perf_counter()
-    model.decode(model.encode(image)).cpu()
+    with torch.no_grad():
+        model.decode(model.encode(image)).cpu()
+        t = time.perf_counter()
+        model.decode(model.encode(image)).cpu()
     model.train(was_training)
     return image.shape[2] * image.shape[3] / max(time.perf_counter() - t, 1e-9)
 
