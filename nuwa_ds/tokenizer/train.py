@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nuwa_ds.files import fsync_dir, fsync_file, write_atomic
 from nuwa_ds.tokenizer.media import (DEMO_PICTURES, IMAGE_SUFFIXES, demo_pictures, from_uint8, open_rgb,
                                      save_png)
 from nuwa_ds.tokenizer.vqgan import CONFIG_FILE, WEIGHTS_FILE, VQConfig, VQTokenizer, psnr, resolve_device
@@ -381,22 +382,6 @@ def evaluate(model: VQTokenizer, pictures: list[np.ndarray], indices: list[int] 
 # Saving (atomic) and the time budget
 
 
-def _fsync(path: Path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes):
-    """Write to a temporary file beside ``path``, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    _fsync(tmp)
-    os.replace(tmp, path)
-
-
 class TokenizerSaver:
     """Saves into ``out`` so that a kill at any moment leaves either the previous complete tokenizer
     or the new one (or, the first time over an earlier run's tokenizer of another architecture, none):
@@ -421,7 +406,7 @@ class TokenizerSaver:
         if metrics is not None:
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         for name in os.listdir(tmp):
-            _fsync(tmp / name)
+            fsync_file(tmp / name)
         if self.first and (out / CONFIG_FILE).is_file() and \
                 (out / CONFIG_FILE).read_bytes() != (tmp / CONFIG_FILE).read_bytes():
             (out / CONFIG_FILE).unlink()  # never pair another architecture's config with these weights
@@ -429,7 +414,7 @@ class TokenizerSaver:
             if (tmp / name).exists():
                 os.replace(tmp / name, out / name)
         shutil.rmtree(tmp, ignore_errors=True)
-        _fsync(out)
+        fsync_dir(out)
         self.first = False
         self.saves += 1
         self.last_seconds = time.perf_counter() - t
@@ -624,7 +609,7 @@ def _train(model, codebook, sampler, optimizer, params, pictures, sample, dev, c
             os.replace(saver.out / ".reconstruction.png.tmp", saver.out / "reconstruction.png")
     metrics["total_seconds"] = round(time.perf_counter() - origin, 3)
     if saver is not None:
-        _write_atomic(saver.out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
+        write_atomic(saver.out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return model, metrics
 
 

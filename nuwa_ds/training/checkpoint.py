@@ -33,6 +33,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from nuwa_ds.files import fsync_dir, fsync_file, write_atomic
 from nuwa_ds.training import distributed as D
 
 TAG_RE = re.compile(r"^step_(\d{8})$")
@@ -98,31 +99,6 @@ def set_rng_state(state: dict):
 
 # ----------------------------------------------------------------------------------------------
 # Files
-
-
-def _fsync_file(path: Path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path):
-    try:
-        _fsync_file(path)
-    except OSError:  # some filesystems refuse fsync on directories; the renames are still ordered
-        pass
-
-
-def write_atomic(path: Path, text: str):
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def read_meta(path: Path) -> Optional[dict]:
@@ -237,12 +213,12 @@ class CheckpointManager:
         if self.fsync:  # on stable storage before it is published: survives a node crash, not only a kill
             for path in tmp.rglob("*"):
                 if path.is_file():
-                    _fsync_file(path)
+                    fsync_file(path)
         final = self.root / tag
         if final.exists():  # an older history reached this step too (resumed from an earlier checkpoint)
             shutil.rmtree(final)
         os.rename(tmp, final)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         write_atomic(self.root / "latest", tag)
         self._prune(keep=tag)
 
