@@ -141,20 +141,33 @@ def _render_job(job):
 
 
 def render_set(folder: Path, jobs: list, workers: int, desc: str) -> list[dict]:
-    """Render ``jobs`` = [(seed, x0, y0, w, h)] into ``folder`` (PNG) with a manifest; returns it."""
+    """Render ``jobs`` = [(seed, x0, y0, w, h, scale)] into ``folder`` (PNG) with a manifest; returns it."""
     from tqdm import tqdm
 
     folder.mkdir(parents=True, exist_ok=True)
-    return_jobs = []
-    for i, job in enumerate(jobs):
-        return_jobs.append((*job[:5], job[5], str(folder / f"{desc}_{i:05d}.png")))
+    jobs = [(*job, str(folder / f"{desc}_{i:05d}.png")) for i, job in enumerate(jobs)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        list(tqdm(pool.map(_render_job, return_jobs, chunksize=4), total=len(jobs), desc=f"pictures: {desc}",
-                  unit="pic"))
+        list(tqdm(pool.map(_render_job, jobs, chunksize=4), total=len(jobs), desc=f"pictures: {desc}", unit="pic"))
     manifest = [dict(file=Path(j[6]).name, world_seed=j[0], x0=j[1], y0=j[2], width=j[3], height=j[4])
-                for j in return_jobs]
+                for j in jobs]
     (folder / "landscapes.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+DIRECTIONS = ("right", "left", "down", "up")
+
+
+def outpaint_geometry(direction: str, s: RecipeSettings) -> tuple[int, int, int, int]:
+    """World pixels of one outpainting: (canvas width, canvas height, canvas top in the view, edge),
+    ``edge`` being where the given square ends and the model takes over, counted from the canvas's
+    left (right / left) or top (down / up). Left / right canvases sit at the panorama height, down /
+    up canvases end at the bottom of the view."""
+    from data_pipelines.landscapes import VIEW_HEIGHT
+
+    g = s.outpaint_given
+    if direction in ("left", "right"):
+        return 3 * g, g, s.panorama_top, g if direction == "right" else 2 * g
+    return g, 3 * g, VIEW_HEIGHT - 3 * g, g if direction == "down" else 2 * g
 
 
 def make_pictures(out: Path, s: RecipeSettings, workers: int) -> dict:
@@ -165,7 +178,8 @@ def make_pictures(out: Path, s: RecipeSettings, workers: int) -> dict:
     x = lambda n: rng.integers(-500_000, 500_000, n)  # noqa: E731
     jobs = {}
     seeds = train_base + rng.integers(0, s.train_worlds, s.train_strips)
-    jobs["train"] = [(int(w), int(x0), 0, s.strip_width, VIEW_HEIGHT, s.scale) for w, x0 in zip(seeds, x(s.train_strips))]
+    jobs["train"] = [(int(w), int(x0), 0, s.strip_width, VIEW_HEIGHT, s.scale)
+                     for w, x0 in zip(seeds, x(s.train_strips))]
     # held-out worlds: every evaluation picture comes from a world the model never saw
     val_seeds = iter(range(val_base, val_base + 10**6))
     jobs["val"] = [(next(val_seeds), int(x0), 0, s.strip_width, VIEW_HEIGHT, s.scale) for x0 in x(s.val_strips)]
@@ -173,11 +187,8 @@ def make_pictures(out: Path, s: RecipeSettings, workers: int) -> dict:
     jobs["panorama"] = [(next(val_seeds), int(x0), s.panorama_top, pw, ph, s.scale) for x0 in x(2 * s.panoramas)]
     vw, vh = s.view_size
     jobs["view"] = [(next(val_seeds), int(x0), 0, vw, vh, s.scale) for x0 in x(2 * s.views)]
-    g = s.outpaint_given
-    for direction in ("right", "left", "down", "up"):
-        wide = direction in ("left", "right")
-        w, h = (3 * g, g) if wide else (g, 3 * g)
-        top = s.panorama_top if wide else VIEW_HEIGHT - 3 * g
+    for direction in DIRECTIONS:
+        w, h, top, _ = outpaint_geometry(direction, s)
         jobs[f"outpaint_{direction}"] = [(next(val_seeds), int(x0), top, w, h, s.scale)
                                          for x0 in x(max(2, s.outpaint_inputs))]
     return {name: render_set(out / "real" / name, j, workers, name) for name, j in jobs.items()}
@@ -207,17 +218,19 @@ def _write_report(out: Path, report: dict):
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
 
 
-def _save_canvases(tokenizer, tokens, folder: Path, prefix: str, start: int = 0) -> list[Path]:
-    """Decode token canvases [B, 1, h, w] (tiled, canvas-wide norm statistics) to PNGs named
-    ``{prefix}_{start + b:05d}.png``."""
+def _save_decoded(tokenizer, tokens, path: Path) -> Path:
+    """Decode one token canvas [1, h, w] (tiled, canvas-wide norm statistics) to a PNG."""
     from nuwa_ds.tokenizer import save_png
 
+    pixels = tokenizer.decode_tiled(tokens.to(tokenizer.device))
+    return save_png(pixels[0].float().cpu(), path)
+
+
+def _save_canvases(tokenizer, tokens, folder: Path, prefix: str, start: int = 0) -> list[Path]:
+    """Decode token canvases [B, 1, h, w] to PNGs named ``{prefix}_{start + b:05d}.png``."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for b in range(tokens.shape[0]):
-        pixels = tokenizer.decode_tiled(tokens[b, :1].to(tokenizer.device))
-        paths.append(save_png(pixels[0].float().cpu(), folder / f"{prefix}_{start + b:05d}.png"))
-    return paths
+    return [_save_decoded(tokenizer, tokens[b, :1], folder / f"{prefix}_{start + b:05d}.png")
+            for b in range(tokens.shape[0])]
 
 
 def _load(folder: Path) -> list:
@@ -230,23 +243,26 @@ def reconstruct(tokenizer, real: Path, folder: Path):
     """VQ round trip of every real picture (the floor any generated picture can reach)."""
     import torch
 
-    for path, image in zip(sorted(real.glob("*.png")), _load(real)):
-        with torch.no_grad():
-            tokens = tokenizer.encode(image[None].to(tokenizer.device))
-        from nuwa_ds.tokenizer import save_png
+    from nuwa_ds.tokenizer import load_image
 
-        pixels = tokenizer.decode_tiled(tokens.to(tokenizer.device))
-        save_png(pixels[0].float().cpu(), folder / path.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in sorted(real.glob("*.png")):
+        with torch.no_grad():
+            tokens = tokenizer.encode(load_image(path)[None].to(tokenizer.device))
+        _save_decoded(tokenizer, tokens, folder / path.name)
 
 
 def random_token_canvases(tokenizer, real: Path, folder: Path, seed: int):
     """Uniformly random tokens decoded at the real pictures' sizes (the worst-case ceiling)."""
     import torch
 
+    from PIL import Image
+
     g = torch.Generator().manual_seed(seed)
     f = tokenizer.downsample
-    for i, image in enumerate(_load(real)[:4]):
-        h, w = image.shape[1] // f, image.shape[2] // f
+    for i, path in enumerate(sorted(real.glob("*.png"))[:4]):
+        with Image.open(path) as img:  # the header is enough
+            h, w = img.height // f, img.width // f
         tokens = torch.randint(0, tokenizer.codebook_size, (1, 1, h, w), generator=g)
         _save_canvases(tokenizer, tokens, folder, f"random_{i}")
 
@@ -276,14 +292,14 @@ def vertical_repetition(images: list, period_rows: int) -> float:
 # the recipe
 
 
-def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=(), skip_done: bool = False) -> dict:
+def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -> dict:
     import torch
 
     from data_pipelines.prepare import prepare_shards
     from nuwa_ds.config import RunConfig
     from nuwa_ds.export import export_checkpoint
     from nuwa_ds.model import GenerationConfig, NuwaInfinity
-    from nuwa_ds.tokenizer import VQTokenizer, train_tokenizer
+    from nuwa_ds.tokenizer import train_tokenizer
     from nuwa_ds.train import train
 
     s = settings_for(preset, list(assignments))
@@ -336,7 +352,7 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=(), s
             f"train.micro_batch_size={s.micro_batch}", f"train.ds_config={s.ds_config}", "train.tensorboard=true",
             f"train.seed={s.seed}", "train.weight_decay=0.0"] + (
             [f"train.time_limit={s.train_seconds}"] if s.train_seconds else [])
-        validation = _validation_overrides(shards["val"], s)
+        validation = [f"data.val_shards={shards['val']}", f"train.eval_every={s.eval_every}", "train.eval_batches=4"]
         cfg = RunConfig.load("small", overrides + validation)
         tic = time.perf_counter()
         result = train(cfg, progress=True)
@@ -388,10 +404,10 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=(), s
             gen.seed = s.seed + start
             generate("view", (1, vh // f, vw // f), "down", n, 0, start=start)
         gen.seed = s.seed
-        for direction in ("right", "left", "down", "up"):
+        for direction in DIRECTIONS:
             name = f"outpaint_{direction}"
             refs = _load(out / "real" / name)[: s.outpaint_inputs]
-            prompt, mask, top = _outpaint_prompt(tokenizer, refs, direction, px(s.outpaint_given), s, px)
+            prompt, mask, top = _outpaint_prompt(tokenizer, refs, direction, s, px)
             generate(name, tuple(prompt.shape[1:]), direction, len(refs), top, prompt.to(dev), mask.to(dev))
         report["generate"] = {"seconds": timings}
     _write_report(out, report)
@@ -404,35 +420,21 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=(), s
     return report
 
 
-def _validation_overrides(val_shards: str, s: RecipeSettings) -> list[str]:
-    """Validation keys when this version of the trainer has them."""
-    from nuwa_ds.config import DataConfig, TrainConfig
-
-    names = {f.name for f in dataclasses.fields(DataConfig)} | {f.name for f in dataclasses.fields(TrainConfig)}
-    if "val_shards" not in names:
-        return []
-    return [f"data.val_shards={val_shards}", f"train.eval_every={s.eval_every}", "train.eval_batches=4"]
-
-
-def _outpaint_prompt(tokenizer, refs, direction, given_px, s, px):
+def _outpaint_prompt(tokenizer, refs, direction, s, px):
     """Prompt tokens / mask [B, 1, h, w] holding the given square of each held-out reference, and the
     canvas top (pixels) in the view."""
     import torch
 
-    from data_pipelines.landscapes import VIEW_HEIGHT
-
-    f = tokenizer.downsample
+    _, _, top, edge = outpaint_geometry(direction, s)
     batch = torch.stack(refs).to(tokenizer.device)
     with torch.no_grad():
         tokens = tokenizer.encode(batch).cpu()[:, None]  # [B, 1, h, w]
     mask = torch.zeros_like(tokens, dtype=torch.bool)
-    g = given_px // f
-    region = {"right": (slice(None), slice(0, g)), "left": (slice(None), slice(tokens.shape[3] - g, None)),
-              "down": (slice(0, g), slice(None)), "up": (slice(tokens.shape[2] - g, None), slice(None))}[direction]
-    mask[:, :, region[0], region[1]] = True
-    wide = direction in ("left", "right")
-    top = px(s.panorama_top) if wide else px(VIEW_HEIGHT - 3 * s.outpaint_given)
-    return torch.where(mask, tokens, torch.zeros_like(tokens)), mask, top
+    e = px(edge) // tokenizer.downsample
+    given = {"right": (slice(None), slice(0, e)), "left": (slice(None), slice(e, None)),
+             "down": (slice(0, e), slice(None)), "up": (slice(e, None), slice(None))}[direction]
+    mask[:, :, given[0], given[1]] = True
+    return torch.where(mask, tokens, torch.zeros_like(tokens)), mask, px(top)
 
 
 def _quality(real, fake, recon, noise, block, seed, threads):
@@ -452,11 +454,10 @@ def evaluate_sets(out: Path, tokenizer, s: RecipeSettings, unit: int, px, worker
 
     results = {}
     names = ("panorama", "view")
-    directions = ("right", "left", "down", "up")
     for name in names:  # on the device: VQ round trips and random tokens
         reconstruct(tokenizer, out / "real" / name, out / "recon" / name)
         random_token_canvases(tokenizer, out / "real" / name, out / "random_tokens" / name, s.seed)
-    for d in directions:
+    for d in DIRECTIONS:
         reconstruct(tokenizer, out / "real" / f"outpaint_{d}", out / "recon" / f"outpaint_{d}")
     # the two SWD reports on the CPU, side by side
     with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -478,10 +479,9 @@ def evaluate_sets(out: Path, tokenizer, s: RecipeSettings, unit: int, px, worker
             q["vertical_repetition"] = {"real": vertical_repetition(real_images, crop_rows),
                                         "recon": vertical_repetition(recon_images, crop_rows),
                                         "fake": vertical_repetition(fake_images, crop_rows)}
-    g = px(s.outpaint_given)
-    for d in directions:
+    for d in DIRECTIONS:
         name = f"outpaint_{d}"
-        line = {"right": g, "left": 2 * g, "down": g, "up": 2 * g}[d]
+        line = px(outpaint_geometry(d, s)[3])
         key = "column" if d in ("left", "right") else "row"
 
         def score(folder):
