@@ -67,6 +67,29 @@ class LoaderSpec:
     world_size: int
     num_streams: int
 
+    @classmethod
+    def build(cls, data_cfg, model_cfg, urls, batch_size: int, *, rank: int = 0, world_size: int = 1,
+              num_streams: int = 1, caption_dropout: float | None = None,
+              shuffle_buffer: int | None = None) -> "LoaderSpec":
+        """The spec of ``urls`` under the data / model config (canvases and orders checked);
+        ``caption_dropout`` / ``shuffle_buffer`` default to the data config's."""
+        P = model_cfg.patch_size
+        canvases = tuple(tuple(int(x) for x in c) for c in [data_cfg.canvas, *data_cfg.canvases])
+        for canvas in canvases:
+            if canvas[1] % P or canvas[2] % P:
+                raise ValueError(f"data.canvas {canvas}: H and W must be multiples of model.patch_size={P}")
+        orders = tuple(o for o, w in data_cfg.orders.items() if w > 0)
+        for order in orders:
+            if order not in ORDERS:
+                raise ValueError(f"data.orders: unknown order {order!r}")
+        return cls(urls=tuple(urls), canvases=tuple(dict.fromkeys(canvases)), patch_size=P,
+                   vocab_size=model_cfg.vocab_size, batch_size=batch_size, orders=orders,
+                   order_weights=tuple(float(data_cfg.orders[o]) for o in orders),
+                   caption_dropout=data_cfg.caption_dropout if caption_dropout is None else caption_dropout,
+                   max_text_len=model_cfg.max_text_len,
+                   shuffle_buffer=data_cfg.shuffle_buffer if shuffle_buffer is None else shuffle_buffer,
+                   seed=data_cfg.seed, rank=rank, world_size=world_size, num_streams=num_streams)
+
     def fingerprint(self) -> str:
         """What must not change for a saved state to resume the same batches."""
         data = {k: v for k, v in self.__dict__.items() if k not in ("rank",)}
@@ -151,6 +174,25 @@ def read_shard(url: str, skips: SkipLog, count: bool = True) -> list[tuple[np.nd
     return samples
 
 
+def usable_samples(url: str, spec: LoaderSpec, skips: SkipLog, count: bool = True):
+    """The samples of one shard whose tokens fit the vocabulary and some canvas, as (tokens, meta,
+    key); the others are skipped (and counted) by reason."""
+    for tokens, meta, key in read_shard(url, skips, count):
+        if int(tokens.min()) < 0 or int(tokens.max()) >= spec.vocab_size:
+            skips.skip("token_out_of_range", url, key, f"vocab_size={spec.vocab_size}", count)
+        elif _choose_canvas(tokens.shape, spec.canvases) is None:
+            skips.skip("too_small", url, key, f"{tokens.shape} < every canvas", count)
+        else:
+            yield tokens, meta, key
+
+
+def full_batches(buckets: dict, batch_size: int) -> list[tuple]:
+    """(canvas, [sample indices]) for every full micro-batch of each canvas bucket, in bucket order
+    (a bucket's remainder is dropped)."""
+    B = batch_size
+    return [(c, idx[k:k + B]) for c, idx in buckets.items() for k in range(0, len(idx) - B + 1, B)]
+
+
 # ----------------------------------------------------------------------------------------------
 # One stream
 
@@ -190,20 +232,13 @@ class TokenStream:
         samples: list[tuple[np.ndarray, dict, str]] = []
         for _ in range(MAX_SHARDS_PER_SEGMENT):
             url = self.pool[int(rng.integers(len(self.pool)))]
-            for tokens, meta, key in read_shard(url, self.skips, count):
-                if int(tokens.min()) < 0 or int(tokens.max()) >= spec.vocab_size:
-                    self.skips.skip("token_out_of_range", url, key, f"vocab_size={spec.vocab_size}", count)
-                elif _choose_canvas(tokens.shape, spec.canvases) is None:
-                    self.skips.skip("too_small", url, key, f"{tokens.shape} < every canvas", count)
-                else:
-                    samples.append((tokens, meta, key))
+            samples.extend(usable_samples(url, spec, self.skips, count))
             if len(samples) >= spec.shuffle_buffer:
                 break
         buckets: dict[tuple, list[int]] = {c: [] for c in spec.canvases}
         for i in rng.permutation(len(samples)):
             buckets[_choose_canvas(samples[i][0].shape, spec.canvases)].append(int(i))
-        B = spec.batch_size
-        batches = [(c, idx[k:k + B]) for c, idx in buckets.items() for k in range(0, len(idx) - B + 1, B)]
+        batches = full_batches(buckets, spec.batch_size)
         return samples, [batches[i] for i in rng.permutation(len(batches))]
 
     def make_batch(self, samples, canvas, indices, segment: int, index: int) -> dict:
@@ -297,23 +332,10 @@ class ShardLoader:
             raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
         if not data_cfg.shards:
             raise ValueError("data.shards is empty: give a shard pattern (nuwa-ds prepare prints it)")
-        P = model_cfg.patch_size
-        canvases = tuple(tuple(int(x) for x in c) for c in [data_cfg.canvas, *data_cfg.canvases])
-        for canvas in canvases:
-            if canvas[1] % P or canvas[2] % P:
-                raise ValueError(f"data.canvas {canvas}: H and W must be multiples of model.patch_size={P}")
-        orders = tuple(o for o, w in data_cfg.orders.items() if w > 0)
-        for order in orders:
-            if order not in ORDERS:
-                raise ValueError(f"data.orders: unknown order {order!r}")
         self.cfg = data_cfg
         self.num_workers = data_cfg.num_workers
-        self.spec = LoaderSpec(
-            urls=tuple(expand_shards(data_cfg.shards)), canvases=tuple(dict.fromkeys(canvases)), patch_size=P,
-            vocab_size=model_cfg.vocab_size, batch_size=micro_batch_size, orders=orders,
-            order_weights=tuple(float(data_cfg.orders[o]) for o in orders), caption_dropout=data_cfg.caption_dropout,
-            max_text_len=model_cfg.max_text_len, shuffle_buffer=data_cfg.shuffle_buffer, seed=data_cfg.seed,
-            rank=rank, world_size=world_size, num_streams=max(1, data_cfg.num_workers))
+        self.spec = LoaderSpec.build(data_cfg, model_cfg, expand_shards(data_cfg.shards), micro_batch_size,
+                                     rank=rank, world_size=world_size, num_streams=max(1, data_cfg.num_workers))
         self.text_tokenizer = text_tokenizer
         self.position = 0
         self.restart = 0

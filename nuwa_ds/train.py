@@ -390,9 +390,12 @@ class Trainer:
         saved_step = start_step if self.plan.resume_from is not None else None
         bad_in_row = 0
         deadline = time.monotonic() + train.time_limit if train.time_limit is not None else None
+        timed_out = False
 
         def vote() -> bool:  # this rank's stop vote: a stop signal, or train.time_limit reached
-            return bool(stop.poll()) or (deadline is not None and time.monotonic() >= deadline)
+            nonlocal timed_out
+            timed_out = timed_out or (deadline is not None and time.monotonic() >= deadline)
+            return bool(stop.poll()) or timed_out
 
         for step in range(start_step + 1, train.steps + 1):
             lr = self.optimizer.param_groups[0]["lr"]
@@ -420,8 +423,7 @@ class Trainer:
             if result.stop:
                 info = self.save(step, logger) if saved_step != step else None
                 path = info.path if info else self.run_dir / "checkpoints" / C.tag_for(step)
-                cause = stop.signal_name or ("train.time_limit" if deadline is not None and time.monotonic() >= deadline
-                                             else "a signal on another rank")
+                cause = stop.signal_name or ("train.time_limit" if timed_out else "a signal on another rank")
                 logger.event("preempted", f"stopped by {cause} after step {step}; resume with --resume auto",
                              step=step, checkpoint=str(path), cause=cause)
                 return TrainResult("preempted", step, path, self.run_dir)

@@ -74,37 +74,24 @@ def _shard_batches(data_cfg, model_cfg, micro_batch_size: int, count: int, text_
     """Global batches 0..count-1 (fewer if the shards hold fewer full batches) from data.val_shards."""
     import numpy as np
 
-    from data_pipelines.loader import LoaderSpec, TokenStream, _choose_canvas, expand_shards, read_shard
+    from data_pipelines.loader import (LoaderSpec, TokenStream, _choose_canvas, expand_shards, full_batches,
+                                       usable_samples)
 
-    P = model_cfg.patch_size
-    canvases = tuple(dict.fromkeys(tuple(int(x) for x in c) for c in [data_cfg.canvas, *data_cfg.canvases]))
-    orders = tuple(o for o, w in data_cfg.orders.items() if w > 0)
-    urls = tuple(expand_shards(data_cfg.val_shards))
-    spec = LoaderSpec(urls=urls, canvases=canvases, patch_size=P, vocab_size=model_cfg.vocab_size,
-                      batch_size=micro_batch_size, orders=orders,
-                      order_weights=tuple(float(data_cfg.orders[o]) for o in orders), caption_dropout=0.0,
-                      max_text_len=model_cfg.max_text_len, shuffle_buffer=1, seed=data_cfg.seed, rank=0,
-                      world_size=1, num_streams=1)
+    urls = expand_shards(data_cfg.val_shards)
+    spec = LoaderSpec.build(data_cfg, model_cfg, urls, micro_batch_size, caption_dropout=0.0, shuffle_buffer=1)
     stream = TokenStream(spec, 0, (0, 0), VAL_SALT, text_tokenizer)  # crops/orders: its seeded make_batch
     rng = np.random.default_rng([data_cfg.seed, VAL_SALT])
     samples: list = []
-    buckets: dict[tuple, list[int]] = {c: [] for c in canvases}
+    buckets: dict[tuple, list[int]] = {c: [] for c in spec.canvases}
     B = micro_batch_size
     # shards in a seeded order, read until enough full batches are pooled (same on every rank)
     for u in rng.permutation(len(urls)):
-        for tokens, meta, key in read_shard(urls[int(u)], stream.skips):
-            if int(tokens.min()) < 0 or int(tokens.max()) >= spec.vocab_size:
-                stream.skips.skip("token_out_of_range", urls[int(u)], key, f"vocab_size={spec.vocab_size}")
-                continue
-            canvas = _choose_canvas(tokens.shape, canvases)
-            if canvas is None:
-                stream.skips.skip("too_small", urls[int(u)], key, f"{tokens.shape} < every canvas")
-                continue
-            buckets[canvas].append(len(samples))
-            samples.append((tokens, meta, key))
+        for sample in usable_samples(urls[int(u)], spec, stream.skips):
+            buckets[_choose_canvas(sample[0].shape, spec.canvases)].append(len(samples))
+            samples.append(sample)
         if sum(len(b) // B for b in buckets.values()) >= count:
             break
-    cut = [(c, idx[k:k + B]) for c, idx in buckets.items() for k in range(0, len(idx) - B + 1, B)]
+    cut = full_batches(buckets, B)
     chosen = [cut[int(i)] for i in rng.permutation(len(cut))[:count]]
     return [stream.make_batch(samples, canvas, indices, 0, j) for j, (canvas, indices) in enumerate(chosen)]
 
