@@ -298,7 +298,7 @@ def eval_batches(pictures: list[np.ndarray], indices: list[int], f: int, batch_s
     the time limit covers a random part of the sample rather than its smallest pictures."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i in indices:
-        H, W = pictures[i].shape[0] // f * f, pictures[i].shape[1] // f * f
+        H, W = _cropped_size(pictures[i], f)
         if H == 0 or W == 0:
             raise ValueError(f"picture {i} ({pictures[i].shape[1]}x{pictures[i].shape[0]}) is smaller than "
                              f"the downsampling factor {f}")
@@ -311,8 +311,18 @@ def eval_batches(pictures: list[np.ndarray], indices: list[int], f: int, batch_s
     return [batches[k] for k in order]
 
 
+def _cropped_size(array: np.ndarray, f: int) -> tuple[int, int]:
+    """(H, W) of a picture cut down to multiples of the downsampling factor f."""
+    return array.shape[0] // f * f, array.shape[1] // f * f
+
+
 def _cropped(array: np.ndarray, f: int) -> np.ndarray:
-    return array[: array.shape[0] // f * f, : array.shape[1] // f * f]
+    H, W = _cropped_size(array, f)
+    return array[:H, :W]
+
+
+def _pixels(pictures: list[np.ndarray], indices, f: int) -> int:
+    return sum(math.prod(_cropped_size(pictures[i], f)) for i in indices)
 
 
 @torch.no_grad()
@@ -344,7 +354,7 @@ def evaluate(model: VQTokenizer, pictures: list[np.ndarray], indices: list[int] 
                dynamic_ncols=True)
     try:
         for number, batch in enumerate(batches):
-            pixels = sum(_cropped(pictures[i], f).shape[0] * _cropped(pictures[i], f).shape[1] for i in batch)
+            pixels = _pixels(pictures, batch, f)
             if number and stop is not None and stop.requested:
                 stopped_by = stop.signal_name
                 break
@@ -524,7 +534,7 @@ def _train(model, codebook, sampler, optimizer, params, pictures, sample, dev, c
     if limit is not None:
         # what must still fit after the last step: the final save and the evaluation (at most half the budget)
         f = model.downsample
-        eval_pixels = sum(_cropped(pictures[i], f).shape[0] * _cropped(pictures[i], f).shape[1] for i in sample)
+        eval_pixels = _pixels(pictures, sample, f)
         rate = _probe_eval_rate(model, pictures, max(sample, key=lambda i: pictures[i].shape[0] * pictures[i].shape[1]))
         eval_estimate = 1.25 * eval_pixels / rate
         save_estimate = 3.0 * _serialise_seconds(model) + 0.2 if saver is not None else 0.0
