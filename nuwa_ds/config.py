@@ -252,6 +252,14 @@ class NuwaConfig(ConfigBase):
     knows only relative positions. A patch's row counts from the top of the *source picture* its
     training crop was cut from (the batch's ``rows``), so a model trained on crops of tall pictures
     knows where in the picture it is, and a canvas taller than the crops stays coherent."""
+    rope_dims: int = 0
+    """Rotary position embedding over canvas token coordinates (``model/rope.py``): the first
+    ``rope_dims`` dims of every attention head (a multiple of 4, at most head_dim) are rotated by
+    the token's row (half of them) and column (the other half) on the canvas, so attention sees the
+    token-level offset between a query and every key, across patch edges; 0: off (positions are
+    then the learned intra-patch embedding plus the per-offset bias only)."""
+    rope_base: float = 100.0
+    """Longest rotary wavelength is about 2*pi*rope_base tokens (frequencies base^(-j/(rope_dims/4)))."""
     norm_eps: float = 1e-5
     """RMSNorm epsilon."""
     init_std: float = 0.02
@@ -300,6 +308,11 @@ class NuwaConfig(ConfigBase):
             raise ConfigError("model.mlp_ratio must be > 0")
         if self.row_embedding < 0:
             raise ConfigError(f"model.row_embedding must be >= 0 (0: off), got {self.row_embedding}")
+        if self.rope_dims < 0 or self.rope_dims % 4 or self.rope_dims > self.head_dim:
+            raise ConfigError(f"model.rope_dims must be a multiple of 4 in [0, head_dim={self.head_dim}] "
+                              f"(0: off), got {self.rope_dims}")
+        if self.rope_base <= 1:
+            raise ConfigError(f"model.rope_base must be > 1, got {self.rope_base}")
 
     def __post_init__(self):
         self.extents = tuple(self.extents)

@@ -21,6 +21,7 @@ from typing import Callable, Optional
 import torch
 
 from nuwa_ds.model import orders as O
+from nuwa_ds.model import rope as rope_
 from nuwa_ds.model.attention import TextContext, patch_attention, pool_decode_attention
 
 
@@ -152,9 +153,11 @@ class RotatingPool:
 
 
 class _PoolLayout:
-    def __init__(self, pool: RotatingPool, slots, ctx_slots, ctx_offset, own_offset, backend, text):
+    def __init__(self, pool: RotatingPool, slots, ctx_slots, ctx_offset, own_offset, backend, text,
+                 rotation: rope_.Rotation = None):
         self.pool, self.slots, self.ctx_slots, self.ctx_offset = pool, slots, ctx_slots, ctx_offset
         self.own_offset, self.backend, self.text = own_offset, backend, text
+        self.rotation = rotation  # (cos, sin) [R, n, rope_dims/2] of the rows' tokens, or None
 
     def _text(self, key, layer, kv_fn) -> Optional[TextContext]:
         return self.text(key, layer, kv_fn) if self.text is not None else None
@@ -165,6 +168,7 @@ class GlobalStepLayout(_PoolLayout):
     context from the pool."""
 
     def global_attend(self, layer, q, k, v, bias, text_kv):
+        q, k = rope_.apply_rotation(q, self.rotation), rope_.apply_rotation(k, self.rotation)
         kv = self.pool.global_kv
         kv[self.slots, layer, 0] = k.transpose(1, 2)
         kv[self.slots, layer, 1] = v.transpose(1, 2)
@@ -179,6 +183,8 @@ class DecodeStepLayout(_PoolLayout):
     position: torch.Tensor  # [1] long tensor, shared with TokenStep (advanced inside CUDA graphs)
 
     def local_attend(self, layer, q, k, v, bias, context_kv):
+        rotation = rope_.select(self.rotation, self.position, 1)  # this token's, [R, 1, rope_dims/2]
+        q, k = rope_.apply_rotation(q, rotation), rope_.apply_rotation(k, rotation)
         own = self.pool.own_kv
         own[self.slots, layer, 0, :, self.position] = k[:, 0]
         own[self.slots, layer, 1, :, self.position] = v[:, 0]
@@ -308,6 +314,7 @@ def run_generation(model, shape, order: str, batch_size: int, prompt=None, promp
     logits_out = (torch.empty(batch_size, N, n, cfg.vocab_size, dtype=torch.float32, device=device)
                   if return_logits else None)
     slot_of = torch.full((rows_b, N), -1, dtype=torch.long, device=device)
+    token_rotation = model.token_rotation(pshape, device)  # [N, n, rope_dims/2] x2, or None
     frame_of = torch.arange(pshape[0], device=device).repeat_interleave(pshape[1] * pshape[2])
     top = model.patch_rows(rows, batch_size, device)  # [B] or None (no row embedding)
     row_in_canvas = torch.arange(pshape[1], device=device).repeat_interleave(pshape[2]).repeat(pshape[0])
@@ -350,7 +357,7 @@ def run_generation(model, shape, order: str, batch_size: int, prompt=None, promp
             stepper = steppers[sel.numel()]
             patch_rows = None if top is None else top[canon[sel]] + row_in_canvas[rp[sel]]
             stepper.load(slots[sel], ctx_slots[sel], coff[sel], rb[sel], frame_of[rp[sel]], canon[half], rp[half],
-                         patch_rows)
+                         patch_rows, rope_.select(token_rotation, rp[sel], 0))
             stepper.run_patch(n, use_graph=use_graph)
             decoded += int(sel.numel()) // (2 if guided else 1)
 
@@ -360,11 +367,14 @@ def run_generation(model, shape, order: str, batch_size: int, prompt=None, promp
             sel = run.nonzero().squeeze(1)
             if text_cache is not None:
                 text_cache.rows = rb[sel]
-            layout = GlobalStepLayout(pool, slots[sel], ctx_slots[sel], coff[sel], own_offset, backend, text_cache)
+            rotation = rope_.select(token_rotation, rp[sel], 0)
+            layout = GlobalStepLayout(pool, slots[sel], ctx_slots[sel], coff[sel], own_offset, backend, text_cache,
+                                      rotation)
             patch_rows = None if top is None else top[canon[sel]] + row_in_canvas[rp[sel]]
             states = model.global_model(canvas[canon[sel], rp[sel]], layout, patch_rows)  # [R, n, d_global]
             for i, block in enumerate(model.local_model.blocks):
                 ck, cv = block.context_kv(states)
+                ck = rope_.apply_rotation(ck, rotation)  # rotated once, where it is written
                 pool.context_kv[slots[sel], i, 0] = ck.transpose(1, 2)
                 pool.context_kv[slots[sel], i, 1] = cv.transpose(1, 2)
 
@@ -408,15 +418,19 @@ class TokenStep:
         self.uniform = torch.zeros(half, model.config.tokens_per_patch, device=device)  # per (row, token)
         self.prev = torch.zeros(rows, **long)
         self.bos = torch.zeros(rows, model.config.d_local, device=device, dtype=next(model.parameters()).dtype)
+        cfg = model.config
+        self.rotation = (tuple(torch.zeros(rows, cfg.tokens_per_patch, cfg.rope_dims // 2, device=device)
+                               for _ in range(2)) if cfg.rope_dims else None)
         self.layout = DecodeStepLayout(pool, self.slots, self.ctx_slots, self.ctx_offset, own_offset, backend,
-                                       text_cache)
+                                       text_cache, self.rotation)
         self.layout.position = self.position
         self.graph = None
 
-    def load(self, slots, ctx_slots, ctx_offset, text_rows, frame, b, p, patch_rows=None):
+    def load(self, slots, ctx_slots, ctx_offset, text_rows, frame, b, p, patch_rows=None, rotation=None):
         """Point the static buffers at the next patches (same row count)."""
         for buf, value in ((self.slots, slots), (self.ctx_slots, ctx_slots), (self.ctx_offset, ctx_offset),
-                           (self.text_rows, text_rows), (self.b, b), (self.p, p)):
+                           (self.text_rows, text_rows), (self.b, b), (self.p, p),
+                           *zip(self.rotation or (), rotation or ())):
             buf.copy_(value)
         order = torch.full_like(slots, self.order_id)
         self.bos.copy_(self.model.local_model.begin_of_patch(order, frame, patch_rows))  # [R, d_local]

@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from nuwa_ds.config import NuwaConfig
 from nuwa_ds.model import orders as O
+from nuwa_ds.model import rope as rope_
 from nuwa_ds.model.attention import TextContext, patch_attention, resolve_backend
 from nuwa_ds.model.layers import GlobalBlock, LMHead, LocalBlock, RMSNorm, init_weights
 
@@ -110,9 +111,11 @@ def row_embedding(table: Optional[nn.Parameter], rows: Optional[torch.Tensor]):
 class ParallelLayout:
     """Teacher-forced training: all R patch rows at once; context blocks are other rows."""
 
-    def __init__(self, tables: BatchTables, own_offset: int, backend: str, text_states=None, text_length=None):
+    def __init__(self, tables: BatchTables, own_offset: int, backend: str, text_states=None, text_length=None,
+                 rotation: rope_.Rotation = None):
         self.tables, self.own_offset, self.backend = tables, own_offset, backend
         self.text_states, self.text_length = text_states, text_length
+        self.rotation = rotation  # (cos, sin) [R, n, rope_dims/2] of every row's tokens, or None
         self.global_states: Optional[torch.Tensor] = None  # [R, n, d_global], set between the stacks
 
     def _text(self, text_kv) -> Optional[TextContext]:
@@ -123,12 +126,14 @@ class ParallelLayout:
 
     def global_attend(self, layer, q, k, v, bias, text_kv):
         t = self.tables
+        q, k = rope_.apply_rotation(q, self.rotation), rope_.apply_rotation(k, self.rotation)
         return patch_attention(q, k, v, k, v, t.ctx_rows, t.ctx_offset, self.own_offset, bias, causal=False,
                                text=self._text(text_kv), backend=self.backend)
 
     def local_attend(self, layer, q, k, v, bias, context_kv):
         t = self.tables
         ck, cv = context_kv(self.global_states)  # [R, n, H, D] each
+        q, k, ck = (rope_.apply_rotation(x, self.rotation) for x in (q, k, ck))
         return patch_attention(q, k, v, ck, cv, t.ctx_rows, t.ctx_offset, self.own_offset, bias, causal=True,
                                text=self._text(context_kv), backend=self.backend)
 
@@ -306,6 +311,15 @@ class NuwaInfinity(nn.Module):
     def attention_backend(self, device) -> str:
         return resolve_backend(self.config.attn_backend, torch.device(device))
 
+    def token_rotation(self, pshape, device) -> rope_.Rotation:
+        """(cos, sin) [N, n, rope_dims/2] of every token of a (T, Hp, Wp) patch canvas (canonical
+        patch order), or None for a model without ``rope_dims``."""
+        cfg = self.config
+        if not cfg.rope_dims:
+            return None
+        coords = rope_.patch_token_coordinates(pshape, cfg.patch_size, device)
+        return rope_.rotation(coords, cfg.rope_dims, cfg.rope_base)
+
     # -- training forward -------------------------------------------------------------------------
 
     def patch_rows(self, rows, batch: int, device) -> Optional[torch.Tensor]:
@@ -335,8 +349,11 @@ class NuwaInfinity(nn.Module):
         tables = batch_tables(shape, orders, cfg.extents, device)
         patches = to_patches(tokens.long(), cfg.patch_size).reshape(-1, cfg.tokens_per_patch)  # [R, n]
         text_ctx = self.encode_text(text, B, device)
+        rotation = self.token_rotation(shape, device)
+        if rotation is not None:  # every example has the same canvas: rows are (example, patch)
+            rotation = tuple(r.repeat(B, 1, 1) for r in rotation)
         layout = ParallelLayout(tables, O.own_offset_id(cfg.extents), self.attention_backend(device),
-                                *(text_ctx or (None, None)))
+                                *(text_ctx or (None, None)), rotation=rotation)
         top = self.patch_rows(rows, B, device)
         patch_rows = None if top is None else top[tables.batch] + tables.row  # [R] absolute patch rows
         layout.global_states = self.global_model(patches, layout, patch_rows)
