@@ -44,9 +44,9 @@ class RecipeSettings:
     scale: float = 1.0
     """Pictures are rendered in world pixels and resized by this factor (the CPU preset works on a
     miniature of the same world)."""
-    train_strips: int = 2000
-    train_worlds: int = 1500
-    strip_width: int = 256
+    train_strips: int = 4000
+    train_worlds: int = 4000
+    strip_width: int = 512
     """World pixels; strips are VIEW_HEIGHT (1024) world pixels tall."""
     val_strips: int = 128
     panoramas: int = 12
@@ -63,12 +63,12 @@ class RecipeSettings:
     tokenizer_pictures: int = 300
     """Training strips the tokenizer trains (and is evaluated) on."""
     tokenizer_steps: int = 3000
-    tokenizer_seconds: float = 100.0
+    tokenizer_seconds: float = 80.0
     tokenizer_batch: int = 32
     tokenizer_crop: int = 128
     model: dict = field(default_factory=lambda: dict(
         vocab_size=1024, patch_size=8, d_global=384, n_global_layers=6, d_local=384, n_local_layers=6,
-        head_dim=64, max_frames=8, row_embedding=16, loss_chunk_tokens=8192))
+        head_dim=64, max_frames=8, row_embedding=16, rope_dims=32, loss_chunk_tokens=8192))
     canvas: tuple[int, int, int] = (1, 32, 32)
     train_steps: int = 2000
     micro_batch: int = 64
@@ -97,7 +97,8 @@ PRESETS: dict[str, dict] = {
                 outpaint_given=256, tokenizer_preset="demo-f8", tokenizer_steps=600, tokenizer_seconds=120.0,
                 tokenizer_batch=16, tokenizer_crop=64,
                 model=dict(vocab_size=1024, patch_size=4, d_global=128, n_global_layers=3, d_local=128,
-                           n_local_layers=3, head_dim=32, max_frames=8, row_embedding=8, loss_chunk_tokens=2048),
+                           n_local_layers=3, head_dim=32, max_frames=8, row_embedding=8, rope_dims=16,
+                           loss_chunk_tokens=2048),
                 canvas=(1, 16, 16), train_steps=600, micro_batch=8, lr=2e-3, warmup_steps=30, eval_every=200,
                 train_seconds=None, ds_config="zero1", num_workers=1, gen_batch=4, top_k=64),
 }
@@ -136,7 +137,7 @@ def _render_job(job):
     img = Image.fromarray(World(seed).render(x0, y0, w, h))
     if scale != 1.0:
         img = img.resize((round(w * scale), round(h * scale)), Image.Resampling.LANCZOS)
-    img.save(path)
+    img.save(path, compress_level=1)  # lossless either way; level 1 writes several times faster
     return path
 
 
@@ -288,6 +289,39 @@ def vertical_repetition(images: list, period_rows: int) -> float:
     return float(np.mean(scores))
 
 
+def position_losses(model, tokenizer, folder: Path, order: str, batch: int = 8) -> dict:
+    """Held-out bits per token by position inside a patch, on the whole strips of ``folder`` (each
+    strip one canvas from its picture's top). Seams start where a patch's first tokens guess badly
+    from their neighbour patches: ``first_column`` (column 0, below row 0) and ``first_row`` (row 0,
+    right of column 0) against ``interior`` (the rest) say how much worse they guess."""
+    import torch
+    import torch.nn.functional as F
+
+    P = model.config.patch_size
+    device = next(model.parameters()).device
+    total = torch.zeros(P, P, dtype=torch.float64)
+    count = 0
+    pictures = _load(folder)
+    for start in range(0, len(pictures), batch):
+        images = torch.stack(pictures[start:start + batch]).to(tokenizer.device)
+        with torch.no_grad():
+            tokens = tokenizer.encode(images)[:, None].to(device)  # [B, 1, h, w]
+            h, w = (tokens.shape[2] // P) * P, (tokens.shape[3] // P) * P
+            tokens = tokens[:, :, :h, :w]
+            logits = model(tokens, order=order, return_loss=False, rows=0).logits.float()
+            ce = F.cross_entropy(logits.flatten(0, -2), tokens.flatten().long(), reduction="none")
+        ce = ce.view(tokens.shape[0], h // P, P, w // P, P).sum(dim=(0, 1, 3)).double().cpu()
+        total += ce
+        count += tokens.shape[0] * (h // P) * (w // P)
+    bits = total / count / math.log(2)  # [P, P]
+    interior = bits[1:, 1:].mean()
+    groups = {"first_column": float(bits[1:, 0].mean()), "first_row": float(bits[0, 1:].mean()),
+              "first_token": float(bits[0, 0]), "interior": float(interior)}
+    return {"order": order, "bits_per_token": groups, "canvases": len(pictures),
+            "excess_over_interior": {k: v / float(interior) for k, v in groups.items() if k != "interior"},
+            "map": [[round(float(x), 4) for x in row] for row in bits]}
+
+
 # ----------------------------------------------------------------------------------------------
 # the recipe
 
@@ -377,6 +411,8 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
         model_dir = export_checkpoint(run_dir, out / "model", tokenizer=str(out / "tokenizer"))
         dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
         model = NuwaInfinity.from_pretrained(model_dir, device=dev, dtype=dtype)
+        report["position_losses"] = {o: position_losses(model, tokenizer, out / "real" / "val", o)
+                                     for o in ("right", "down")}
         gen = GenerationConfig(temperature=s.temperature, top_k=s.top_k, seed=s.seed)
         generated = out / "generated"
         timings = {}
@@ -511,6 +547,8 @@ def _print_summary(report: dict):
         b = ev.get(f"outpaint_{d}", {}).get("boundary")
         if b:
             print(f"outpaint {d}: boundary fake {b['fake']:.3f} real {b['real']:.3f} recon {b['recon']:.3f}")
+    for order, pl in report.get("position_losses", {}).items():
+        print(f"held-out bits/token by position in a patch, order {order}: {pl['bits_per_token']}")
     print(f"total {report.get('total_seconds')} s; stages {report.get('stage_seconds')}")
 
 

@@ -30,6 +30,10 @@ def test_recipe_runs_every_stage_and_reports_floors(tmp_path):
         assert {"real_a", "fake", "recon", "shuffled_real", "random_tokens", "blocky_noise"} <= set(swd)
         assert swd["real_a"] < swd["blocky_noise"]  # the floor sits below the ceiling
         assert q["seams"]["scores"]["shuffled_real"]["both"] > q["seams"]["scores"]["real"]["both"]
+    for order in ("right", "down"):  # held-out loss by position inside a patch (where seams begin)
+        pl = report["position_losses"][order]
+        assert pl["canvases"] == 8 and len(pl["map"]) == report["settings"]["model"]["patch_size"]
+        assert all(0 < v < 11 for v in pl["bits_per_token"].values())  # 1024 codes: at most ~10 bits
     for d in ("right", "left", "down", "up"):
         assert set(report["eval"][f"outpaint_{d}"]["boundary"]) >= {"real", "recon", "fake"}
     with Image.open(out / "generated" / "panorama" / "panorama_00003.png") as img:
