@@ -44,8 +44,8 @@ class RecipeSettings:
     scale: float = 1.0
     """Pictures are rendered in world pixels and resized by this factor (the CPU preset works on a
     miniature of the same world)."""
-    train_strips: int = 4000
-    train_worlds: int = 4000
+    train_strips: int = 3000
+    train_worlds: int = 3000
     strip_width: int = 512
     """World pixels; strips are VIEW_HEIGHT (1024) world pixels tall."""
     val_strips: int = 128
