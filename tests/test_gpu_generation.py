@@ -10,9 +10,10 @@ from nuwa_ds.model.generation import GenerationConfig, run_generation
 pytestmark = pytest.mark.gpu
 
 
-@pytest.mark.parametrize("order, wavefront", [("down", False), ("down", True), ("right", True), ("left", False)])
-def test_cuda_graph_generation_equals_eager(order, wavefront):
-    model = tiny_model(extents=(0, 1, 1)).cuda()
+@pytest.mark.parametrize("order, wavefront, rope", [("down", False, 0), ("down", True, 0), ("right", True, 8),
+                                                   ("left", False, 8)])
+def test_cuda_graph_generation_equals_eager(order, wavefront, rope):
+    model = tiny_model(extents=(0, 1, 1), rope_dims=rope).cuda()
     cfg = dict(temperature=1.0, top_k=30, seed=5, wavefront=wavefront)
     graph = run_generation(model, (1, 16, 24), order, 2, config=GenerationConfig(**cfg, cuda_graph=True))
     eager = run_generation(model, (1, 16, 24), order, 2, config=GenerationConfig(**cfg, cuda_graph=False))
@@ -21,8 +22,9 @@ def test_cuda_graph_generation_equals_eager(order, wavefront):
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 5e-3), (torch.bfloat16, 3e-2)])
-def test_teacher_forced_decode_on_gpu(dtype, tol):
-    model = tiny_model(extents=(1, 1, 1)).cuda().to(dtype)
+@pytest.mark.parametrize("rope", [0, 8])
+def test_teacher_forced_decode_on_gpu(dtype, tol, rope):
+    model = tiny_model(extents=(1, 1, 1), rope_dims=rope).cuda().to(dtype)
     tokens = torch.randint(0, 256, (2, 2, 8, 12), device="cuda")
     with torch.no_grad():
         parallel = model(tokens, order="right").logits.float()
