@@ -17,7 +17,8 @@ Geometry (docs/decisions.md, "Shards"):
 Tokenizing runs in batches of ``batch_size`` frames on the GPU when there is one (``device='auto'``).
 Each finished shard updates ``prepare_state.json`` atomically; running the same command again after
 an interruption continues from the last finished shard and produces the same shards as an
-uninterrupted run. The result is described by ``manifest.json`` (brace pattern, sample counts).
+uninterrupted run. The result is described by ``manifest.json`` (brace pattern, sample counts, and
+``tokenizer_path``: where the tokenizer was loaded from, which decodes training's sample pictures).
 """
 
 from __future__ import annotations
@@ -531,7 +532,8 @@ def _finish(out_dir: Path, opts: PrepareOptions, state: dict, output: ShardOutpu
     manifest = {"shards": brace_pattern(opts.prefix, len(shard_samples)), "num_shards": len(shard_samples),
                 "num_samples": sum(shard_samples), "shard_samples": shard_samples, "counts": counts,
                 "downsample": tokenizer.downsample, "codebook_size": tokenizer.codebook_size,
-                "patch_size": opts.patch_size, "seconds_last_run": round(seconds, 2),
+                "patch_size": opts.patch_size, "tokenizer_path": tokenizer.source,
+                "seconds_last_run": round(seconds, 2),
                 **val, "settings": state["settings"]}
     write_json_atomic(out_dir / MANIFEST_FILE, manifest)
     state.update(complete=True, shard_samples=shard_samples, closed_shards=len(shard_samples),

@@ -255,6 +255,7 @@ def test_prepare_command_and_bad_input(tmp_path, capsys):
     assert rc == 0 and "skipped 1" in out and f"data.shards={tmp_path / 'out'}/shard-{{000000..000000}}.tar" in out
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["counts"]["skipped_unreadable"] == 1 and manifest["num_samples"] == 1
+    assert manifest["tokenizer_path"] == str((tmp_path / "tok").resolve())  # what decodes training's samples
     with tarfile.open(tmp_path / "out" / "shard-000000.tar") as tar:
         meta = json.loads(tar.extractfile(next(n for n in tar.getnames() if n.endswith(".json"))).read())
     assert meta["caption"] == "a cup of coffee" and meta["source"] == "coffee.png"

@@ -620,6 +620,7 @@ def _train(model, codebook, sampler, optimizer, params, pictures, sample, dev, c
     metrics["total_seconds"] = round(time.perf_counter() - origin, 3)
     if saver is not None:
         write_atomic(saver.out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        model.source = str(saver.out.resolve())
     return model, metrics
 
 

@@ -463,6 +463,9 @@ class VQTokenizer(nn.Module):
             self.quantize = GumbelQuantizer(config.z_channels, config.embed_dim, config.n_embed)
         self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
+        self.source: str | None = None
+        """Where the weights were loaded from (a directory or .ckpt, absolute); None when made in memory.
+        ``prepare`` records it in the manifest, so training can decode its sample pictures."""
 
     # -- properties the rest of the project reads
     @property
@@ -589,6 +592,7 @@ class VQTokenizer(nn.Module):
         meta.pop("version", None)
         model = cls(VQConfig.from_dict(meta))
         model.load_weights(load_file(str(directory / WEIGHTS_FILE)), source=str(directory))
+        model.source = str(directory.resolve())
         return model.to(resolve_device(device)).eval()
 
     def load_weights(self, state: dict[str, torch.Tensor], source: str = "state dict"):
@@ -616,6 +620,7 @@ class VQTokenizer(nn.Module):
         cfg = resolve_taming_config(config, state)
         model = cls(cfg)
         model.load_weights(state, source=str(ckpt_path))
+        model.source = str(Path(ckpt_path).resolve())
         return model.to(resolve_device(device)).eval()
 
 
