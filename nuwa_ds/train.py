@@ -312,13 +312,10 @@ class Trainer:
 
     def parameter_digest(self) -> str:
         """SHA-256 over the full parameters (gathered one at a time under ZeRO-3)."""
-        import deepspeed
-
         digest = hashlib.sha256()
-        for name, param in self.engine.module.named_parameters():
-            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-                digest.update(name.encode())
-                digest.update(param.detach().float().cpu().numpy().tobytes())
+        for name, param in D.gathered_parameters(self.engine.module):
+            digest.update(name.encode())
+            digest.update(param.detach().float().cpu().numpy().tobytes())
         return digest.hexdigest()
 
     def check_replicas(self, step: int, logger: RunLogger):

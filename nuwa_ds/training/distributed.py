@@ -152,3 +152,13 @@ def all_gather_object(obj) -> list:
     out = [None] * tdist.get_world_size()
     tdist.all_gather_object(out, obj)
     return out
+
+
+def gathered_parameters(module: torch.nn.Module):
+    """``(name, full parameter)`` of ``module``, one at a time: under ZeRO-3 each is gathered for the
+    body of the loop (a collective: every rank must run the whole loop); otherwise a plain walk."""
+    import deepspeed
+
+    for name, param in module.named_parameters():
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+            yield name, param
