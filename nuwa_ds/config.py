@@ -469,6 +469,19 @@ class TrainConfig(ConfigBase):
     the end; 0 turns validation off."""
     eval_batches: int = 8
     """Micro-batches per rank per evaluation (the validation set has world size x this many)."""
+    samples: int = 4
+    """Sample pictures drawn at every evaluation on the training canvas (data.canvas), plus one wide
+    canvas (train.sample_wide), decoded into one grid: run_dir/samples/step_NNNNNN.png and the
+    TensorBoard image ``samples``; 0 turns them off (docs/decisions.md, "Sample pictures")."""
+    sample_wide: int = 4
+    """Width of the extra wide sample in training-canvas widths (generated in order right); 0: none."""
+    sample_temperature: float = 1.0
+    """Sampling temperature of the sample pictures (0: greedy)."""
+    sample_top_k: Optional[int] = 64
+    """Top-k of the sample pictures (null: the whole vocabulary)."""
+    sample_tokenizer: Optional[str] = None
+    """VQ tokenizer that decodes the sample pictures (a tokenizer directory or a taming .ckpt); None:
+    the one that made data.shards, named in their manifest.json. None found: no pictures, one log line."""
 
     def validate(self):
         if self.precision not in ("auto", "bf16", "fp32"):
@@ -484,6 +497,12 @@ class TrainConfig(ConfigBase):
         if self.eval_every < 0 or self.eval_batches < 1:
             raise ConfigError(f"train.eval_every must be >= 0 and train.eval_batches >= 1, got "
                               f"{self.eval_every} and {self.eval_batches}")
+        if self.samples < 0 or self.sample_wide < 0 or self.sample_wide == 1:
+            raise ConfigError(f"train.samples must be >= 0 and train.sample_wide 0 (none) or >= 2, got "
+                              f"{self.samples} and {self.sample_wide}")
+        if self.sample_temperature < 0 or (self.sample_top_k is not None and self.sample_top_k < 1):
+            raise ConfigError(f"train.sample_temperature must be >= 0 and train.sample_top_k >= 1 (or null), got "
+                              f"{self.sample_temperature} and {self.sample_top_k}")
         if self.lr <= 0 or not 0.0 <= self.min_lr_ratio <= 1.0 or self.warmup_steps < 0:
             raise ConfigError("train.lr must be > 0, train.min_lr_ratio within [0, 1], train.warmup_steps >= 0")
         if self.grad_clip < 0 or self.weight_decay < 0:

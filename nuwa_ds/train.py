@@ -369,7 +369,7 @@ class Trainer:
         try:
             self.resume(logger)
             self.write_run_files()
-            for note in self.plan.notes:
+            for note in [*self.plan.notes, *self.validation.notes]:
                 logger.print(f"[nuwa-ds] {note}")
             logger.event("start", f"training steps {start_step + 1}..{train.steps} on {self.dist.world_size} rank(s) "
                          f"({self.device.type}, ZeRO-{self.plan.ds.stage}, {self.plan.ds.precision}, "

@@ -190,6 +190,9 @@ def test_val_loss_exact_across_sigkill_and_resume_zero3(zero_runs, tmp_path):
     history = json.loads((ref_dir / "eval_history.json").read_text())
     assert [h["step"] for h in history] == [2, 4, 6, 8, 10, 12]
     assert Image.open(ref_dir / "loss_curve.png").size == (640, 400)
+    # token shards without a manifest name no tokenizer: one line at the start, no pictures, no failure
+    assert (tmp_path / "ref.txt").read_text().count("sample pictures off: no manifest.json") == 1
+    assert not (ref_dir / "samples").exists() and not events(ref_dir, "samples")
 
     run_dir, log = tmp_path / "run", tmp_path / "killed.txt"
     cmd = train_cmd(2, run_dir, *args)

@@ -1,11 +1,11 @@
-"""What a run reports, on rank 0: a progress bar, TensorBoard scalars and ``metrics.jsonl``.
+"""What a run reports, on rank 0: a progress bar, TensorBoard scalars and images, ``metrics.jsonl``.
 
 ``metrics.jsonl`` gets one line per logged step (``{"step", "loss", "lr", ...}``; null where a value
 is not finite) and one per event
 (``{"event": "start" | "resume" | "checkpoint" | "skip" | "preempted" | "diverged" | "replica_check"
-| "eval" | "end", ...}``); it is appended to, so a resumed run continues the same file. On a terminal the
-progress bar shows step, loss, tokens/s and ETA; in a batch log (no TTY) a plain line is printed
-every ``log_every`` steps instead of carriage-return noise.
+| "eval" | "samples" | "end", ...}``); it is appended to, so a resumed run continues the same file. On
+a terminal the progress bar shows step, loss, tokens/s and ETA; in a batch log (no TTY) a plain line
+is printed every ``log_every`` steps instead of carriage-return noise.
 """
 
 from __future__ import annotations
@@ -82,6 +82,11 @@ class RunLogger:
         for tag, value in values.items():
             if value is not None and math.isfinite(value):
                 self.tb.add_scalar(tag, value, step)
+
+    def image(self, step: int, tag: str, picture):
+        """A TensorBoard image (``[H, W, 3]`` uint8) under ``tag`` (e.g. ``samples``)."""
+        if self.tb is not None:
+            self.tb.add_image(tag, picture, step, dataformats="HWC")
 
     def eta(self, step: int) -> float:
         done = step - self.start_step

@@ -1,6 +1,6 @@
 """Validation during training: a fixed held-out set, its loss every ``train.eval_every`` steps, the
-eval history (kept in checkpoints), and the loss-curve picture at the end (docs/decisions.md,
-"Validation (issue 13)").
+eval history (kept in checkpoints), sample pictures after each evaluation (``samples.py``), and the
+loss-curve picture at the end (docs/decisions.md, "Validation (issue 13)").
 
 * **The set is fixed.** It is built once per process from ``data.val_shards`` (or, for synthetic
   training data, from synthetic grids of a stream no training rank draws) as a list of global
@@ -29,6 +29,7 @@ from typing import Optional
 import torch
 
 from nuwa_ds.training import distributed as D
+from nuwa_ds.training.samples import Sampler
 
 log = logging.getLogger("nuwa_ds.validation")
 VAL_SALT = 0x5641  # 'VA': the validation set's RNG stream (training streams use restart 0, 1, ...)
@@ -130,14 +131,8 @@ def check_val_shards(cfg) -> None:
 # Evaluation in the training loop
 
 
-def on_eval(step: int, trainer) -> None:
-    """Called on every rank after each evaluation (model back in train mode). The hook point for
-    sample pictures during training: generation goes here (all ranks must take part under ZeRO-3)."""
-    return None
-
-
 class Validator:
-    """The fixed set of one rank, the evaluation, and the run's eval history."""
+    """The fixed set of one rank, the evaluation, its sample pictures, and the run's eval history."""
 
     def __init__(self, trainer, text_tokenizer=None):
         cfg = trainer.cfg
@@ -147,6 +142,8 @@ class Validator:
         if self.every:
             self.batches = build_val_batches(cfg.data, cfg.model, trainer.dist.rank, trainer.dist.world_size,
                                              cfg.train.micro_batch_size, cfg.train.eval_batches, text_tokenizer)
+        self.sampler = Sampler(trainer, self.batches)
+        self.notes = self.sampler.notes  # printed at the start of the run
 
     # -- checkpoint client state ---------------------------------------------------------------------
 
@@ -192,7 +189,7 @@ class Validator:
         logger.event("eval", f"step {step}: val loss {val_loss:.4f} ({val_loss / LN2:.4f} bits/token) on {tokens} "
                      f"tokens, {seconds:.1f} s", **finite, seconds=seconds)
         logger.scalars(step, {"val/loss": val_loss, "val/bits_per_token": val_loss / LN2})
-        on_eval(step, self.trainer)
+        self.sampler.run(step, logger)  # every rank, model back in train mode
         return entry
 
     def finish(self, run_dir: Path, is_main: bool):
