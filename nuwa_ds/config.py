@@ -461,6 +461,12 @@ class TrainConfig(ConfigBase):
     time_limit: Optional[float] = None
     """Seconds of training after which the run checkpoints and stops as on a stop signal (exit 75,
     so a requeue or ``--resume auto`` continues it); None: no limit."""
+    deadline_margin: Optional[float] = 300.0
+    """Under Slurm: seconds before the job's end time (read from Slurm at the start and re-read every
+    few minutes) at which the run checkpoints and exits 75 for a requeue, as on a stop signal, even if
+    no signal arrives (issue 20's second line of defence); 0 or null: off. No effect outside Slurm, or
+    for a job without an end time or whose time limit is not longer than the margin (one log line says
+    so). Leave the checkpoint enough time: the default matches train.sbatch's ``--signal=B:USR1@300``."""
     checkpoint_fsync: bool = True
     """fsync every checkpoint file before publishing it, so a checkpoint survives a node crash, not
     only a killed process (costs the time to flush it to disk)."""
@@ -492,6 +498,9 @@ class TrainConfig(ConfigBase):
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.global_batch_size is not None and self.global_batch_size < 1:
             raise ConfigError(f"train.global_batch_size must be >= 1 (or null), got {self.global_batch_size}")
+        if self.deadline_margin is not None and self.deadline_margin < 0:
+            raise ConfigError(f"train.deadline_margin must be >= 0 seconds (0 or null: off), "
+                              f"got {self.deadline_margin}")
         if self.replica_check_every < 0:
             raise ConfigError(f"train.replica_check_every must be >= 0, got {self.replica_check_every}")
         if self.eval_every < 0 or self.eval_batches < 1:
