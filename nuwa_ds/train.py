@@ -11,8 +11,10 @@ DeepSpeed config and batch triad, shards, ZeRO-3 settings against the model's sh
 resume and its compatibility) without allocating the model; then the process group starts, the engine
 is built and ``Trainer.fit`` runs the loop. Python API: ``train(run_config, resume="auto")``.
 
-Exit codes: 0 finished, 75 stopped by a signal after saving (requeue me), 3 too many non-finite
-steps in a row (the last good checkpoint is named), 2 bad input.
+Exit codes: 0 finished, 75 stopped after saving (requeue me: a stop signal, train.time_limit, or the
+Slurm job's end time less train.deadline_margin), 3 too many non-finite steps in a row (the last good
+checkpoint is named), 2 bad input. After a stop for a requeue, rank 0 also writes the file named by
+``NUWA_REQUEUE_MARKER`` if set (``slurm/train.sbatch`` sets it: torchrun reports a rank's 75 as its own 1).
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ from nuwa_ds.training import checkpoint as C
 from nuwa_ds.training import distributed as D
 from nuwa_ds.training import ds_config as DSC
 from nuwa_ds.training import optim
+from nuwa_ds.training.deadline import SlurmDeadline
 from nuwa_ds.training.metrics import RunLogger
 from nuwa_ds.training.preemption import (DIVERGED_EXIT_CODE, REQUEUE_EXIT_CODE, Faults, StopRequest,
-                                         block_stop_signals, restore_signal_mask)
+                                         block_stop_signals, leave_requeue_marker, restore_signal_mask)
 from nuwa_ds.training.validation import LN2, Validator, check_val_shards, model_inputs
 
 
@@ -386,13 +389,17 @@ class Trainer:
         data_iter = iter(self.loader)
         saved_step = start_step if self.plan.resume_from is not None else None
         bad_in_row = 0
-        deadline = time.monotonic() + train.time_limit if train.time_limit is not None else None
+        time_limit_at = time.monotonic() + train.time_limit if train.time_limit is not None else None
         timed_out = False
+        # rank 0 watches the Slurm job's end time; its vote reaches every rank through the all-reduce
+        slurm = (SlurmDeadline(train.deadline_margin, log=lambda message, **fields: logger.event(
+            "deadline", message, **fields)).start() if self.dist.is_main else None)
 
-        def vote() -> bool:  # this rank's stop vote: a stop signal, or train.time_limit reached
+        def vote() -> bool:  # this rank's stop vote: a stop signal, train.time_limit, or the job's end near
             nonlocal timed_out
-            timed_out = timed_out or (deadline is not None and time.monotonic() >= deadline)
-            return bool(stop.poll()) or timed_out
+            signalled = bool(stop.poll())
+            timed_out = timed_out or (time_limit_at is not None and time.monotonic() >= time_limit_at)
+            return signalled or timed_out or (slurm is not None and slurm.due())
 
         for step in range(start_step + 1, train.steps + 1):
             lr = self.optimizer.param_groups[0]["lr"]
@@ -416,11 +423,15 @@ class Trainer:
             if step % train.save_every == 0 and bad_in_row == 0:
                 self.save(step, logger)
                 saved_step = step
+                if slurm is not None:
+                    slurm.refresh()  # a checkpoint is a good moment to look again (TimeLimit updates, suspends)
             self.faults.pause(step, stop)
             if result.stop:
                 info = self.save(step, logger) if saved_step != step else None
                 path = info.path if info else self.run_dir / "checkpoints" / C.tag_for(step)
-                cause = stop.signal_name or ("train.time_limit" if timed_out else "a signal on another rank")
+                cause = stop.signal_name or ("train.time_limit" if timed_out else
+                                             "the Slurm job's end (train.deadline_margin)" if slurm and slurm.triggered
+                                             else "a stop on another rank")
                 logger.event("preempted", f"stopped by {cause} after step {step}; resume with --resume auto",
                              step=step, checkpoint=str(path), cause=cause)
                 return TrainResult("preempted", step, path, self.run_dir)
@@ -465,7 +476,10 @@ def train(cfg: RunConfig, resume: Optional[str] = None, local_rank: Optional[int
         try:
             trainer = Trainer(cfg, plan, dist, device)
             try:
-                return trainer.fit(progress)
+                result = trainer.fit(progress)
+                if result.status == "preempted" and dist.is_main:
+                    leave_requeue_marker(result.step, result.checkpoint)
+                return result
             finally:
                 trainer.engine.destroy()  # ZeRO-3 hooks and buffers, before the process group goes
         finally:

@@ -5,6 +5,8 @@ under the real Slurm in tests/test_slurm.py."""
 from __future__ import annotations
 
 import calendar
+import json
+import os
 import subprocess
 import threading
 import time
@@ -13,6 +15,8 @@ import pytest
 
 from nuwa_ds.config import ConfigError, TrainConfig
 from nuwa_ds.training.deadline import JobTimes, SlurmDeadline, parse_slurm_time, read_job_times
+from nuwa_ds.training.preemption import REQUEUE_EXIT_CODE
+from test_train_utils import events, run, train_cmd
 
 T0 = float(calendar.timegm((2026, 12, 2, 4, 0, 25, 0, 0, 0)))  # 2026-12-02T04:00:25 UTC
 
@@ -191,3 +195,37 @@ def test_config_key():
     TrainConfig(deadline_margin=None).validate()
     with pytest.raises(ConfigError, match="deadline_margin"):
         TrainConfig(deadline_margin=-1).validate()
+
+
+FAKE_SQUEUE = """#!/bin/sh
+# a stand-in for squeue: the job started 1000 s ago and ends in END_IN seconds (UTC, standard format)
+[ "$TZ" = UTC0 ] && [ "$SLURM_TIME_FORMAT" = standard ] || {{ echo "TZ $TZ, format $SLURM_TIME_FORMAT" >&2; exit 1; }}
+now=$(date +%s)
+echo "$(date -u -d @$((now - 1000)) +%Y-%m-%dT%H:%M:%S)|$(date -u -d @$((now + {end_in})) +%Y-%m-%dT%H:%M:%S)"
+"""
+
+
+@pytest.mark.slow
+def test_trainer_stops_for_a_requeue_before_the_job_ends(tmp_path):
+    """One rank with SLURM_JOB_ID set and a stand-in squeue saying the job ends in 100 s: with a 120 s
+    margin the first step's vote stops the run: checkpoint, exit 75, the requeue marker, one 'due' event."""
+    bin_dir, run_dir, log = tmp_path / "bin", tmp_path / "run", tmp_path / "log.txt"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text(FAKE_SQUEUE.format(end_in=100))
+    (bin_dir / "squeue").chmod(0o755)
+    marker = tmp_path / "requeue"
+    cmd = train_cmd(0, run_dir, "train.steps=50", "train.save_every=100", "train.deadline_margin=120")
+    rc = run(cmd, log, timeout=240, SLURM_JOB_ID="4242", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+             TZ="JST-9", NUWA_REQUEUE_MARKER=marker)
+    text = log.read_text()
+    assert rc == REQUEUE_EXIT_CODE, text[-3000:]
+    armed, due = events(run_dir, "deadline")
+    assert armed["state"] == "armed" and armed["source"] == "squeue" and 95 <= armed["seconds_left"] <= 100
+    assert abs(armed["end_time"] - (armed["time"] + armed["seconds_left"])) < 1  # UTC read as UTC under TZ=JST-9
+    assert due["state"] == "due" and due["margin"] == 120
+    (preempted,) = events(run_dir, "preempted")
+    assert preempted["step"] == 1 and preempted["cause"] == "the Slurm job's end (train.deadline_margin)"
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000001"
+    assert marker.read_text().startswith("step 1 checkpoint ")
+    assert "Slurm job 4242 ends at" in text and "stopping 120 s before it" in text
+    assert json.loads((run_dir / "run_config.json").read_text())["train"]["deadline_margin"] == 120

@@ -19,12 +19,24 @@ import time
 REQUEUE_EXIT_CODE = 75
 """Exit status after a checkpoint taken on a stop signal (EX_TEMPFAIL: 'try again later'); the
 sbatch script requeues the job on it."""
+REQUEUE_MARKER_ENV = "NUWA_REQUEUE_MARKER"
+"""A file rank 0 writes after a stop for a requeue (checkpoint published), when this variable names one:
+a launcher that reports a rank's 75 as its own failure (torchrun exits 1) hides the status, the file does not."""
 DIVERGED_EXIT_CODE = 3
 """Exit status when max_bad_steps non-finite steps in a row stopped the run (no requeue)."""
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 BLOCKED_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 """The scheduler's stop signals, kept blocked in every thread of a training process (see ``StopRequest``)."""
+
+
+def leave_requeue_marker(step: int, checkpoint, environ=os.environ):
+    """Write ``$NUWA_REQUEUE_MARKER`` (if set): the run stopped after ``step`` for a requeue, its checkpoint
+    is ``checkpoint``. ``slurm/train.sbatch`` requeues the job when it finds the file."""
+    path = environ.get(REQUEUE_MARKER_ENV)
+    if path:
+        with open(path, "w") as f:
+            f.write(f"step {step} checkpoint {checkpoint}\n")
 
 
 def block_stop_signals() -> set:
@@ -176,6 +188,8 @@ class Faults:
       written (engine files on disk, not yet published).
     * ``NUWA_FAULT_PAUSE_IN_EVAL=k`` - (tokenizer-train) after evaluation batch k wait like
       ``NUWA_FAULT_PAUSE_AT_STEP``, so a test can kill the run during its evaluation.
+    * ``NUWA_FAULT_STEP_SECONDS=s``  - sleep s seconds after every optimizer step (a slow run whose
+      pace a test knows, e.g. to change the Slurm job's time limit while it trains).
     """
 
     def __init__(self, environ=os.environ):
@@ -183,11 +197,14 @@ class Faults:
         self.pause_at = int(environ.get("NUWA_FAULT_PAUSE_AT_STEP", "0") or 0)
         self.kill_in_save = int(environ.get("NUWA_FAULT_KILL_IN_SAVE", "0") or 0)
         self.pause_eval_at = int(environ.get("NUWA_FAULT_PAUSE_IN_EVAL", "0") or 0)
+        self.step_seconds = float(environ.get("NUWA_FAULT_STEP_SECONDS", "0") or 0)
 
     def loss(self, step: int, loss):
         return loss * float("nan") if step in self.nan_steps else loss
 
     def pause(self, step: int, stop: StopRequest):
+        if self.step_seconds > 0:
+            time.sleep(self.step_seconds)
         if step == self.pause_at:
             self._wait(f"after step {step}", stop)
 
