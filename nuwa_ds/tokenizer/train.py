@@ -7,7 +7,11 @@ current batch, so the whole codebook stays in use. Perceptual (LPIPS) and advers
 used: their weights are not available offline, and pixel losses alone reach a recognisable
 reconstruction (see docs/benchmarks.md for the PSNR).
 
-Data: random crops (with flips and a random downscale) of the given pictures. The function form,
+Data: random crops (with flips and a random downscale) of the given pictures. Only the files'
+headers are read before training; the crops are drawn from the seeded generator in order and their
+pixels decoded, resampled and cropped by a thread pool a few batches ahead of the step, with a
+bounded cache of decoded pictures, so neither the time before the first step nor the memory grows
+with the number of pictures, and the batches do not depend on the threads. The function form,
 :func:`train_tokenizer`, is what ``nuwa-ds demo`` calls.
 
 Budgets and interruptions (issue 21, docs/decisions.md): the weights are saved (atomically) before
@@ -25,7 +29,8 @@ import os
 import shutil
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import OrderedDict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,67 +85,323 @@ class TrainOptions:
     """Evaluation progress bar (tqdm); None: when stderr is a terminal."""
     log_every: int = 100
     """Steps between progress lines (0: quiet)."""
+    data_workers: int | None = None
+    """Threads decoding and cropping pictures ahead of the training step (and reading headers,
+    decoding evaluation pictures); None: min(8, CPUs). The results do not depend on it."""
+    picture_cache_mb: float = 1024.0
+    """Decoded pictures kept in memory (least recently used out first; 0: none): about 0.26 MB for a
+    256x256 picture. Memory does not grow with the number of pictures beyond this."""
 
 
 # ----------------------------------------------------------------------------------------------
 # Data
 
 
-def _load_pictures(images) -> list[np.ndarray]:
-    """Paths, a folder, arrays, or the string 'demo' -> list of [H, W, 3] uint8."""
+PREFETCH_BATCHES = 3
+"""Training batches being prepared ahead of the step that uses them."""
+SCALES = (1.0, 0.75, 0.5)
+"""Crop scales: each picture is cropped at full, 3/4 and 1/2 size (the sizes `prepare` resizes to)."""
+_ORIENTATION_TAG = 0x0112
+
+
+def worker_count(requested: int | None = None) -> int:
+    """Threads decoding and cropping pictures: ``requested``, or min(8, the CPUs this process may use)."""
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"data_workers must be >= 1 (or None), got {requested}")
+        return requested
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
+class PictureError(ValueError):
+    """A picture that cannot be read or decoded; the message names the file."""
+
+
+def _transpose_method(orientation: int):
+    from PIL import Image
+
+    T = Image.Transpose
+    return {2: T.FLIP_LEFT_RIGHT, 3: T.ROTATE_180, 4: T.FLIP_TOP_BOTTOM, 5: T.TRANSPOSE, 6: T.ROTATE_270,
+            7: T.TRANSVERSE, 8: T.ROTATE_90}.get(orientation)
+
+
+def _read_header(path: Path) -> tuple[int, int, int]:
+    """``(height, width, EXIF orientation)`` of a picture file as a viewer shows it (the orientation
+    applied), from its header: the pixels are not decoded."""
+    from PIL import Image
+
+    if not path.is_file():
+        raise FileNotFoundError(f"picture {path} does not exist")
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            # the base class reads only what opening parsed (a PNG's own getexif() would decode the pixels)
+            orientation = Image.Image.getexif(img).get(_ORIENTATION_TAG, 1)
+    except Exception as exc:  # Pillow: OSError, SyntaxError, ValueError, struct.error, DecompressionBombError...
+        raise PictureError(f"picture {path} cannot be read: {exc}") from exc
+    orientation = orientation if isinstance(orientation, int) and _transpose_method(orientation) else 1
+    return (width, height, orientation) if orientation in (5, 6, 7, 8) else (height, width, orientation)
+
+
+class Pictures:
+    """The pictures by index: sizes known up front, pixels decoded when first needed.
+
+    Files are opened once up front to read their headers (size, EXIF orientation; in a thread pool),
+    and decoded on demand (``image``, ``array``) into a least-recently-used cache of at most
+    ``cache_mb`` megabytes (0: none), so memory does not grow with the number of pictures. Arrays
+    given by the caller are used as they are. Thread-safe; a picture wanted by several threads at
+    once is decoded once. A file that cannot be decoded raises :class:`PictureError` naming it."""
+
+    def __init__(self, sources: list, sizes: list[tuple[int, int]], orientations: list[int] | None = None,
+                 cache_mb: float = 1024.0):
+        import threading
+
+        self.sources, self.sizes = sources, sizes
+        self.orientations = orientations or [1] * len(sources)
+        self.cache_bytes = int(max(0.0, cache_mb) * 2 ** 20)
+        self._cache: OrderedDict[int, object] = OrderedDict()
+        self._cached_bytes = 0
+        self._pending: dict[int, Future] = {}
+        self._lock = threading.Lock()
+        self.decoded = 0
+        """Decodes so far (a picture evicted from the cache and needed again counts again)."""
+
+    @classmethod
+    def from_arrays(cls, arrays, cache_mb: float = 1024.0) -> "Pictures":
+        arrays = [_checked_array(k, a) for k, a in enumerate(arrays)]
+        return cls(arrays, [a.shape[:2] for a in arrays], cache_mb=cache_mb)
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def size(self, index: int) -> tuple[int, int]:
+        """``(height, width)``."""
+        return self.sizes[index]
+
+    def name(self, index: int) -> str:
+        source = self.sources[index]
+        return f"picture {index}" if isinstance(source, np.ndarray) else f"picture {source}"
+
+    def _decode(self, index: int):
+        from PIL import Image
+
+        source = self.sources[index]
+        if isinstance(source, np.ndarray):
+            return Image.fromarray(np.ascontiguousarray(source[..., :3]))
+        try:
+            with Image.open(source) as img:
+                img.load()
+                method = _transpose_method(self.orientations[index])
+                img = (img.transpose(method) if method is not None else img).convert("RGB")
+        except Exception as exc:
+            raise PictureError(f"picture {source} cannot be decoded: {exc}") from exc
+        if (img.height, img.width) != self.sizes[index]:
+            raise PictureError(f"picture {source} is {img.width}x{img.height}, its header said "
+                               f"{self.sizes[index][1]}x{self.sizes[index][0]} (changed during training?)")
+        return img
+
+    def image(self, index: int):
+        """The picture as a Pillow RGB image (do not modify it: it may be cached and shared)."""
+        with self._lock:
+            if index in self._cache:
+                self._cache.move_to_end(index)
+                return self._cache[index]
+            pending = self._pending.get(index)
+            owner = pending is None
+            if owner:
+                pending = self._pending[index] = Future()
+        if not owner:
+            return pending.result()
+        try:
+            img = self._decode(index)
+        except BaseException as exc:
+            with self._lock:
+                del self._pending[index]
+            pending.set_exception(exc)
+            raise
+        cost = img.width * img.height * 4  # Pillow keeps RGB as 4 bytes a pixel
+        with self._lock:
+            self.decoded += 1
+            del self._pending[index]
+            if cost <= self.cache_bytes:
+                self._cache[index] = img
+                self._cached_bytes += cost
+                while self._cached_bytes > self.cache_bytes:
+                    _, old = self._cache.popitem(last=False)
+                    self._cached_bytes -= old.width * old.height * 4
+        pending.set_result(img)
+        return img
+
+    def array(self, index: int) -> np.ndarray:
+        """``[H, W, 3]`` uint8 (arrays the caller gave: as given, RGBA included)."""
+        source = self.sources[index]
+        return source if isinstance(source, np.ndarray) else np.asarray(self.image(index))
+
+    __getitem__ = array
+
+
+def _checked_array(index: int, array) -> np.ndarray:
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, -1)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] not in (3, 4):
+        raise ValueError(f"picture {index}: expected uint8 [H, W, 3] pixels, got {array.dtype} {array.shape}")
+    return array
+
+
+def _as_pictures(pictures) -> Pictures:
+    return pictures if isinstance(pictures, Pictures) else Pictures.from_arrays(pictures, cache_mb=0)
+
+
+def _load_pictures(images, workers: int | None = None, cache_mb: float = 1024.0) -> Pictures:
+    """Paths, a folder, arrays, or the string 'demo' -> :class:`Pictures`. Files: only their headers
+    are read here (by a thread pool; missing or unreadable files are refused, naming them), the
+    pixels are decoded when training or the evaluation first needs them."""
     if isinstance(images, (str, Path)) and str(images) == "demo":
-        return list(demo_pictures().values())
+        return Pictures.from_arrays(list(demo_pictures().values()), cache_mb=cache_mb)
     if isinstance(images, (str, Path)) and Path(images).is_dir():
         images = sorted(p for p in Path(images).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if isinstance(images, (str, Path, np.ndarray)):
         images = [images]
     images = list(images)
-    for item in images:
-        if not isinstance(item, np.ndarray) and not Path(item).is_file():
-            raise FileNotFoundError(f"picture {item} does not exist")
-
-    def load(item) -> np.ndarray:
-        if isinstance(item, np.ndarray):
-            return item if item.ndim == 3 else np.repeat(item[..., None], 3, -1)
-        return np.asarray(open_rgb(item))
-
-    # Pillow releases the GIL while decoding: a thread pool decodes several files at once
-    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
-        out = list(pool.map(load, images))
-    if not out:
+    if not images:
         raise ValueError("no pictures to train on")
-    return out
+    arrays = {k: _checked_array(k, item) for k, item in enumerate(images) if isinstance(item, np.ndarray)}
+    files = [k for k in range(len(images)) if k not in arrays]
+    with ThreadPoolExecutor(max_workers=worker_count(workers)) as pool:  # Pillow releases the GIL on I/O
+        headers = dict(zip(files, pool.map(_read_header, [Path(images[k]) for k in files])))
+    sources = [arrays[k] if k in arrays else Path(images[k]) for k in range(len(images))]
+    sizes = [arrays[k].shape[:2] if k in arrays else headers[k][:2] for k in range(len(images))]
+    orientations = [1 if k in arrays else headers[k][2] for k in range(len(images))]
+    return Pictures(sources, sizes, orientations, cache_mb=cache_mb)
 
 
 class CropSampler:
-    """Random crops with flips from a pyramid of each picture (full, 3/4 and 1/2 size), so the
-    tokenizer sees the scales at which `prepare` will later resize pictures."""
+    """Random crops with flips at three scales of each picture (full, 3/4 and 1/2 size), so the
+    tokenizer sees the scales at which `prepare` will later resize pictures.
 
-    def __init__(self, pictures: list[np.ndarray], crop: int, seed: int):
-        from PIL import Image
+    A crop is drawn uniformly over the (picture, scale) pairs whose scaled picture holds the crop,
+    then its position and flip: all from the seeded generator, in the caller's thread (:meth:`draw`).
+    Its pixels (:meth:`crop`) are a pure function of that draw: the picture decoded (cached by
+    :class:`Pictures`), the crop's region Lanczos-resampled straight from the full picture (Pillow's
+    ``resize(box=...)``: the same filter taps as resizing the whole picture, the box in float32,
+    so within 2/255 of cropping the resized picture), flipped. :meth:`stream` prepares batches in a
+    thread pool ahead of use; the batches do not depend on the pool's size or timing."""
 
-        self.crop = crop
-        self.levels = []
-        for array in pictures:
-            img = Image.fromarray(array[..., :3])
-            for scale in (1.0, 0.75, 0.5):
-                w, h = round(img.width * scale), round(img.height * scale)
-                if min(w, h) >= crop:
-                    self.levels.append(from_uint8(np.asarray(img.resize((w, h), Image.Resampling.LANCZOS))))
-        if not self.levels:
+    def __init__(self, pictures, crop: int, seed: int):
+        self.pictures = _as_pictures(pictures)
+        self.crop_size = crop
+        level_picture, level_scale = [], []
+        for i in range(len(self.pictures)):
+            H, W = self.pictures.size(i)
+            for s, scale in enumerate(SCALES):
+                if min(round(W * scale), round(H * scale)) >= crop:
+                    level_picture.append(i)
+                    level_scale.append(s)
+        if not level_picture:
             raise ValueError(f"every picture is smaller than the {crop}-pixel crop")
+        self.level_picture = np.asarray(level_picture, dtype=np.int64)
+        self.level_scale = np.asarray(level_scale, dtype=np.int8)
         self.generator = torch.Generator().manual_seed(seed)
 
-    def batch(self, size: int) -> torch.Tensor:  # (size, 3, crop, crop)
-        g, c = self.generator, self.crop
+    def _level_size(self, picture: int, scale: float) -> tuple[int, int]:
+        H, W = self.pictures.size(picture)
+        return round(H * scale), round(W * scale)
+
+    def draw(self, size: int) -> list[tuple[int, float, int, int, bool]]:
+        """The next ``size`` crops: ``(picture, scale, y, x, flip)``, y and x in the scaled picture."""
+        g, c = self.generator, self.crop_size
         out = []
         for _ in range(size):
-            img = self.levels[int(torch.randint(len(self.levels), (1,), generator=g))]
-            y = int(torch.randint(img.shape[1] - c + 1, (1,), generator=g))
-            x = int(torch.randint(img.shape[2] - c + 1, (1,), generator=g))
-            patch = img[:, y:y + c, x:x + c]
-            out.append(patch.flip(-1) if torch.rand((), generator=g) < 0.5 else patch)
-        return torch.stack(out)
+            k = int(torch.randint(len(self.level_picture), (1,), generator=g))
+            picture, scale = int(self.level_picture[k]), SCALES[self.level_scale[k]]
+            h, w = self._level_size(picture, scale)
+            y = int(torch.randint(h - c + 1, (1,), generator=g))
+            x = int(torch.randint(w - c + 1, (1,), generator=g))
+            out.append((picture, scale, y, x, bool(torch.rand((), generator=g) < 0.5)))
+        return out
+
+    def crop(self, spec: tuple[int, float, int, int, bool]) -> np.ndarray:
+        """The ``[crop, crop, 3]`` uint8 pixels of a drawn crop."""
+        from PIL import Image
+
+        picture, scale, y, x, flip = spec
+        c = self.crop_size
+        img = self.pictures.image(picture)
+        if scale == 1.0:
+            patch = np.asarray(img.crop((x, y, x + c, y + c)))
+        else:
+            h, w = self._level_size(picture, scale)
+            sy, sx = img.height / h, img.width / w
+            patch = np.asarray(img.resize((c, c), Image.Resampling.LANCZOS,
+                                          box=(x * sx, y * sy, (x + c) * sx, (y + c) * sy)))
+        return patch[:, ::-1] if flip else patch
+
+    def batch(self, size: int) -> torch.Tensor:  # (size, 3, crop, crop) in [-1, 1], prepared here and now
+        return from_uint8(np.stack([self.crop(spec) for spec in self.draw(size)]))
+
+    def stream(self, size: int, workers: int | None = None, depth: int = PREFETCH_BATCHES) -> "CropStream":
+        return CropStream(self, size, worker_count(workers), depth)
+
+
+class CropStream:
+    """Batches of a :class:`CropSampler`, ``depth`` of them prepared ahead by a pool of ``workers``
+    threads (Pillow releases the GIL while decoding and resampling) while the caller trains on the
+    current one. The crops are drawn in the caller's thread, in order, so the batches are the same
+    whatever the pool does. ``wait_seconds``: how long :meth:`next` waited for its batch."""
+
+    def __init__(self, sampler: CropSampler, size: int, workers: int, depth: int = PREFETCH_BATCHES):
+        self.sampler, self.size = sampler, size
+        self.chunk = max(1, math.ceil(size / (2 * workers)))  # a few tasks per worker and batch
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tokenizer-crops")
+        self.pending: deque = deque()
+        self.wait_seconds = 0.0
+        try:
+            for _ in range(max(1, depth)):
+                self._submit()
+        except BaseException:
+            self.close()
+            raise
+
+    def _fill(self, out: np.ndarray, specs: list, start: int):
+        for j in range(start, min(start + self.chunk, len(specs))):
+            out[j] = self.sampler.crop(specs[j])
+
+    def _submit(self):
+        specs = self.sampler.draw(self.size)
+        c = self.sampler.crop_size
+        out = np.empty((self.size, c, c, 3), np.uint8)
+        futures = [self.pool.submit(self._fill, out, specs, k) for k in range(0, self.size, self.chunk)]
+        self.pending.append((out, futures))
+
+    def next(self) -> torch.Tensor:
+        """The next batch: ``(size, 3, crop, crop)`` uint8 (see :func:`_model_input`)."""
+        out, futures = self.pending.popleft()
+        self._submit()  # keep the pool busy while this one is awaited
+        t = time.perf_counter()
+        for future in futures:
+            future.result()  # a picture that cannot be decoded raises here, naming its file
+        self.wait_seconds += time.perf_counter() - t
+        return torch.from_numpy(out).permute(0, 3, 1, 2)
+
+    def close(self):
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pending.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _model_input(batch: torch.Tensor, device) -> torch.Tensor:
+    """uint8 ``(B, 3, H, W)`` -> contiguous float in [-1, 1] on ``device`` (as :func:`from_uint8`)."""
+    return batch.to(device).contiguous().float() / 127.5 - 1.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,16 +552,18 @@ def eval_sample(count: int, size: int | None, seed: int) -> list[int]:
     return sorted(int(i) for i in np.random.default_rng(seed).choice(count, size=size, replace=False))
 
 
-def eval_batches(pictures: list[np.ndarray], indices: list[int], f: int, batch_size: int = 16,
+def eval_batches(pictures, indices: list[int], f: int, batch_size: int = 16,
                  seed: int = 0) -> list[list[int]]:
     """Pictures of one (cropped to multiples of f) size per batch, at most ``batch_size`` and about
     EVAL_BATCH_PIXELS pixels each; batches in a seeded random order, so an evaluation cut short by
-    the time limit covers a random part of the sample rather than its smallest pictures."""
+    the time limit covers a random part of the sample rather than its smallest pictures.
+    ``pictures``: :class:`Pictures` or a list of arrays (only the sizes are read)."""
+    pictures = _as_pictures(pictures)
     groups: dict[tuple[int, int], list[int]] = {}
     for i in indices:
-        H, W = _cropped_size(pictures[i], f)
+        H, W = _cropped_size(pictures.size(i), f)
         if H == 0 or W == 0:
-            raise ValueError(f"picture {i} ({pictures[i].shape[1]}x{pictures[i].shape[0]}) is smaller than "
+            raise ValueError(f"{pictures.name(i)} ({pictures.size(i)[1]}x{pictures.size(i)[0]}) is smaller than "
                              f"the downsampling factor {f}")
         groups.setdefault((H, W), []).append(i)
     batches = []
@@ -311,36 +574,44 @@ def eval_batches(pictures: list[np.ndarray], indices: list[int], f: int, batch_s
     return [batches[k] for k in order]
 
 
-def _cropped_size(array: np.ndarray, f: int) -> tuple[int, int]:
-    """(H, W) of a picture cut down to multiples of the downsampling factor f."""
-    return array.shape[0] // f * f, array.shape[1] // f * f
+def _cropped_size(size: tuple[int, int], f: int) -> tuple[int, int]:
+    """(H, W) of a picture of ``size`` (H, W) cut down to multiples of the downsampling factor f."""
+    return size[0] // f * f, size[1] // f * f
 
 
 def _cropped(array: np.ndarray, f: int) -> np.ndarray:
-    H, W = _cropped_size(array, f)
+    H, W = _cropped_size(array.shape, f)
     return array[:H, :W]
 
 
-def _pixels(pictures: list[np.ndarray], indices, f: int) -> int:
-    return sum(math.prod(_cropped_size(pictures[i], f)) for i in indices)
+def _pixels(pictures: Pictures, indices, f: int) -> int:
+    return sum(math.prod(_cropped_size(pictures.size(i), f)) for i in indices)
 
 
 @torch.no_grad()
-def evaluate(model: VQTokenizer, pictures: list[np.ndarray], indices: list[int] | None = None, *,
+def evaluate(model: VQTokenizer, pictures, indices: list[int] | None = None, *,
              batch_size: int = 16, seed: int = 0, deadline: float | None = None, stop: StopRequest | None = None,
-             faults: Faults | None = None, progress: bool | None = False) -> dict:
+             faults: Faults | None = None, progress: bool | None = False, workers: int | None = None) -> dict:
     """Whole-picture reconstruction PSNR (8-bit) and codebook usage of ``pictures[indices]`` (default:
-    all), pictures cropped to multiples of f, batched by size on the model's device.
+    all), pictures cropped to multiples of f, batched by size on the model's device. ``pictures``:
+    :class:`Pictures` or a list of arrays; only the evaluated pictures are decoded, the next batch's
+    by ``workers`` threads while the current one is encoded and decoded.
 
     ``deadline`` (a ``time.perf_counter()`` value): no batch is started that the measured per-pixel
     rate says would end after it (the first batch always runs); a stop signal ends it too.
     ``eval_pictures`` says how many pictures the figures cover, ``eval_stopped_by`` why it ended
     (``done``, ``time_limit`` or the signal's name)."""
+    pictures = _as_pictures(pictures)
     was_training = model.training
     model.eval()
     f = model.downsample
     indices = list(range(len(pictures))) if indices is None else list(indices)
     batches = eval_batches(pictures, indices, f, batch_size, seed)
+    pool = ThreadPoolExecutor(max_workers=worker_count(workers), thread_name_prefix="tokenizer-eval")
+
+    def load(number: int) -> list[Future]:  # decode a batch's pictures in the background
+        return [pool.submit(pictures.array, i) for i in batches[number]] if number < len(batches) else []
+
     shown = set(indices[:SHOWN_PICTURES])
     scores: dict[int, float] = {}
     used: set[int] = set()
@@ -353,6 +624,7 @@ def evaluate(model: VQTokenizer, pictures: list[np.ndarray], indices: list[int] 
     bar = tqdm(total=len(indices), desc="tokenizer evaluation", unit="pic", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
     try:
+        ahead = load(0)
         for number, batch in enumerate(batches):
             pixels = _pixels(pictures, batch, f)
             if number and stop is not None and stop.requested:
@@ -364,7 +636,9 @@ def evaluate(model: VQTokenizer, pictures: list[np.ndarray], indices: list[int] 
                     stopped_by = "time_limit"
                     break
             t = time.perf_counter()
-            images = torch.stack([from_uint8(_cropped(pictures[i], f)) for i in batch])
+            arrays = [future.result() for future in ahead]
+            ahead = load(number + 1)
+            images = torch.stack([from_uint8(_cropped(array, f)) for array in arrays])
             tokens = model.encode(images)
             recon = model.decode(tokens).cpu()
             for j, i in enumerate(batch):
@@ -378,6 +652,7 @@ def evaluate(model: VQTokenizer, pictures: list[np.ndarray], indices: list[int] 
             if faults is not None:
                 faults.pause_in_eval(number + 1, stop)
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
         model.train(was_training)
     done = sorted(scores)
@@ -442,13 +717,13 @@ def _serialise_seconds(model: VQTokenizer) -> float:
 
 
 @torch.no_grad()
-def _probe_eval_rate(model: VQTokenizer, pictures: list[np.ndarray], index: int) -> float:
+def _probe_eval_rate(model: VQTokenizer, pictures: Pictures, index: int) -> float:
     """Pixels per second of encode + decode on one picture, timed on a second call: the first one pays
     one-time costs (CUDA context, cuDNN algorithm search: seconds on a GPU, where it once made the
     estimate reserve half a 100 s budget for a 5 s evaluation); the caller adds a margin."""
     was_training = model.training
     model.eval()
-    image = from_uint8(_cropped(pictures[index], model.downsample))[None]
+    image = from_uint8(_cropped(pictures.array(index), model.downsample))[None]
     with torch.no_grad():
         model.decode(model.encode(image)).cpu()
         t = time.perf_counter()
@@ -500,7 +775,8 @@ def train_tokenizer(images="demo", out_dir=None, *, config: VQConfig | str = "de
         raise ValueError(f"time_limit must be > 0 seconds, got {opts.time_limit}")
     if opts.eval_pictures is not None and opts.eval_pictures < 1:
         raise ValueError(f"eval_pictures must be >= 1 or None (all), got {opts.eval_pictures}")
-    pictures = _load_pictures(images)
+    worker_count(opts.data_workers)  # refuses a count < 1
+    pictures = _load_pictures(images, opts.data_workers, opts.picture_cache_mb)
     dev = resolve_device(device)
 
     torch.manual_seed(opts.seed)
@@ -535,7 +811,7 @@ def _train(model, codebook, sampler, optimizer, params, pictures, sample, dev, c
         # what must still fit after the last step: the final save and the evaluation (at most half the budget)
         f = model.downsample
         eval_pixels = _pixels(pictures, sample, f)
-        rate = _probe_eval_rate(model, pictures, max(sample, key=lambda i: pictures[i].shape[0] * pictures[i].shape[1]))
+        rate = _probe_eval_rate(model, pictures, max(sample, key=lambda i: math.prod(pictures.size(i))))
         eval_estimate = 1.25 * eval_pixels / rate
         save_estimate = 3.0 * _serialise_seconds(model) + 0.2 if saver is not None else 0.0
         eval_reserve = min(eval_estimate, 0.5 * limit) + 0.5  # + metrics.json, reconstruction.png
@@ -556,41 +832,47 @@ def _train(model, codebook, sampler, optimizer, params, pictures, sample, dev, c
                                           (opts.save_every_seconds and now - last_save >= opts.save_every_seconds))
 
     stopped_by, decision = "steps", None
-    for step in range(opts.steps):
-        if deadline is not None and steps_done:
-            now = time.perf_counter()
-            save_cost = max(save_estimate, saver.last_seconds or 0.0) if saver is not None else 0.0
-            reserve = eval_reserve + save_cost  # the final save, measured once a periodic one happened
-            next_step = max(step_times[-20:]) + (save_cost if save_due(step + 1, now) else 0.0)
-            if now + next_step + reserve >= deadline:
-                stopped_by = "time_limit"
-                decision = {"elapsed": round(now - origin, 3), "next_step_estimate": round(next_step, 3),
-                            "reserved_seconds": round(reserve, 3)}
+    # crops are drawn here, in order, and prepared by a thread pool a few batches ahead of the step
+    stream = sampler.stream(opts.batch_size, opts.data_workers)
+    try:
+        for step in range(opts.steps):
+            if deadline is not None and steps_done:
+                now = time.perf_counter()
+                save_cost = max(save_estimate, saver.last_seconds or 0.0) if saver is not None else 0.0
+                reserve = eval_reserve + save_cost  # the final save, measured once a periodic one happened
+                next_step = max(step_times[-20:]) + (save_cost if save_due(step + 1, now) else 0.0)
+                if now + next_step + reserve >= deadline:
+                    stopped_by = "time_limit"
+                    decision = {"elapsed": round(now - origin, 3), "next_step_estimate": round(next_step, 3),
+                                "reserved_seconds": round(reserve, 3)}
+                    break
+            t = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(step, opts.steps, opts.lr)
+            batch = _model_input(stream.next(), dev)  # prepared in the background; waits only if not ready
+            loss, _, _ = training_step(model, codebook, batch, opts.beta, quantize=step >= warmup)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            losses.append(loss.item())
+            step_times.append(time.perf_counter() - t)
+            steps_done = step + 1
+            elapsed = time.perf_counter() - start
+            if opts.log_every and steps_done % opts.log_every == 0:
+                print(f"tokenizer step {steps_done}/{opts.steps}  loss {np.mean(losses[-opts.log_every:]):.4f}  "
+                      f"restarts {codebook.restarts}  {elapsed:.0f}s", flush=True)
+            faults.pause(steps_done, stop)
+            if stop.requested:
+                stopped_by = stop.signal_name
                 break
-        t = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, opts.steps, opts.lr)
-        batch = sampler.batch(opts.batch_size).to(dev)
-        loss, _, _ = training_step(model, codebook, batch, opts.beta, quantize=step >= warmup)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        losses.append(loss.item())
-        step_times.append(time.perf_counter() - t)
-        steps_done = step + 1
-        elapsed = time.perf_counter() - start
-        if opts.log_every and steps_done % opts.log_every == 0:
-            print(f"tokenizer step {steps_done}/{opts.steps}  loss {np.mean(losses[-opts.log_every:]):.4f}  "
-                  f"restarts {codebook.restarts}  {elapsed:.0f}s", flush=True)
-        faults.pause(steps_done, stop)
-        if stop.requested:
-            stopped_by = stop.signal_name
-            break
-        if steps_done < opts.steps and save_due(steps_done, time.perf_counter()):
-            saver.save(model, _train_metrics(steps_done, start, codebook, losses, step_times, dev, cfg, stopped_by,
-                                             budget, "training", len(pictures)))
-            last_save = time.perf_counter()
+            if steps_done < opts.steps and save_due(steps_done, time.perf_counter()):
+                saver.save(model, _train_metrics(steps_done, start, codebook, losses, step_times, dev, cfg,
+                                                 stopped_by, budget, "training", len(pictures)))
+                last_save = time.perf_counter()
+    finally:
+        stream.close()  # before the save and the evaluation: no background work left
+    budget["data_wait_seconds"] = round(stream.wait_seconds, 3)
     seconds = time.perf_counter() - start
     if decision is not None:
         budget["stop_decision"] = decision
@@ -601,7 +883,8 @@ def _train(model, codebook, sampler, optimizer, params, pictures, sample, dev, c
     model.eval()
     if stopped_by in ("steps", "time_limit"):
         result = evaluate(model, pictures, sample, batch_size=opts.eval_batch_size, seed=opts.seed,
-                          deadline=deadline, stop=stop, faults=faults, progress=opts.progress)
+                          deadline=deadline, stop=stop, faults=faults, progress=opts.progress,
+                          workers=opts.data_workers)
     else:  # a stop signal: save and leave, no evaluation
         result = {"psnr": None, "psnr_per_picture": [], "codebook_usage": None, "eval_pictures": 0,
                   "pictures_total": len(pictures), "eval_indices": [], "eval_stopped_by": stopped_by,
@@ -681,6 +964,12 @@ def add_arguments(parser: argparse.ArgumentParser):
                              f"--seed; default: {TrainOptions.eval_pictures}), or 'all'")
     parser.add_argument("--eval-batch-size", type=int, default=TrainOptions.eval_batch_size,
                         help="pictures of one size per evaluation batch (default: %(default)s)")
+    parser.add_argument("--data-workers", type=int, default=None, metavar="N",
+                        help="threads decoding and cropping pictures ahead of each training step "
+                             "(default: min(8, CPUs); the results do not depend on it)")
+    parser.add_argument("--picture-cache-mb", type=float, default=TrainOptions.picture_cache_mb, metavar="MB",
+                        help="decoded pictures kept in memory, least recently used out first (default: "
+                             "%(default)g; about 0.26 MB per 256x256 picture; 0: decode every time)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -705,6 +994,7 @@ def run(args) -> int:
                                  lr=args.lr, time_limit=args.time_limit, seed=args.seed, save_every=args.save_every,
                                  save_every_seconds=args.save_every_seconds, eval_pictures=args.eval_pictures,
                                  eval_batch_size=args.eval_batch_size, progress=args.progress, stop_signals=True,
+                                 data_workers=args.data_workers, picture_cache_mb=args.picture_cache_mb,
                                  started_at=getattr(args, "command_started", None))
     figures = (f"PSNR {metrics['psnr']:.2f} dB on {metrics['eval_pictures']} of {metrics['pictures_total']} pictures"
                if metrics["psnr"] is not None else "not evaluated")
