@@ -75,6 +75,8 @@ class RecipeSettings:
         vocab_size=1024, patch_size=8, d_global=384, n_global_layers=6, d_local=384, n_local_layers=6,
         head_dim=64, max_frames=8, row_embedding=16, loss_chunk_tokens=8192))
     canvas: tuple[int, int, int] = (1, 32, 32)
+    orders: Optional[dict] = None
+    """Training orders and their weights (``data.orders``); None: the loader's default, all four."""
     train_steps: int = 2000
     micro_batch: int = 64
     lr: float = 1e-3
@@ -363,6 +365,7 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
             "train.log_every=50", f"train.warmup_steps={s.warmup_steps}", f"train.lr={s.lr}",
             f"train.micro_batch_size={s.micro_batch}", f"train.ds_config={s.ds_config}", "train.tensorboard=true",
             f"train.seed={s.seed}", "train.weight_decay=0.0"] + (
+            [f"data.orders={json.dumps(s.orders)}"] if s.orders else []) + (
             [f"train.time_limit={s.train_seconds}"] if s.train_seconds else [])
         validation = [f"data.val_shards={shards['val']}", f"train.eval_every={s.eval_every}", "train.eval_batches=4"]
         cfg = RunConfig.load("small", overrides + validation)
