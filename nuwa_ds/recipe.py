@@ -30,6 +30,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+DIRECTIONS = ("right", "left", "down", "up")
 
 
 @dataclass
@@ -59,6 +62,8 @@ class RecipeSettings:
     """Held-out pictures outpainted per direction."""
     outpaint_given: int = 256
     """World pixels of the given square picture; the canvas is 3x as long in the direction."""
+    outpaint_directions: tuple[str, ...] = DIRECTIONS
+    """Directions outpainted (up / down need 3 x outpaint_given <= 1024, the view's height)."""
     tokenizer_preset: str = "landscape-f8"
     tokenizer_pictures: int = 300
     """Training strips the tokenizer trains (and is evaluated) on."""
@@ -70,6 +75,8 @@ class RecipeSettings:
         vocab_size=1024, patch_size=8, d_global=384, n_global_layers=6, d_local=384, n_local_layers=6,
         head_dim=64, max_frames=8, row_embedding=16, rope_dims=32, loss_chunk_tokens=8192))
     canvas: tuple[int, int, int] = (1, 32, 32)
+    orders: Optional[dict] = None
+    """Training orders and their weights (``data.orders``); None: the loader's default, all four."""
     train_steps: int = 2000
     micro_batch: int = 64
     lr: float = 1e-3
@@ -120,6 +127,14 @@ def settings_for(preset: str, assignments: list[str]) -> RecipeSettings:
         except json.JSONDecodeError:
             value = text
         setattr(settings, key, tuple(value) if isinstance(value, list) else value)
+    from data_pipelines.landscapes import VIEW_HEIGHT
+
+    for d in settings.outpaint_directions:
+        if d not in DIRECTIONS:
+            raise ValueError(f"outpaint_directions: unknown direction {d!r}; choose from {', '.join(DIRECTIONS)}")
+        if d in ("down", "up") and 3 * settings.outpaint_given > VIEW_HEIGHT:
+            raise ValueError(f"outpaint {d}: a canvas 3 x outpaint_given = {3 * settings.outpaint_given} world "
+                             f"pixels tall does not fit the {VIEW_HEIGHT}-pixel view")
     return settings
 
 
@@ -155,9 +170,6 @@ def render_set(folder: Path, jobs: list, workers: int, desc: str) -> list[dict]:
     return manifest
 
 
-DIRECTIONS = ("right", "left", "down", "up")
-
-
 def outpaint_geometry(direction: str, s: RecipeSettings) -> tuple[int, int, int, int]:
     """World pixels of one outpainting: (canvas width, canvas height, canvas top in the view, edge),
     ``edge`` being where the given square ends and the model takes over, counted from the canvas's
@@ -188,7 +200,7 @@ def make_pictures(out: Path, s: RecipeSettings, workers: int) -> dict:
     jobs["panorama"] = [(next(val_seeds), int(x0), s.panorama_top, pw, ph, s.scale) for x0 in x(2 * s.panoramas)]
     vw, vh = s.view_size
     jobs["view"] = [(next(val_seeds), int(x0), 0, vw, vh, s.scale) for x0 in x(2 * s.views)]
-    for direction in DIRECTIONS:
+    for direction in s.outpaint_directions:
         w, h, top, _ = outpaint_geometry(direction, s)
         jobs[f"outpaint_{direction}"] = [(next(val_seeds), int(x0), top, w, h, s.scale)
                                          for x0 in x(max(2, s.outpaint_inputs))]
@@ -346,6 +358,8 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
                     "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
                     "versions": {"torch": torch.__version__}}
     started = time.perf_counter()
+    for folder in ("real", "generated", "recon", "random_tokens", "run"):  # a rerun into the same --out starts
+        shutil.rmtree(out / folder, ignore_errors=True)                    # fresh (no stale pictures scored)
 
     with Stage(report, "1 pictures"):
         sets = make_pictures(out, s, workers)
@@ -385,6 +399,7 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
             "train.log_every=50", f"train.warmup_steps={s.warmup_steps}", f"train.lr={s.lr}",
             f"train.micro_batch_size={s.micro_batch}", f"train.ds_config={s.ds_config}", "train.tensorboard=true",
             f"train.seed={s.seed}", "train.weight_decay=0.0"] + (
+            [f"data.orders={json.dumps(s.orders)}"] if s.orders else []) + (
             [f"train.time_limit={s.train_seconds}"] if s.train_seconds else [])
         validation = [f"data.val_shards={shards['val']}", f"train.eval_every={s.eval_every}", "train.eval_batches=4"]
         cfg = RunConfig.load("small", overrides + validation)
@@ -440,7 +455,7 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
             gen.seed = s.seed + start
             generate("view", (1, vh // f, vw // f), "down", n, 0, start=start)
         gen.seed = s.seed
-        for direction in DIRECTIONS:
+        for direction in s.outpaint_directions:
             name = f"outpaint_{direction}"
             refs = _load(out / "real" / name)[: s.outpaint_inputs]
             prompt, mask, top = _outpaint_prompt(tokenizer, refs, direction, s, px)
@@ -493,7 +508,7 @@ def evaluate_sets(out: Path, tokenizer, s: RecipeSettings, unit: int, px, worker
     for name in names:  # on the device: VQ round trips and random tokens
         reconstruct(tokenizer, out / "real" / name, out / "recon" / name)
         random_token_canvases(tokenizer, out / "real" / name, out / "random_tokens" / name, s.seed)
-    for d in DIRECTIONS:
+    for d in s.outpaint_directions:
         reconstruct(tokenizer, out / "real" / f"outpaint_{d}", out / "recon" / f"outpaint_{d}")
     # the two SWD reports on the CPU, side by side
     with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -515,7 +530,7 @@ def evaluate_sets(out: Path, tokenizer, s: RecipeSettings, unit: int, px, worker
             q["vertical_repetition"] = {"real": vertical_repetition(real_images, crop_rows),
                                         "recon": vertical_repetition(recon_images, crop_rows),
                                         "fake": vertical_repetition(fake_images, crop_rows)}
-    for d in DIRECTIONS:
+    for d in s.outpaint_directions:
         name = f"outpaint_{d}"
         line = px(outpaint_geometry(d, s)[3])
         key = "column" if d in ("left", "right") else "row"
