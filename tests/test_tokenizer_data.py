@@ -1,6 +1,6 @@
 """tokenizer-train's pictures (issue 21): headers read up front, pixels decoded on demand by a thread
 pool with a bounded cache, crops drawn in order from the seeded generator (results independent of
-the threads), bad files named, the evaluation decoding only what it evaluates."""
+the threads and the cache), bad files named, the evaluation decoding only what it evaluates."""
 
 from __future__ import annotations
 
@@ -60,23 +60,25 @@ def test_pictures_read_headers_only_and_decode_like_open_rgb(tmp_path):
 
 def test_picture_cache_is_bounded_and_shared_decodes_happen_once(tmp_path):
     d = picture_folder(tmp_path / "pics")
-    one = 96 * 80 * 4 / 2 ** 20  # MB of one 96x80 picture in Pillow
+    one = 96 * 80 * 3 / 2 ** 20  # MB of one 96x80 picture
     pictures = T._load_pictures(d, cache_mb=2.5 * one)
     for i in (0, 2, 4, 0, 4):  # 0, 2 cached; 4 evicts 0 (least recent); 0 evicts 2; 4 hits
-        pictures.image(i)
-    assert pictures.decoded == 4 and sorted(pictures._cache) == [0, 4]
+        pictures.level(i)
+    assert pictures.decoded == 4 and sorted(pictures._cache) == [(0, 1.0), (4, 1.0)]
     assert pictures._cached_bytes <= pictures.cache_bytes
+    half = pictures.level(4, 0.5)  # from the cached full size: no decode
+    assert half.shape == (40, 48, 3) and pictures.decoded == 4
     uncached = T._load_pictures(d, cache_mb=0)
     for _ in range(3):
-        uncached.image(1)
+        uncached.level(1)
     assert uncached.decoded == 3 and not uncached._cache
 
     from concurrent.futures import ThreadPoolExecutor
 
     shared = T._load_pictures(d)
     with ThreadPoolExecutor(8) as pool:
-        images = list(pool.map(shared.image, [3] * 32))
-    assert shared.decoded == 1 and all(img is images[0] for img in images)
+        levels = list(pool.map(lambda k: shared.level(3, (1.0, 0.75)[k % 2]), range(32)))
+    assert shared.decoded == 1 and all(a is levels[k % 2] for k, a in enumerate(levels))
 
 
 def reference_crops(arrays, crop: int, seed: int, size: int) -> tuple[list, torch.Tensor]:
@@ -101,16 +103,12 @@ def reference_crops(arrays, crop: int, seed: int, size: int) -> tuple[list, torc
 
 
 def test_crops_are_the_earlier_pyramids_crops():
-    """The same draws as the pyramid sampler; each crop resampled straight from the full picture:
-    bitwise the pyramid's at scales 1 and 1/2, within 2/255 at 3/4 (Pillow's float32 box)."""
+    """The same draws and pixels as the sampler that held every picture's pyramid, bitwise."""
     arrays = [photo(100, 90, 0), photo(160, 120, 1), photo(70, 64, 2)]
     scales, expected = reference_crops(arrays, 48, seed=5, size=120)
     got = T.CropSampler(arrays, 48, seed=5).batch(120)
-    assert got.shape == expected.shape == (120, 3, 48, 48)
     assert {1.0, 0.75, 0.5} <= set(scales)
-    for j, scale in enumerate(scales):
-        diff = (got[j] - expected[j]).abs().max().item() * 127.5
-        assert diff == 0 if scale != 0.75 else diff <= 2.0 + 1e-4, (j, scale, diff)
+    assert got.shape == expected.shape == (120, 3, 48, 48) and torch.equal(got, expected)
 
 
 def test_batches_do_not_depend_on_threads_cache_or_timing(tmp_path):
@@ -173,7 +171,7 @@ def test_bad_pictures_are_named(tmp_path, capsys):
     pictures = T._load_pictures(d)
     assert pictures.size(0) == (80, 96)
     with pytest.raises(ValueError, match="p0.png cannot be decoded"):
-        pictures.image(0)
+        pictures.level(0)
     with pytest.raises(ValueError, match="p0.png cannot be decoded"):
         T.CropSampler(T._load_pictures([d / "p0.png"]), 32, 0).batch(1)
     one = ["tokenizer-train", "--images", str(d / "p0.png"), *args[3:]]

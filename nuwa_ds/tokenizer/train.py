@@ -89,8 +89,9 @@ class TrainOptions:
     """Threads decoding and cropping pictures ahead of the training step (and reading headers,
     decoding evaluation pictures); None: min(8, CPUs). The results do not depend on it."""
     picture_cache_mb: float = 1024.0
-    """Decoded pictures kept in memory (least recently used out first; 0: none): about 0.26 MB for a
-    256x256 picture. Memory does not grow with the number of pictures beyond this."""
+    """Decoded pictures, at the crop scales, kept in memory (least recently used out first; 0: none):
+    0.34 MB for a 256x256 picture at all three. Memory does not grow with the number of pictures
+    beyond this; a cache that holds them all makes a crop a copy."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -100,7 +101,7 @@ class TrainOptions:
 PREFETCH_BATCHES = 3
 """Training batches being prepared ahead of the step that uses them."""
 SCALES = (1.0, 0.75, 0.5)
-"""Crop scales: each picture is cropped at full, 3/4 and 1/2 size (the sizes `prepare` resizes to)."""
+"""Crop scales: full, 3/4 and 1/2 size (the tokenizer sees the scales at which `prepare` resizes)."""
 _ORIENTATION_TAG = 0x0112
 
 
@@ -150,25 +151,27 @@ def _read_header(path: Path) -> tuple[int, int, int]:
 class Pictures:
     """The pictures by index: sizes known up front, pixels decoded when first needed.
 
-    Files are opened once up front to read their headers (size, EXIF orientation; in a thread pool),
-    and decoded on demand (``image``, ``array``) into a least-recently-used cache of at most
-    ``cache_mb`` megabytes (0: none), so memory does not grow with the number of pictures. Arrays
-    given by the caller are used as they are. Thread-safe; a picture wanted by several threads at
-    once is decoded once. A file that cannot be decoded raises :class:`PictureError` naming it."""
+    Files are opened once up front to read their headers (size, EXIF orientation; in a thread pool)
+    and decoded on demand. :meth:`level` gives a picture at one of the crop scales (1: as decoded;
+    else Lanczos-resized, as the whole-picture pyramid of earlier versions was), computed when first
+    asked for and kept in a least-recently-used cache of at most ``cache_mb`` megabytes (0: none),
+    so memory does not grow with the number of pictures. Arrays given by the caller are used as
+    they are. Thread-safe: a level wanted by several threads at once is computed once. A file that
+    cannot be decoded raises :class:`PictureError` naming it."""
 
     def __init__(self, sources: list, sizes: list[tuple[int, int]], orientations: list[int] | None = None,
                  cache_mb: float = 1024.0):
         import threading
 
-        self.sources, self.sizes = sources, sizes
+        self.sources, self.sizes = sources, [tuple(int(v) for v in s) for s in sizes]
         self.orientations = orientations or [1] * len(sources)
         self.cache_bytes = int(max(0.0, cache_mb) * 2 ** 20)
-        self._cache: OrderedDict[int, object] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, float], np.ndarray] = OrderedDict()
         self._cached_bytes = 0
-        self._pending: dict[int, Future] = {}
+        self._pending: dict[tuple[int, float], Future] = {}
         self._lock = threading.Lock()
         self.decoded = 0
-        """Decodes so far (a picture evicted from the cache and needed again counts again)."""
+        """Files decoded so far (one evicted from the cache and needed again counts again)."""
 
     @classmethod
     def from_arrays(cls, arrays, cache_mb: float = 1024.0) -> "Pictures":
@@ -186,60 +189,74 @@ class Pictures:
         source = self.sources[index]
         return f"picture {index}" if isinstance(source, np.ndarray) else f"picture {source}"
 
-    def _decode(self, index: int):
+    def level_size(self, index: int, scale: float) -> tuple[int, int]:
+        """``(height, width)`` of the picture at ``scale``."""
+        H, W = self.sizes[index]
+        return round(H * scale), round(W * scale)
+
+    def _decode(self, index: int) -> np.ndarray:
         from PIL import Image
 
         source = self.sources[index]
         if isinstance(source, np.ndarray):
-            return Image.fromarray(np.ascontiguousarray(source[..., :3]))
+            return np.ascontiguousarray(source[..., :3])
         try:
             with Image.open(source) as img:
                 img.load()
                 method = _transpose_method(self.orientations[index])
-                img = (img.transpose(method) if method is not None else img).convert("RGB")
+                array = np.asarray((img.transpose(method) if method is not None else img).convert("RGB"))
         except Exception as exc:
             raise PictureError(f"picture {source} cannot be decoded: {exc}") from exc
-        if (img.height, img.width) != self.sizes[index]:
-            raise PictureError(f"picture {source} is {img.width}x{img.height}, its header said "
+        if array.shape[:2] != self.sizes[index]:
+            raise PictureError(f"picture {source} is {array.shape[1]}x{array.shape[0]}, its header said "
                                f"{self.sizes[index][1]}x{self.sizes[index][0]} (changed during training?)")
-        return img
-
-    def image(self, index: int):
-        """The picture as a Pillow RGB image (do not modify it: it may be cached and shared)."""
         with self._lock:
-            if index in self._cache:
-                self._cache.move_to_end(index)
-                return self._cache[index]
-            pending = self._pending.get(index)
+            self.decoded += 1
+        return array
+
+    def _compute(self, index: int, scale: float) -> np.ndarray:
+        if scale == 1.0:
+            return self._decode(index)
+        from PIL import Image
+
+        h, w = self.level_size(index, scale)
+        return np.asarray(Image.fromarray(self.level(index, 1.0)).resize((w, h), Image.Resampling.LANCZOS))
+
+    def level(self, index: int, scale: float = 1.0) -> np.ndarray:
+        """``[H, W, 3]`` uint8 of the picture at ``scale`` (read-only: it may be cached and shared)."""
+        key = (index, float(scale))
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+            pending = self._pending.get(key)
             owner = pending is None
             if owner:
-                pending = self._pending[index] = Future()
+                pending = self._pending[key] = Future()
         if not owner:
             return pending.result()
         try:
-            img = self._decode(index)
+            array = self._compute(index, scale)
         except BaseException as exc:
             with self._lock:
-                del self._pending[index]
+                del self._pending[key]
             pending.set_exception(exc)
             raise
-        cost = img.width * img.height * 4  # Pillow keeps RGB as 4 bytes a pixel
         with self._lock:
-            self.decoded += 1
-            del self._pending[index]
-            if cost <= self.cache_bytes:
-                self._cache[index] = img
-                self._cached_bytes += cost
+            del self._pending[key]
+            if array.nbytes <= self.cache_bytes:
+                self._cache[key] = array
+                self._cached_bytes += array.nbytes
                 while self._cached_bytes > self.cache_bytes:
                     _, old = self._cache.popitem(last=False)
-                    self._cached_bytes -= old.width * old.height * 4
-        pending.set_result(img)
-        return img
+                    self._cached_bytes -= old.nbytes
+        pending.set_result(array)
+        return array
 
     def array(self, index: int) -> np.ndarray:
         """``[H, W, 3]`` uint8 (arrays the caller gave: as given, RGBA included)."""
         source = self.sources[index]
-        return source if isinstance(source, np.ndarray) else np.asarray(self.image(index))
+        return source if isinstance(source, np.ndarray) else self.level(index, 1.0)
 
     __getitem__ = array
 
@@ -285,12 +302,12 @@ class CropSampler:
     tokenizer sees the scales at which `prepare` will later resize pictures.
 
     A crop is drawn uniformly over the (picture, scale) pairs whose scaled picture holds the crop,
-    then its position and flip: all from the seeded generator, in the caller's thread (:meth:`draw`).
-    Its pixels (:meth:`crop`) are a pure function of that draw: the picture decoded (cached by
-    :class:`Pictures`), the crop's region Lanczos-resampled straight from the full picture (Pillow's
-    ``resize(box=...)``: the same filter taps as resizing the whole picture, the box in float32,
-    so within 2/255 of cropping the resized picture), flipped. :meth:`stream` prepares batches in a
-    thread pool ahead of use; the batches do not depend on the pool's size or timing."""
+    then its position and flip: all from the seeded generator, in the caller's thread (:meth:`draw`),
+    the same draws as the earlier sampler that held every picture's pyramid. Its pixels
+    (:meth:`crop`) are a pure function of that draw: a slice of the scaled picture
+    (:meth:`Pictures.level`: decoded, Lanczos-resized and cached on first use), flipped: bitwise
+    the earlier sampler's crops. :meth:`stream` prepares batches in a thread pool ahead of use; the
+    batches depend neither on the pool's size, nor on the cache, nor on timing."""
 
     def __init__(self, pictures, crop: int, seed: int):
         self.pictures = _as_pictures(pictures)
@@ -308,10 +325,6 @@ class CropSampler:
         self.level_scale = np.asarray(level_scale, dtype=np.int8)
         self.generator = torch.Generator().manual_seed(seed)
 
-    def _level_size(self, picture: int, scale: float) -> tuple[int, int]:
-        H, W = self.pictures.size(picture)
-        return round(H * scale), round(W * scale)
-
     def draw(self, size: int) -> list[tuple[int, float, int, int, bool]]:
         """The next ``size`` crops: ``(picture, scale, y, x, flip)``, y and x in the scaled picture."""
         g, c = self.generator, self.crop_size
@@ -319,26 +332,17 @@ class CropSampler:
         for _ in range(size):
             k = int(torch.randint(len(self.level_picture), (1,), generator=g))
             picture, scale = int(self.level_picture[k]), SCALES[self.level_scale[k]]
-            h, w = self._level_size(picture, scale)
+            h, w = self.pictures.level_size(picture, scale)
             y = int(torch.randint(h - c + 1, (1,), generator=g))
             x = int(torch.randint(w - c + 1, (1,), generator=g))
             out.append((picture, scale, y, x, bool(torch.rand((), generator=g) < 0.5)))
         return out
 
     def crop(self, spec: tuple[int, float, int, int, bool]) -> np.ndarray:
-        """The ``[crop, crop, 3]`` uint8 pixels of a drawn crop."""
-        from PIL import Image
-
+        """The ``[crop, crop, 3]`` uint8 pixels of a drawn crop (a view: copy before writing)."""
         picture, scale, y, x, flip = spec
         c = self.crop_size
-        img = self.pictures.image(picture)
-        if scale == 1.0:
-            patch = np.asarray(img.crop((x, y, x + c, y + c)))
-        else:
-            h, w = self._level_size(picture, scale)
-            sy, sx = img.height / h, img.width / w
-            patch = np.asarray(img.resize((c, c), Image.Resampling.LANCZOS,
-                                          box=(x * sx, y * sy, (x + c) * sx, (y + c) * sy)))
+        patch = self.pictures.level(picture, scale)[y:y + c, x:x + c]
         return patch[:, ::-1] if flip else patch
 
     def batch(self, size: int) -> torch.Tensor:  # (size, 3, crop, crop) in [-1, 1], prepared here and now
@@ -968,8 +972,8 @@ def add_arguments(parser: argparse.ArgumentParser):
                         help="threads decoding and cropping pictures ahead of each training step "
                              "(default: min(8, CPUs); the results do not depend on it)")
     parser.add_argument("--picture-cache-mb", type=float, default=TrainOptions.picture_cache_mb, metavar="MB",
-                        help="decoded pictures kept in memory, least recently used out first (default: "
-                             "%(default)g; about 0.26 MB per 256x256 picture; 0: decode every time)")
+                        help="decoded pictures (at the crop scales) kept in memory, least recently used out "
+                             "first (default: %(default)g; 0.34 MB per 256x256 picture; 0: decode every time)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
