@@ -301,35 +301,38 @@ def vertical_repetition(images: list, period_rows: int) -> float:
     return float(np.mean(scores))
 
 
-def position_losses(model, tokenizer, folder: Path, order: str, batch: int = 8) -> dict:
-    """Held-out bits per token by position inside a patch, on the whole strips of ``folder`` (each
-    strip one canvas from its picture's top). Seams start where a patch's first tokens guess badly
-    from their neighbour patches: ``first_column`` (column 0, below row 0) and ``first_row`` (row 0,
-    right of column 0) against ``interior`` (the rest) say how much worse they guess."""
+def position_losses(model, shards: str, order: str, batch: int = 8) -> dict:
+    """Held-out bits per token by position inside a patch, on the whole strips of the ``shards``
+    (the validation shards' own tokens: each strip one canvas from its picture's top). Seams start
+    where a patch's first tokens guess badly from their neighbour patches: ``first_column`` (column 0,
+    below row 0) and ``first_row`` (row 0, right of column 0) against ``interior`` (the rest) say how
+    much worse they guess."""
     import torch
     import torch.nn.functional as F
+
+    from data_pipelines.loader import SkipLog, expand_shards, read_shard
 
     P = model.config.patch_size
     device = next(model.parameters()).device
     total = torch.zeros(P, P, dtype=torch.float64)
     count = 0
-    pictures = _load(folder)
-    for start in range(0, len(pictures), batch):
-        images = torch.stack(pictures[start:start + batch]).to(tokenizer.device)
+    skips = SkipLog()
+    strips = [tokens for url in expand_shards(shards) for tokens, _, _ in read_shard(url, skips)]
+    for start in range(0, len(strips), batch):
+        tokens = torch.from_numpy(np.stack(strips[start:start + batch])).long().to(device)  # [B, T, h, w]
+        h, w = (tokens.shape[2] // P) * P, (tokens.shape[3] // P) * P
+        tokens = tokens[:, :, :h, :w]
         with torch.no_grad():
-            tokens = tokenizer.encode(images)[:, None].to(device)  # [B, 1, h, w]
-            h, w = (tokens.shape[2] // P) * P, (tokens.shape[3] // P) * P
-            tokens = tokens[:, :, :h, :w]
             logits = model(tokens, order=order, return_loss=False, rows=0).logits.float()
-            ce = F.cross_entropy(logits.flatten(0, -2), tokens.flatten().long(), reduction="none")
-        ce = ce.view(tokens.shape[0], h // P, P, w // P, P).sum(dim=(0, 1, 3)).double().cpu()
+            ce = F.cross_entropy(logits.flatten(0, -2), tokens.flatten(), reduction="none")
+        ce = ce.view(-1, h // P, P, w // P, P).sum(dim=(0, 1, 3)).double().cpu()
         total += ce
-        count += tokens.shape[0] * (h // P) * (w // P)
+        count += tokens.shape[0] * tokens.shape[1] * (h // P) * (w // P)
     bits = total / count / math.log(2)  # [P, P]
     interior = bits[1:, 1:].mean()
     groups = {"first_column": float(bits[1:, 0].mean()), "first_row": float(bits[0, 1:].mean()),
               "first_token": float(bits[0, 0]), "interior": float(interior)}
-    return {"order": order, "bits_per_token": groups, "canvases": len(pictures),
+    return {"order": order, "bits_per_token": groups, "canvases": len(strips),
             "excess_over_interior": {k: v / float(interior) for k, v in groups.items() if k != "interior"},
             "map": [[round(float(x), 4) for x in row] for row in bits]}
 
@@ -426,8 +429,7 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
         model_dir = export_checkpoint(run_dir, out / "model", tokenizer=str(out / "tokenizer"))
         dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
         model = NuwaInfinity.from_pretrained(model_dir, device=dev, dtype=dtype)
-        report["position_losses"] = {o: position_losses(model, tokenizer, out / "real" / "val", o)
-                                     for o in ("right", "down")}
+        report["position_losses"] = {o: position_losses(model, shards["val"], o) for o in ("right", "down")}
         gen = GenerationConfig(temperature=s.temperature, top_k=s.top_k, seed=s.seed)
         generated = out / "generated"
         timings = {}
