@@ -35,7 +35,9 @@ DEMO_SETTINGS: dict = dict(
     # only the orders the demo generates in (panoramas and outpainting right, views down): measured on
     # the same tokenizer and shards, 600 steps, 4 panoramas: seams 2.6 vs 3.8 with all four orders
     orders={"right": 1.0, "down": 1.0},
-    tokenizer_seconds=90.0, eval_every=100,
+    # the tokenizer by steps (as the model), so a busy machine gets the same tokenizer, only later; its
+    # time limit is a safety net (a time-limited stage would stop after fewer steps when cores are shared)
+    tokenizer_steps=450, tokenizer_seconds=240.0, eval_every=100,
     train_seconds=240.0,  # a safety net on a busy machine (~190 s idle); the schedule is set by train_steps
 )
 """The demo's changes to the recipe's ``cpu`` preset; ``--set KEY=VALUE`` changes any

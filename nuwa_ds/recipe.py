@@ -361,8 +361,10 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
                     "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
                     "versions": {"torch": torch.__version__}}
     started = time.perf_counter()
-    for folder in ("real", "generated", "recon", "random_tokens", "run"):  # a rerun into the same --out starts
-        shutil.rmtree(out / folder, ignore_errors=True)                    # fresh (no stale pictures scored)
+    # a rerun into the same --out starts fresh: no stale pictures scored, no shards of an earlier tokenizer
+    # reused (prepare recognises its inputs by path, and the pictures are re-rendered under the same names)
+    for folder in ("real", "generated", "recon", "random_tokens", "run", "shards", "model"):
+        shutil.rmtree(out / folder, ignore_errors=True)
 
     with Stage(report, "1 pictures"):
         sets = make_pictures(out, s, workers)
