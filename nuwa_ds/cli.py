@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("nuwa_ds.export", "ZeRO checkpoint -> model.safetensors + config.json"),
     "generate": ("nuwa_ds.generate", "images / videos of any size, every task, PNG / GIF / MP4 out"),
     "bench": ("nuwa_ds.bench", "throughput: training, kernels vs peers, decode, generation, data"),
-    "recipe": ("nuwa_ds.recipe", "pictures -> tokenizer -> shards -> training -> generation -> eval, on landscapes"),
+    "recipe": ("nuwa_ds.recipe", "data -> tokenizer -> shards -> training -> generation -> eval, on landscape pictures or videos"),
     "eval": ("nuwa_ds.evaluate", "FID / Block-FID with user-supplied Inception weights; SWD and seam scores without"),
 }
 

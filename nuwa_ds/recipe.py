@@ -39,6 +39,8 @@ from typing import Optional
 
 import numpy as np
 
+from nuwa_ds.recipe_common import Stage, apply_assignments, write_report as _write_report
+
 DIRECTIONS = ("right", "left", "down", "up")
 
 
@@ -114,19 +116,7 @@ PRESETS: dict[str, dict] = {
 def settings_for(preset: str, assignments: list[str]) -> RecipeSettings:
     if preset not in PRESETS:
         raise ValueError(f"unknown recipe preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    settings = RecipeSettings(**PRESETS[preset])
-    hints = {f.name: f for f in dataclasses.fields(RecipeSettings)}
-    for item in assignments:
-        if "=" not in item:
-            raise ValueError(f"--set {item!r}: expected key=value")
-        key, text = item.split("=", 1)
-        if key not in hints:
-            raise ValueError(f"--set {key}: unknown setting; known: {', '.join(hints)}")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
-        setattr(settings, key, tuple(value) if isinstance(value, list) else value)
+    settings = apply_assignments(RecipeSettings(**PRESETS[preset]), assignments)
     from data_pipelines.landscapes import VIEW_HEIGHT
 
     for d in settings.outpaint_directions:
@@ -209,26 +199,6 @@ def make_pictures(out: Path, s: RecipeSettings, workers: int) -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # helpers
-
-
-class Stage:
-    """Prints a stage header and records its wall time in the report."""
-
-    def __init__(self, report: dict, name: str):
-        self.report, self.name = report, name
-
-    def __enter__(self):
-        print(f"\n== {self.name} ==", flush=True)
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.report.setdefault("stage_seconds", {})[self.name] = round(time.perf_counter() - self.start, 1)
-        return False
-
-
-def _write_report(out: Path, report: dict):
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
 
 
 def _save_decoded(tokenizer, tokens, path: Path) -> Path:
@@ -580,16 +550,25 @@ def _print_summary(report: dict):
     print(f"total {report.get('total_seconds')} s; stages {report.get('stage_seconds')}")
 
 
+RECIPES = {"landscapes": "pictures: panoramas, tall views, outpainting (RecipeSettings)",
+           "landscape-videos": "captioned videos: text-to-image, text-to-video, animation (nuwa_ds.video_recipe)"}
+
+
 def add_arguments(parser):
-    parser.add_argument("recipe", choices=("landscapes",), help="which recipe")
+    parser.add_argument("recipe", choices=list(RECIPES), help="; ".join(f"{k}: {v}" for k, v in RECIPES.items()))
     parser.add_argument("--preset", default="gpu", choices=list(PRESETS), help="sizes: gpu (one GPU, ~10 min) or "
                         "cpu (2 cores, minutes)")
-    parser.add_argument("--out", default="outputs/recipe", help="output folder (pictures, run, report.json)")
+    parser.add_argument("--out", default=None, help="output folder (default outputs/recipe or outputs/video-recipe)")
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                        help="change one setting of the preset (RecipeSettings fields), e.g. train_steps=500")
+                        help="change one setting of the preset (the recipe's settings fields), e.g. train_steps=500")
 
 
 def run(args) -> int:
-    run_recipe(args.out, args.preset, args.device, args.assignments)
+    if args.recipe == "landscape-videos":
+        from nuwa_ds.video_recipe import run_recipe as run_video_recipe
+
+        run_video_recipe(args.out or "outputs/video-recipe", args.preset, args.device, args.assignments)
+    else:
+        run_recipe(args.out or "outputs/recipe", args.preset, args.device, args.assignments)
     return 0

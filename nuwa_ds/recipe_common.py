@@ -1,0 +1,46 @@
+"""What the recipes share: stage timing, the report file, ``--set key=value`` onto a settings dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+
+def apply_assignments(settings, assignments):
+    """``--set key=value`` items (values read as JSON where they parse, lists as tuples) onto a
+    settings dataclass; unknown keys are refused with the known ones named."""
+    hints = {f.name for f in dataclasses.fields(settings)}
+    for item in assignments:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected key=value")
+        key, text = item.split("=", 1)
+        if key not in hints:
+            raise ValueError(f"--set {key}: unknown setting; known: {', '.join(sorted(hints))}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        setattr(settings, key, tuple(value) if isinstance(value, list) else value)
+    return settings
+
+
+class Stage:
+    """Prints a stage header and records its wall time in the report."""
+
+    def __init__(self, report: dict, name: str):
+        self.report, self.name = report, name
+
+    def __enter__(self):
+        print(f"\n== {self.name} ==", flush=True)
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.report.setdefault("stage_seconds", {})[self.name] = round(time.perf_counter() - self.start, 1)
+        return False
+
+
+def write_report(out: Path, report: dict):
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -1,0 +1,453 @@
+"""``nuwa-ds recipe landscape-videos``: text-to-image, text-to-video and animation learned from
+procedural landscape videos, and measured against held-out worlds.
+
+    nuwa-ds recipe landscape-videos --preset gpu --out outputs/video-recipe     # one GPU, about 9 minutes
+    nuwa-ds recipe landscape-videos --preset cpu --out outputs/video-recipe-cpu # 2 CPU cores, minutes
+
+One model learns all three tasks from one kind of data: captioned clips of a camera panning over a
+landscape world (``data_pipelines.landscape_video``: the pan speed and direction, drifting clouds and
+a moving sun are seeded; each caption is written from the generator's parameters, so whether a
+picture follows its caption can be read back from its pixels). Frame 0 of a clip given its caption
+is text-to-image; the clip given its caption is text-to-video; the clip given its caption and frame 0
+is animation. Captions are dropped for 10% of the training samples, which trains classifier-free
+guidance.
+
+Stages (each writing into ``--out``):
+
+1. **clips**: training clips of ``clip_frames`` frames from training worlds; held-out clips
+   ``long_factor`` times longer from other worlds (MP4 for ``prepare``, PNG frames for the scores);
+2. **text encoder**: ``nuwa-ds text-encoder`` on the training captions: a word-piece tokenizer and a
+   small BERT, saved with ``save_pretrained`` like any downloaded encoder, then used through
+   ``train.text_encoder_path``;
+3. **tokenizer**: ``tokenizer-train`` on training frames;
+4. **shards**: ``prepare`` of the training clips and of the held-out clips (cut into clips of the
+   training length: the validation set);
+5. **train**: DeepSpeed, one rank, order ``down`` (frames outermost), validation on held-out clips;
+6. **export + generate** (the export carries the text encoder and its tokenizer): text-to-image of
+   held-out captions at several guidance scales, text-to-video and animation ``long_factor`` times
+   longer than the training clips;
+7. **eval**: caption attributes read back from the generated pixels (beside chance, random tokens,
+   real frames and their VQ reconstructions), per-frame SWD by frame index and the pan's measured
+   shift (``nuwa_ds.metrics.video``) beside the same floors and ceilings.
+Everything goes to ``report.json``; ``overview.gif`` shows generated clips beside real ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from nuwa_ds.recipe_common import Stage, apply_assignments, write_report as _write_report
+
+
+@dataclass
+class VideoRecipeSettings:
+    train_clips: int = 3000
+    """Training clips, each from its own training world (and place in it)."""
+    val_clips: int = 64
+    """Held-out clips (worlds the model never saw), ``long_factor`` x ``clip_frames`` frames each."""
+    clip_frames: int = 4
+    """Frames of a training clip (and of the model's canvas)."""
+    long_factor: int = 4
+    """Generated and held-out videos are this many times longer than the training clips."""
+    size: tuple[int, int] = (128, 128)
+    """Frame size in pixels (w, h)."""
+    window: tuple[int, int] = (512, 512)
+    """World pixels (w, h) a frame shows (resized to ``size``)."""
+    fps: float = 8.0
+    text_preset: str = "small"
+    text_mlm_steps: Optional[int] = None
+    """Masked-language pre-training steps of the text encoder (None: the command's default)."""
+    freeze_text_encoder: bool = True
+    tokenizer_preset: str = "landscape-f8"
+    tokenizer_clips: int = 400
+    """Training clips whose frames the tokenizer trains on."""
+    tokenizer_steps: int = 3000
+    tokenizer_seconds: float = 70.0
+    tokenizer_batch: int = 32
+    tokenizer_crop: int = 128
+    model: dict = field(default_factory=lambda: dict(
+        vocab_size=1024, patch_size=8, d_global=384, n_global_layers=6, d_local=384, n_local_layers=6,
+        head_dim=64, max_frames=4, row_embedding=2, rope_dims=32, max_text_len=32, loss_chunk_tokens=8192))
+    """``max_frames`` = ``clip_frames``: frames past the training length share the last frame embedding
+    (the one trained for "a frame that follows another") instead of untrained ones."""
+    train_steps: int = 2000
+    micro_batch: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    eval_every: int = 400
+    train_seconds: Optional[float] = 200.0
+    """Safety limit of the training stage (the schedule is set by train_steps)."""
+    caption_dropout: float = 0.1
+    ds_config: str = "zero2"
+    num_workers: int = 4
+    temperature: float = 1.0
+    top_k: Optional[int] = 64
+    cfg_scales: tuple[float, ...] = (1.0, 2.0, 3.0, 5.0)
+    """Guidance scales of the text-to-image curve (1: no guidance)."""
+    video_cfg_scale: float = 3.0
+    """Guidance scale of text-to-video and animation."""
+    image_prompts: int = 64
+    """Held-out captions drawn at each guidance scale (text-to-image)."""
+    videos: int = 32
+    """Text-to-video clips and animations (each from a held-out clip's caption / first frame)."""
+    gen_batch: int = 32
+    seed: int = 0
+    workers: int = 0
+    """Processes rendering clips (0: the CPU count, at most 16)."""
+
+
+PRESETS: dict[str, dict] = {
+    # One H200: about 9 minutes in all (docs/benchmarks.md has the measured stage times).
+    "gpu": {},
+    # Two CPU cores, a couple of minutes: 64 x 64 frames (8 x 8 tokens), the `small` model's widths.
+    "cpu": dict(train_clips=200, val_clips=8, size=(64, 64), window=(256, 256), text_preset="tiny",
+                text_mlm_steps=50, tokenizer_preset="demo-f8", tokenizer_clips=50, tokenizer_steps=200,
+                tokenizer_seconds=120.0, tokenizer_batch=16, tokenizer_crop=64,
+                model=dict(vocab_size=1024, patch_size=4, d_global=128, n_global_layers=3, d_local=128,
+                           n_local_layers=3, head_dim=32, max_frames=4, row_embedding=2, rope_dims=16,
+                           max_text_len=32, loss_chunk_tokens=2048),
+                train_steps=200, micro_batch=8, lr=2e-3, warmup_steps=20, eval_every=100, train_seconds=None,
+                ds_config="zero1", num_workers=1, cfg_scales=(1.0, 3.0), image_prompts=8, videos=4, gen_batch=4),
+}
+
+
+def settings_for(preset: str, assignments) -> VideoRecipeSettings:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown recipe preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    s = apply_assignments(VideoRecipeSettings(**PRESETS[preset]), assignments)
+    if s.model.get("max_frames", s.clip_frames) < s.clip_frames:
+        raise ValueError(f"model.max_frames {s.model['max_frames']} < clip_frames {s.clip_frames}")
+    if s.long_factor < 1 or s.clip_frames < 2:
+        raise ValueError("clip_frames must be >= 2 and long_factor >= 1")
+    if s.videos > s.val_clips or s.image_prompts > s.val_clips * 8:
+        raise ValueError(f"videos ({s.videos}) must be <= val_clips ({s.val_clips})")
+    return s
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _clip_folder(clips: np.ndarray, folder: Path, fps: float) -> None:
+    """[N, T, H, W, 3] uint8 -> folder/clip_00000/frame_000.png ... (the video metrics' layout)."""
+    from PIL import Image
+
+    for i, clip in enumerate(clips):
+        sub = folder / f"clip_{i:05d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        for t, frame in enumerate(clip):
+            Image.fromarray(frame).save(sub / f"frame_{t:03d}.png", compress_level=1)
+
+
+def _decode_clips(tokenizer, tokens) -> np.ndarray:
+    """Token clips [B, T, h, w] -> uint8 [B, T, H, W, 3] (each clip one decoder batch)."""
+    import torch
+
+    from nuwa_ds.tokenizer import to_uint8
+
+    out = []
+    with torch.no_grad():
+        for b in range(tokens.shape[0]):
+            pixels = tokenizer.decode(tokens[b].to(tokenizer.device)).float().cpu()
+            out.append(to_uint8(pixels))
+    return np.stack(out)
+
+
+def _encode_clips(tokenizer, clips: np.ndarray, batch: int = 64):
+    """uint8 [N, T, H, W, 3] -> tokens [N, T, h, w] (long, CPU)."""
+    import torch
+
+    from nuwa_ds.tokenizer import from_uint8
+
+    n, t = clips.shape[:2]
+    frames = clips.reshape(n * t, *clips.shape[2:])
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(frames), batch):
+            x = torch.cat([from_uint8(f)[None] for f in frames[i:i + batch]]).to(tokenizer.device)
+            out.append(tokenizer.encode(x).cpu())
+    tokens = torch.cat(out)
+    return tokens.reshape(n, t, *tokens.shape[1:])
+
+
+def attribute_scores(read, frames_of: list, expected: list[dict], keys) -> dict:
+    """Share of clips whose read-back attribute equals the expected one, per attribute and for all
+    of ``keys`` at once."""
+    got = [read(frames) for frames in frames_of]
+    per = {k: float(np.mean([g.get(k) == e[k] for g, e in zip(got, expected)])) for k in keys}
+    every = float(np.mean([all(g.get(k) == e[k] for k in keys) for g, e in zip(got, expected)]))
+    return {"per_attribute": per, "all": every, "mean": float(np.mean(list(per.values()))), "count": len(got)}
+
+
+def chance_scores(expected: list[dict], keys) -> dict:
+    """Always answering each attribute's most common class among ``expected``."""
+    per = {}
+    for k in keys:
+        values = [e[k] for e in expected]
+        per[k] = max(values.count(v) for v in set(values)) / len(values)
+    return {"per_attribute": per, "mean": float(np.mean(list(per.values())))}
+
+
+def _sheet_gif(rows: list[np.ndarray], path: Path, fps: float) -> Path:
+    """Clips [T, H, W, 3] side by side (T aligned; shorter ones hold their last frame) -> GIF."""
+    from nuwa_ds.tokenizer import save_gif
+
+    frames = max(len(r) for r in rows)
+    padded = [np.concatenate([r, np.repeat(r[-1:], frames - len(r), 0)]) if len(r) < frames else r for r in rows]
+    gap = np.full((frames, padded[0].shape[1], 4, 3), 255, np.uint8)
+    strip = np.concatenate([x for r in padded for x in (r, gap)][:-1], axis=2)
+    import torch
+
+    from nuwa_ds.tokenizer import from_uint8
+    return save_gif(torch.stack([from_uint8(f) for f in strip]), path, fps=fps)
+
+
+# ----------------------------------------------------------------------------------------------
+# the recipe
+
+
+def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -> dict:
+    import torch
+
+    from data_pipelines import landscape_video as LV
+    from data_pipelines.prepare import prepare_shards
+    from nuwa_ds.config import RunConfig
+    from nuwa_ds.export import export_checkpoint
+    from nuwa_ds.metrics.video import video_report
+    from nuwa_ds.model import GenerationConfig, NuwaInfinity
+    from nuwa_ds.text_encoder import make_text_encoder
+    from nuwa_ds.tokenizer import train_tokenizer
+    from nuwa_ds.train import train
+
+    s = settings_for(preset, list(assignments))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    workers = s.workers or min(16, os.cpu_count() or 1)
+    report: dict = {"recipe": "landscape-videos", "preset": preset, "settings": dataclasses.asdict(s),
+                    "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+                    "versions": {"torch": torch.__version__}}
+    started = time.perf_counter()
+    for folder in ("real", "generated", "recon", "random_tokens", "run", "shards", "model", "text_encoder"):
+        shutil.rmtree(out / folder, ignore_errors=True)  # a rerun starts fresh
+
+    T, long_T = s.clip_frames, s.clip_frames * s.long_factor
+    with Stage(report, "1 clips"):
+        train_specs = LV.sample_clip_specs(s.train_clips, split="train", frames=T, size=tuple(s.size),
+                                           window=tuple(s.window), seed=s.seed)
+        val_specs = LV.sample_clip_specs(s.val_clips, split="val", frames=long_T, size=tuple(s.size),
+                                         window=tuple(s.window), seed=s.seed)
+        real = out / "real"
+        LV.write_clips(real / "train", train_specs, formats=("mp4",), workers=workers)
+        LV.write_clips(real / "val", val_specs, formats=("mp4", "frames"), workers=workers)
+        LV.write_clips(real / "tokenizer", train_specs[: s.tokenizer_clips], formats=("frames",), workers=workers)
+        report["clips"] = {"train": len(train_specs), "val": len(val_specs), "train_frames": T, "val_frames": long_T}
+    _write_report(out, report)
+
+    with Stage(report, "2 text encoder"):
+        captions = [LV.caption(LV.true_attributes(spec)) for spec in train_specs]
+        text_dir = out / "text_encoder"
+        info = make_text_encoder(captions, text_dir, preset=s.text_preset, mlm_steps=s.text_mlm_steps, seed=s.seed)
+        report["text_encoder"] = info
+    _write_report(out, report)
+
+    with Stage(report, "3 tokenizer"):
+        frames = sorted((real / "tokenizer").rglob("*.png"))
+        tokenizer, metrics = train_tokenizer([str(p) for p in frames], out / "tokenizer",
+                                             config=s.tokenizer_preset, device=str(dev), steps=s.tokenizer_steps,
+                                             batch_size=s.tokenizer_batch, crop=s.tokenizer_crop,
+                                             time_limit=s.tokenizer_seconds, seed=s.seed, log_every=200)
+        report["tokenizer"] = {k: metrics[k] for k in ("psnr", "codebook_usage", "steps", "seconds", "restarts")}
+    _write_report(out, report)
+    tokenizer = tokenizer.to(dev).eval()
+    f = tokenizer.downsample
+    P = s.model["patch_size"]
+    w_px, h_px = s.size
+    if w_px % (f * P) or h_px % (f * P):
+        raise ValueError(f"frames of {w_px}x{h_px} px are not whole patches of {f * P} px")
+
+    with Stage(report, "4 shards"):
+        shards = {}
+        for split in ("train", "val"):
+            folder = real / split
+            manifest = prepare_shards([str(folder)], out / "shards" / split, tokenizer,
+                                      captions=str(folder / LV.CAPTIONS_FILE), image_size=0, patch_size=P,
+                                      fps=s.fps, clip_frames=T, progress=True, overwrite=True, device=str(dev))
+            shards[split] = str(out / "shards" / split / manifest["shards"])
+            report.setdefault("shards", {})[split] = manifest["num_samples"]
+    _write_report(out, report)
+
+    canvas = [T, h_px // f, w_px // f]
+    with Stage(report, "5 train"):
+        run_dir = out / "run"
+        overrides = [f"model.{k}={json.dumps(v)}" for k, v in s.model.items()] + [
+            f"model.freeze_text_encoder={json.dumps(s.freeze_text_encoder)}",
+            f"data.shards={shards['train']}", f"data.canvas={json.dumps(canvas)}", 'data.orders={"down": 1.0}',
+            f"data.num_workers={s.num_workers}", f"data.caption_dropout={s.caption_dropout}",
+            "data.shuffle_buffer=500", f"train.text_encoder_path={text_dir}",
+            f"train.run_dir={run_dir}", f"train.steps={s.train_steps}", f"train.save_every={s.train_steps}",
+            "train.log_every=50", f"train.warmup_steps={s.warmup_steps}", f"train.lr={s.lr}",
+            f"train.micro_batch_size={s.micro_batch}", f"train.ds_config={s.ds_config}", "train.tensorboard=true",
+            f"train.seed={s.seed}", "train.weight_decay=0.0",
+            f"data.val_shards={shards['val']}", f"train.eval_every={s.eval_every}", "train.eval_batches=4"] + (
+            [f"train.time_limit={s.train_seconds}"] if s.train_seconds else [])
+        cfg = RunConfig.load("small", overrides)
+        tic = time.perf_counter()
+        result = train(cfg, progress=True)
+        seconds = time.perf_counter() - tic
+        if result.status == "diverged" or result.step < 1:
+            raise RuntimeError(f"training stopped ({result.status}) at step {result.step}")
+        lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        steps = [x for x in lines if "loss" in x and "event" not in x]
+        evals = [x for x in lines if x.get("event") == "eval"]
+        tokens = s.micro_batch * math.prod(canvas) * result.step
+        report["train"] = {"steps": result.step, "planned_steps": s.train_steps, "status": result.status,
+                           "seconds": round(seconds, 1), "tokens_per_s": tokens / seconds,
+                           "first_loss": steps[0]["loss"], "final_loss": steps[-1]["loss"],
+                           "final_train_bits_per_token": steps[-1]["loss"] / math.log(2),
+                           "val": [{k: e[k] for k in ("step", "val_loss", "val_bits_per_token") if k in e}
+                                   for e in evals]}
+        if evals:
+            report["train"]["final_val_bits_per_token"] = evals[-1].get("val_bits_per_token")
+    _write_report(out, report)
+
+    val_clips = np.stack([LV.render_clip(spec) for spec in val_specs])  # lossless, as the frames folders
+    val_attrs = [LV.true_attributes(spec) for spec in val_specs]
+    val_captions = [LV.caption(a) for a in val_attrs]
+    with Stage(report, "6 export + generate"):
+        model_dir = export_checkpoint(run_dir, out / "model", tokenizer=str(out / "tokenizer"))
+        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+        model = NuwaInfinity.from_pretrained(model_dir, device=dev, dtype=dtype)
+        report["export"] = {"files": sorted(p.name for p in Path(model_dir).iterdir())}
+        generated, timings = out / "generated", {}
+        threads = torch.get_num_threads()
+        if dev.type == "cpu":
+            torch.set_num_threads(1)  # thousands of small ops: one thread (see nuwa_ds.recipe)
+
+        def generate(name, shape, captions, cfg_scale, prompt=None, mask=None, seed=0):
+            tic = time.perf_counter()
+            clips = []
+            for start in range(0, len(captions), s.gen_batch):
+                part = captions[start:start + s.gen_batch]
+                gen = GenerationConfig(temperature=s.temperature, top_k=s.top_k, seed=seed + start,
+                                       cfg_scale=cfg_scale, wavefront=True)
+                p = None if prompt is None else prompt[start:start + len(part)].to(dev)
+                m = None if mask is None else mask[start:start + len(part)].to(dev)
+                tokens = model.generate(shape, order="down", batch_size=len(part), prompt=p, prompt_mask=m,
+                                        text=list(part), config=gen)
+                clips.append(tokens.cpu())
+            tokens = torch.cat(clips)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - tic, 2)
+            return tokens
+
+        try:
+            # text-to-image: frame 0 of held-out captions, at each guidance scale
+            image_caps = [val_captions[i % len(val_captions)] for i in range(s.image_prompts)]
+            image_sets = {}
+            for scale in s.cfg_scales:
+                tokens = generate(f"text2image_cfg{scale:g}", (1, canvas[1], canvas[2]), image_caps, scale,
+                                  seed=s.seed)
+                image_sets[scale] = _decode_clips(tokenizer, tokens)
+                _clip_folder(image_sets[scale], generated / f"text2image_cfg{scale:g}", s.fps)
+            # text-to-video, long_factor x the training clips
+            video_caps = val_captions[: s.videos]
+            t2v_tokens = generate("text2video", (long_T, canvas[1], canvas[2]), video_caps, s.video_cfg_scale,
+                                  seed=s.seed)
+            t2v = _decode_clips(tokenizer, t2v_tokens)
+            _clip_folder(t2v, generated / "text2video", s.fps)
+            # animation: the held-out clip's first frame (its tokens kept) and caption
+            first = _encode_clips(tokenizer, val_clips[: s.videos, :1])
+            prompt = torch.zeros(s.videos, long_T, canvas[1], canvas[2], dtype=torch.long)
+            mask = torch.zeros_like(prompt, dtype=torch.bool)
+            prompt[:, :1], mask[:, :1] = first, True
+            anim_tokens = generate("animation", (long_T, canvas[1], canvas[2]), video_caps, s.video_cfg_scale,
+                                   prompt=prompt, mask=mask, seed=s.seed + 1)
+            anim = _decode_clips(tokenizer, anim_tokens)
+            _clip_folder(anim, generated / "animation", s.fps)
+            report["animation_first_frame_tokens_kept"] = bool(torch.equal(anim_tokens[:, 0], first[:, 0]))
+        finally:
+            torch.set_num_threads(threads)
+        report["generate"] = {"seconds": timings}
+    _write_report(out, report)
+
+    with Stage(report, "7 eval"):
+        report["eval"] = evaluate(out, tokenizer, s, val_clips[: s.videos], val_attrs, image_sets, t2v, anim, LV)
+        _sheet_gif([val_clips[0], t2v[0], anim[0], val_clips[1], t2v[1], anim[1]], out / "overview.gif", s.fps)
+    report["total_seconds"] = round(time.perf_counter() - started, 1)
+    _write_report(out, report)
+    _print_summary(report)
+    return report
+
+
+def evaluate(out: Path, tokenizer, s: VideoRecipeSettings, real_clips: np.ndarray, val_attrs: list[dict],
+             image_sets: dict, t2v: np.ndarray, anim: np.ndarray, LV) -> dict:
+    import torch
+
+    from nuwa_ds.metrics.video import video_report
+
+    n = len(real_clips)
+    recon_tokens = _encode_clips(tokenizer, real_clips)
+    recon = _decode_clips(tokenizer, recon_tokens)
+    g = torch.Generator().manual_seed(s.seed)
+    noise = _decode_clips(tokenizer, torch.randint(0, tokenizer.codebook_size, tuple(recon_tokens.shape), generator=g))
+    _clip_folder(recon, out / "recon" / "val", s.fps)
+    _clip_folder(noise, out / "random_tokens" / "val", s.fps)
+    results: dict = {}
+
+    # caption attributes, read back from the pixels
+    image_keys = [k for k in LV.ATTRIBUTES if k != "pan"]
+    video_keys = list(LV.ATTRIBUTES)
+    m = len(next(iter(image_sets.values())))
+    expected = [val_attrs[i % len(val_attrs)] for i in range(m)]
+    text2image = {"chance": chance_scores(expected, image_keys),
+                  "real": attribute_scores(LV.read_attributes, [c[:1] for c in real_clips], val_attrs[:n], image_keys),
+                  "recon": attribute_scores(LV.read_attributes, [c[:1] for c in recon], val_attrs[:n], image_keys),
+                  "random_tokens": attribute_scores(LV.read_attributes, [c[:1] for c in noise], val_attrs[:n],
+                                                    image_keys),
+                  "by_cfg_scale": {f"{k:g}": attribute_scores(LV.read_attributes, [c[:1] for c in v], expected,
+                                                              image_keys) for k, v in image_sets.items()}}
+    results["text2image_attributes"] = text2image
+    results["text2video_attributes"] = {
+        "chance": chance_scores(val_attrs[:n], video_keys),
+        "real": attribute_scores(LV.read_attributes, list(real_clips), val_attrs[:n], video_keys),
+        "recon": attribute_scores(LV.read_attributes, list(recon), val_attrs[:n], video_keys),
+        "fake": attribute_scores(LV.read_attributes, list(t2v), val_attrs[:n], video_keys),
+        "animation": attribute_scores(LV.read_attributes, list(anim), val_attrs[:n], video_keys)}
+
+    # per-frame SWD by frame index and motion (unpaired for text-to-video, paired for animation)
+    kwargs = dict(recon=out / "recon" / "val", random_tokens=out / "random_tokens" / "val", seed=s.seed)
+    results["text2video"] = video_report(out / "real" / "val" / LV.FRAMES_DIR, out / "generated" / "text2video",
+                                         **kwargs)
+    results["animation"] = video_report(out / "real" / "val" / LV.FRAMES_DIR, out / "generated" / "animation",
+                                        paired=True, **kwargs)
+    return results
+
+
+def _print_summary(report: dict):
+    ev, t = report.get("eval", {}), report.get("train", {})
+    print("\n== summary ==")
+    print(f"train: {t.get('tokens_per_s', 0):,.0f} tokens/s, train bits/token {t.get('final_train_bits_per_token')}, "
+          f"val bits/token {t.get('final_val_bits_per_token')}")
+    ti = ev.get("text2image_attributes", {})
+    if ti:
+        curve = {k: round(v["mean"], 3) for k, v in ti["by_cfg_scale"].items()}
+        print(f"text2image caption attributes (mean accuracy) by cfg scale {curve}; chance "
+              f"{ti['chance']['mean']:.3f}, real {ti['real']['mean']:.3f}, random tokens {ti['random_tokens']['mean']:.3f}")
+    tv = ev.get("text2video_attributes", {})
+    if tv:
+        print(f"text2video attributes: fake {tv['fake']['per_attribute']} animation {tv['animation']['per_attribute']} "
+              f"real {tv['real']['per_attribute']}")
+    print(f"total {report.get('total_seconds')} s; stages {report.get('stage_seconds')}")
