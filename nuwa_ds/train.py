@@ -124,7 +124,7 @@ def preflight(cfg: RunConfig, dist: D.DistEnv, device_kind: str, resume: Optiona
     shapes = meta_parameter_shapes(cfg)
     numels = {name: int(torch.Size(shape).numel()) for name, shape in shapes.items()}
     DSC.check_fits_model(ds, numels)
-    notes = [f"DeepSpeed config {ds.source}: {n}" for n in ds.notes]
+    notes: list[str] = []
     resume_from = None
     if resume:
         resume_from = C.resolve_resume(resume, Path(cfg.train.run_dir) / "checkpoints")

@@ -65,12 +65,36 @@ def test_batch_triad_names_the_number_to_change(kwargs, world, message):
     ({"scheduler": {"type": "WarmupLR"}}, r"remove 'scheduler'"),
     ({"optimizer": {"type": "Lamb"}}, r"optimizer type 'Lamb' unsupported"),
     ({"zero_optimization": {"stage": 5}}, r"stage must be 0-3"),
+    # the train config owns precision, clipping and AdamW's numbers: a file may only agree with it
+    ({"bf16": {"enabled": True}}, r"sets bf16.enabled=true but train.precision=auto gives fp32 on cpu: remove "
+                                  r"bf16.enabled .* or set train.precision=bf16"),
+    ({"gradient_clipping": 0.5}, r"sets gradient_clipping=0.5 but train.grad_clip=1.0: .* set train.grad_clip=0.5"),
+    ({"optimizer": {"type": "AdamW", "params": {"lr": 0.1}}}, r"sets optimizer.params.lr=0.1 but train.lr="),
 ])
 def test_bad_deepspeed_configs(tmp_path, content, message):
     path = tmp_path / "ds.json"
     path.write_text(json.dumps(content))
     with pytest.raises(ValueError, match=message):
         DSC.resolve(str(path), train_cfg(), 8, "cpu")
+
+
+def test_a_file_may_state_what_the_train_config_says(tmp_path):
+    path = tmp_path / "agreeing.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 3}, "bf16": {"enabled": True}, "gradient_clipping": 1.0,
+                                "optimizer": {"type": "AdamW", "params": {"betas": [0.9, 0.95]}}}))
+    train = train_cfg(precision="bf16", grad_clip=1.0, betas=(0.9, 0.95), lr=2e-4)
+    resolved = DSC.resolve(str(path), train, 8, "cuda")
+    assert resolved.config["bf16"]["enabled"] and resolved.config["gradient_clipping"] == 1.0
+    assert resolved.config["optimizer"]["params"]["lr"] == 2e-4
+
+
+def test_shipped_configs_state_only_engine_knobs():
+    from importlib import resources
+
+    for entry in (resources.files("nuwa_ds") / "ds_configs").iterdir():
+        data = json.loads(entry.read_text())
+        owned = {"bf16", "fp16", "gradient_clipping", "scheduler", *DSC._BATCH_KEYS} & set(data)
+        assert not owned and "params" not in data.get("optimizer", {}), (entry.name, owned)
 
 
 def test_unknown_deepspeed_config_name_lists_the_shipped_ones():
@@ -103,7 +127,7 @@ BAD_RUNS = {
 
 @pytest.mark.slow
 def test_bad_configs_fail_before_any_allocation(tmp_path):
-    tight = json.loads((ROOT / "ds_configs" / "zero3.json").read_text())
+    tight = json.loads(DSC.locate("zero3").read_text())
     tight["zero_optimization"]["stage3_max_live_parameters"] = 1000
     (tmp_path / "tight.json").write_text(json.dumps(tight))
     fill = {"{zero3_tight}": str(tmp_path / "tight.json"), "{missing}": str(tmp_path / "nothing")}

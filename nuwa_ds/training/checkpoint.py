@@ -65,6 +65,8 @@ def code_version() -> str:
     import nuwa_ds
 
     root = Path(__file__).resolve().parents[2]
+    if not (root / "pyproject.toml").is_file() or not (root / ".git").exists():
+        return nuwa_ds.__version__  # an installed package (whatever git checkout its folder may sit in)
     try:
         out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--tags"],
                              capture_output=True, text=True, timeout=10)

@@ -1,9 +1,11 @@
 """DeepSpeed config: locate the JSON, fill it from the train config, and check it before any engine starts.
 
-One source of truth per number. ``ds_configs/*.json`` hold the engine's knobs (ZeRO stage, buckets,
-prefetch, offload); the train config holds the optimisation (batch sizes, precision, clipping,
-learning rate). The resolver writes the latter into the DeepSpeed dict, and refuses a file that
-contradicts it on a number that cannot be silently overridden (the batch triad), naming the fix.
+One source of truth per number. The shipped ``nuwa_ds/ds_configs/*.json`` hold the engine's knobs
+(ZeRO stage, buckets, prefetch, offload) and nothing else; the train config holds the optimisation
+(batch sizes, precision, clipping, learning rate, AdamW's numbers). The resolver writes the latter
+into the DeepSpeed dict. A file may state one of those numbers (a config brought from elsewhere) only
+if it agrees with the train config: a contradiction is an error naming both and the fix, never a
+silent override.
 Everything here is pure Python on dicts: it runs before ``deepspeed`` is imported.
 """
 
@@ -11,11 +13,14 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Optional
 
-REPO_DS_CONFIGS = Path(__file__).resolve().parents[2] / "ds_configs"
+SHIPPED_DS_CONFIGS = resources.files("nuwa_ds") / "ds_configs"
+"""The named configs (zero1, zero2, zero3, zero3_offload): package data, found in a checkout and in an
+installed wheel alike."""
 
 # keys the resolver owns: a file may state them (for readability) but the train config decides
 _BATCH_KEYS = {
@@ -36,21 +41,22 @@ class ResolvedDSConfig:
     """'bf16' or 'fp32'."""
     json_optimizer: bool
     """True when the file names an optimizer (DeepSpeed builds it, e.g. CPU Adam for offload)."""
-    notes: list[str] = field(default_factory=list)
-    """Values of the file that the train config replaced (printed at start)."""
 
 
 def locate(name_or_path: str) -> Path:
-    """A path to an existing JSON file, or a name in ``ds_configs/`` (``zero2`` or ``zero2.json``)."""
+    """A path to an existing JSON file, or a name (``zero2`` or ``zero2.json``) of a file in
+    ``./ds_configs/`` (the user's own, first) or of a shipped config."""
     path = Path(name_or_path)
     if path.is_file():
         return path
     stem = name_or_path[:-5] if name_or_path.endswith(".json") else name_or_path
-    for folder in (Path.cwd() / "ds_configs", REPO_DS_CONFIGS):
-        candidate = folder / f"{stem}.json"
-        if candidate.is_file():
-            return candidate
-    names = sorted(p.stem for p in REPO_DS_CONFIGS.glob("*.json")) if REPO_DS_CONFIGS.is_dir() else []
+    own = Path.cwd() / "ds_configs" / f"{stem}.json"
+    if own.is_file():
+        return own
+    shipped = SHIPPED_DS_CONFIGS / f"{stem}.json"
+    if shipped.is_file():
+        return Path(str(shipped))
+    names = sorted(p.name[:-5] for p in SHIPPED_DS_CONFIGS.iterdir() if p.name.endswith(".json"))
     raise ValueError(f"DeepSpeed config {name_or_path!r} not found: give a JSON file or one of {', '.join(names)}")
 
 
@@ -120,7 +126,6 @@ def resolve(name_or_path: str, train, world_size: int, device_type: str) -> Reso
         raise ValueError(f"DeepSpeed config {path}: remove 'scheduler'; the schedule is train.lr, "
                          f"train.warmup_steps and train.min_lr_ratio (warm-up + cosine)")
     cfg = copy.deepcopy(raw)
-    notes: list[str] = []
     global_batch = check_batch_triad(train, world_size, raw)
     cfg.update(train_micro_batch_size_per_gpu=train.micro_batch_size,
                gradient_accumulation_steps=train.grad_accum_steps, train_batch_size=global_batch)
@@ -140,11 +145,16 @@ def resolve(name_or_path: str, train, world_size: int, device_type: str) -> Reso
     if precision == "auto":
         precision = "bf16" if device_type == "cuda" else "fp32"
     bf16 = precision == "bf16"
-    if raw.get("bf16", {}).get("enabled", False) != bf16:
-        notes.append(f"bf16.enabled -> {str(bf16).lower()} (train.precision={train.precision} on {device_type})")
+    if "enabled" in raw.get("bf16", {}) and bool(raw["bf16"]["enabled"]) != bf16:
+        raise ValueError(f"DeepSpeed config {path} sets bf16.enabled={str(raw['bf16']['enabled']).lower()} but "
+                         f"train.precision={train.precision} gives {precision} on {device_type}: remove bf16.enabled "
+                         f"from the DeepSpeed config (nuwa-ds fills it in) or set train.precision="
+                         f"{'bf16' if raw['bf16']['enabled'] else 'fp32'}")
     cfg["bf16"] = {**raw.get("bf16", {}), "enabled": bf16}
     if "gradient_clipping" in raw and raw["gradient_clipping"] != train.grad_clip:
-        notes.append(f"gradient_clipping {raw['gradient_clipping']} -> {train.grad_clip} (train.grad_clip)")
+        raise ValueError(f"DeepSpeed config {path} sets gradient_clipping={raw['gradient_clipping']} but "
+                         f"train.grad_clip={train.grad_clip}: remove gradient_clipping from the DeepSpeed config "
+                         f"(nuwa-ds fills it in) or set train.grad_clip={raw['gradient_clipping']}")
     cfg["gradient_clipping"] = train.grad_clip
 
     json_optimizer = "optimizer" in cfg
@@ -153,11 +163,17 @@ def resolve(name_or_path: str, train, world_size: int, device_type: str) -> Reso
         if str(opt.get("type", "")).lower() not in ("adam", "adamw"):
             raise ValueError(f"DeepSpeed config {path}: optimizer type {opt.get('type')!r} unsupported; use AdamW "
                              f"(or remove the section: nuwa-ds then uses torch AdamW)")
-        opt["params"] = {**opt.get("params", {}), "lr": train.lr, "betas": list(train.betas),
-                         "eps": train.adam_eps, "weight_decay": train.weight_decay}
+        ours = {"lr": train.lr, "betas": list(train.betas), "eps": train.adam_eps, "weight_decay": train.weight_decay}
+        names = {"lr": "train.lr", "betas": "train.betas", "eps": "train.adam_eps", "weight_decay": "train.weight_decay"}
+        for key, value in opt.get("params", {}).items():
+            if key in ours and (list(value) if isinstance(value, (list, tuple)) else value) != ours[key]:
+                raise ValueError(f"DeepSpeed config {path} sets optimizer.params.{key}={value} but {names[key]}="
+                                 f"{ours[key]}: remove it from the DeepSpeed config (nuwa-ds fills it in) or set "
+                                 f"{names[key]}={value}")
+        opt["params"] = {**opt.get("params", {}), **ours}
         if opt["type"].lower() == "adam":
             opt["params"]["adam_w_mode"] = True
-    return ResolvedDSConfig(cfg, str(path), stage, precision, json_optimizer, notes)
+    return ResolvedDSConfig(cfg, str(path), stage, precision, json_optimizer)
 
 
 def check_fits_model(resolved: ResolvedDSConfig, param_numels: dict[str, int]):
