@@ -294,12 +294,18 @@ def _quarters(row: list[Optional[float]]) -> dict:
 def video_report(real: ClipSource, fake: ClipSource, *, recon: Optional[ClipSource] = None,
                  random_tokens: Optional[ClipSource] = None, paired: bool = False, seed: int = 0,
                  descriptors: int = 2048, min_size: int = 16, dir_repeats: int = 4, dirs_per_repeat: int = 128,
-                 min_speed: float = 0.25, swd: bool = True, temporal: bool = True) -> dict:
+                 min_speed: float = 0.25, true_dx: Optional[float] = None, swd: bool = True,
+                 temporal: bool = True) -> dict:
     """Per-frame SWD (x 1e3) by frame index and temporal consistency of ``fake`` beside floors and
     ceilings (module docstring). ``descriptors``: per level, frame index and set, spread over that
     index's clips (at most as many per frame as the coarsest level has 7x7 positions); every row at
     one index is subsampled to the same count. ``min_speed`` (px/frame): pairs whose real clip moves
-    slower are left out of the paired shift error. Returns a JSON-ready dict."""
+    slower are left out of the paired shift error. ``true_dx`` (px/frame, when known: the real clips'
+    content shift per frame; a camera panning right by p px/frame gives -p): every set's speed is also
+    compared with it, and the real clips' estimates with it clip by clip (the estimator's own error).
+    Returns a JSON-ready dict."""
+    if true_dx is not None and (not math.isfinite(true_dx) or true_dx == 0):
+        raise ValueError(f"true_dx must be a finite non-zero shift in px/frame, got {true_dx!r}")
     check_settings(descriptors, 256 * 256, min_size, dir_repeats, dirs_per_repeat, None)
     if not (swd or temporal):
         raise ValueError("nothing to compute: enable swd and/or temporal")
@@ -382,6 +388,11 @@ def video_report(real: ClipSource, fake: ClipSource, *, recon: Optional[ClipSour
         for role, s in sets.items():
             if role != "real":
                 s.update(_compare_motion(s, real_b if role == "real_a" else sets["real"]))
+        if true_dx is not None:
+            for summary_of_set in sets.values():
+                summary_of_set["true_speed_error"] = abs(summary_of_set["speed"] - abs(true_dx)) / abs(true_dx)
+            clip_errors = [abs(m["velocity"] - true_dx) / abs(true_dx) for m in motion["real"]]
+            sets["real"].update(true_dx=true_dx, clips_within_10pct_of_truth=sum(e <= 0.1 for e in clip_errors))
         order = ["real", "real_a", "fake", "recon", "random_tokens", "shuffled_real"]
         temporal_result = {"sets": {r: sets[r] for r in order if r in sets},
                            "roles": {r: TEMPORAL_ROLES[r] for r in order if r in sets},
@@ -433,7 +444,12 @@ def format_video_report(report: dict) -> list[str]:
                          f"jitter {m['jitter']:6.3f}  frame diff {m['frame_diff']:6.2f} (aligned "
                          f"{m['frame_diff_aligned']:6.2f})  speed error {_fmt(m.get('speed_error'))}  diff ratio "
                          f"{_fmt(m.get('frame_diff_ratio'))} (aligned {_fmt(m.get('frame_diff_aligned_ratio'))})"
-                         f"  {t['roles'][name]}")
+                         + (f"  vs true shift {m['true_speed_error']:.3f}" if "true_speed_error" in m else "")
+                         + f"  {t['roles'][name]}")
+        real = t["sets"]["real"]
+        if "true_dx" in real:
+            lines.append(f"  true shift {real['true_dx']:+.3f} px/frame: {real['clips_within_10pct_of_truth']}/"
+                         f"{real['clips']} real clips estimated within 10%")
         for name, p in t["paired"].items():
             lines.append(f"  paired {name:<7} shift error {_fmt(p['shift_error'])} ({p['pairs_scored']}/{p['pairs']} "
                          f"pairs)  first frame equal {p['first_frame_equal_clips']}/{p['pairs']} (max abs diff "
