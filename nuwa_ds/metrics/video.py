@@ -291,21 +291,33 @@ def _quarters(row: list[Optional[float]]) -> dict:
 
 # ----------------------------------------------------------------------------- the report
 
+def _check_truth(true_dx, clips: int) -> Optional[list[float]]:
+    if true_dx is None:
+        return None
+    values = [true_dx] * clips if np.isscalar(true_dx) else list(true_dx)
+    if len(values) != clips:
+        raise ValueError(f"true_dx: {len(values)} values for {clips} real clips (give one, or one per clip)")
+    if not all(isinstance(v, (int, float, np.number)) and math.isfinite(v) for v in values):
+        raise ValueError(f"true_dx must be finite shifts in px/frame, got {true_dx!r}")
+    if np.isscalar(true_dx) and true_dx == 0:
+        raise ValueError("true_dx 0: a still camera has no relative speed error; give the pan's shift")
+    return [float(v) for v in values]
+
+
 def video_report(real: ClipSource, fake: ClipSource, *, recon: Optional[ClipSource] = None,
                  random_tokens: Optional[ClipSource] = None, paired: bool = False, seed: int = 0,
                  descriptors: int = 2048, min_size: int = 16, dir_repeats: int = 4, dirs_per_repeat: int = 128,
-                 min_speed: float = 0.25, true_dx: Optional[float] = None, swd: bool = True,
+                 min_speed: float = 0.25, true_dx: Union[None, float, Sequence[float]] = None, swd: bool = True,
                  temporal: bool = True) -> dict:
     """Per-frame SWD (x 1e3) by frame index and temporal consistency of ``fake`` beside floors and
     ceilings (module docstring). ``descriptors``: per level, frame index and set, spread over that
     index's clips (at most as many per frame as the coarsest level has 7x7 positions); every row at
     one index is subsampled to the same count. ``min_speed`` (px/frame): pairs whose real clip moves
     slower are left out of the paired shift error. ``true_dx`` (px/frame, when known: the real clips'
-    content shift per frame; a camera panning right by p px/frame gives -p): every set's speed is also
-    compared with it, and the real clips' estimates with it clip by clip (the estimator's own error).
-    Returns a JSON-ready dict."""
-    if true_dx is not None and (not math.isfinite(true_dx) or true_dx == 0):
-        raise ValueError(f"true_dx must be a finite non-zero shift in px/frame, got {true_dx!r}")
+    content shift per frame, one number or one per real clip; a camera panning right by p px/frame
+    gives -p): the real clips' estimates are compared with it clip by clip (the estimator's own
+    error; clips truly slower than ``min_speed`` left out), with ``paired`` the fake clips' too, and
+    with one number every set's speed. Returns a JSON-ready dict."""
     check_settings(descriptors, 256 * 256, min_size, dir_repeats, dirs_per_repeat, None)
     if not (swd or temporal):
         raise ValueError("nothing to compute: enable swd and/or temporal")
@@ -328,6 +340,7 @@ def video_report(real: ClipSource, fake: ClipSource, *, recon: Optional[ClipSour
     if paired and len(fake_clips) != len(real_clips):
         raise ValueError(f"paired: fake clip i continues real clip i, but there are {len(fake_clips)} fake and "
                          f"{len(real_clips)} real clips")
+    truth = _check_truth(true_dx, len(real_clips))
     half_a, half_b = split_halves(len(real_clips), seed)
     in_b = set(half_b)
     result = {"seed": seed, "paired": paired, "frame_size": [height, width],
@@ -388,15 +401,24 @@ def video_report(real: ClipSource, fake: ClipSource, *, recon: Optional[ClipSour
         for role, s in sets.items():
             if role != "real":
                 s.update(_compare_motion(s, real_b if role == "real_a" else sets["real"]))
-        if true_dx is not None:
-            for summary_of_set in sets.values():
-                summary_of_set["true_speed_error"] = abs(summary_of_set["speed"] - abs(true_dx)) / abs(true_dx)
-            clip_errors = [abs(m["velocity"] - true_dx) / abs(true_dx) for m in motion["real"]]
-            sets["real"].update(true_dx=true_dx, clips_within_10pct_of_truth=sum(e <= 0.1 for e in clip_errors))
+        if truth is not None:
+            if len(set(truth)) == 1:
+                for summary_of_set in sets.values():
+                    summary_of_set["true_speed_error"] = abs(summary_of_set["speed"] - abs(truth[0])) / abs(truth[0])
+            compared = {"real": motion["real"]}
+            if paired:
+                compared["fake"] = motion["fake"]
+            result_truth = {"true_dx": truth[0] if len(set(truth)) == 1 else "per clip"}
+            for role, motions in compared.items():
+                errors = [abs(m["velocity"] - dx) / abs(dx) for m, dx in zip(motions, truth) if abs(dx) >= min_speed]
+                result_truth[role] = {"clips_scored": len(errors), "within_10pct": sum(e <= 0.1 for e in errors),
+                                      "error": float(np.mean(errors)) if errors else None}
         order = ["real", "real_a", "fake", "recon", "random_tokens", "shuffled_real"]
         temporal_result = {"sets": {r: sets[r] for r in order if r in sets},
                            "roles": {r: TEMPORAL_ROLES[r] for r in order if r in sets},
                            "min_speed": min_speed}
+        if truth is not None:
+            temporal_result["truth"] = result_truth
         pairs = {"shuffled_real": _paired_motion(motion["shuffled_real"], motion["real"], shuffled, real_clips,
                                                  min_speed)}
         if paired:
@@ -446,10 +468,10 @@ def format_video_report(report: dict) -> list[str]:
                          f"{_fmt(m.get('frame_diff_ratio'))} (aligned {_fmt(m.get('frame_diff_aligned_ratio'))})"
                          + (f"  vs true shift {m['true_speed_error']:.3f}" if "true_speed_error" in m else "")
                          + f"  {t['roles'][name]}")
-        real = t["sets"]["real"]
-        if "true_dx" in real:
-            lines.append(f"  true shift {real['true_dx']:+.3f} px/frame: {real['clips_within_10pct_of_truth']}/"
-                         f"{real['clips']} real clips estimated within 10%")
+        for role, figures in t.get("truth", {}).items():
+            if role != "true_dx":
+                lines.append(f"  vs true shift ({t['truth']['true_dx']}): {role} clips within 10% "
+                             f"{figures['within_10pct']}/{figures['clips_scored']}, mean error {_fmt(figures['error'])}")
         for name, p in t["paired"].items():
             lines.append(f"  paired {name:<7} shift error {_fmt(p['shift_error'])} ({p['pairs_scored']}/{p['pairs']} "
                          f"pairs)  first frame equal {p['first_frame_equal_clips']}/{p['pairs']} (max abs diff "
