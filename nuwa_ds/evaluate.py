@@ -294,8 +294,8 @@ def add_arguments(parser) -> None:
     group.add_argument("--video-descriptors", type=int, default=2048, metavar="N",
                        help="video: SWD descriptors per level, frame index and set (default 2048)")
     group.add_argument("--true-dx", type=float, default=None, metavar="PX",
-                       help="video: the real clips' true content shift in px/frame, one for all (a camera panning right by p "
-                            "gives -p), when known: speeds are also compared with it")
+                       help="video: the real clips' true content shift in px/frame, one for all (a camera "
+                            "panning right by p gives -p), when known: speeds are also compared with it")
     parser.add_argument("--out", metavar="JSON", default=None, help="write the results as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
