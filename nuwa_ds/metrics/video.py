@@ -471,7 +471,8 @@ def format_video_report(report: dict) -> list[str]:
         for role, figures in t.get("truth", {}).items():
             if role != "true_dx":
                 lines.append(f"  vs true shift ({t['truth']['true_dx']}): {role} clips within 10% "
-                             f"{figures['within_10pct']}/{figures['clips_scored']}, mean error {_fmt(figures['error'])}")
+                             f"{figures['within_10pct']}/{figures['clips_scored']}, "
+                             f"mean error {_fmt(figures['error'])}")
         for name, p in t["paired"].items():
             lines.append(f"  paired {name:<7} shift error {_fmt(p['shift_error'])} ({p['pairs_scored']}/{p['pairs']} "
                          f"pairs)  first frame equal {p['first_frame_equal_clips']}/{p['pairs']} (max abs diff "
