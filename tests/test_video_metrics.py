@@ -111,6 +111,7 @@ def test_paired_shift_error_and_first_frame(real):
     report = video_report(real, faster, paired=True, swd=False)
     paired = report["temporal"]["paired"]["fake"]
     assert paired["first_frame_equal"] and paired["shift_error"] == pytest.approx(1.0, abs=0.05)
+    assert paired["shift_error_px"] == pytest.approx(3.0, abs=0.15)
     twice = video_report(real, [pan(1_000 + i, speed=6) for i in range(len(real))], swd=False)
     assert twice["temporal"]["sets"]["fake"]["speed_error"] == pytest.approx(1.0, abs=0.05)
     nudged = [c.copy() for c in real]

@@ -221,12 +221,14 @@ def _compare_motion(summary: dict, reference: dict) -> dict:
 def _paired_motion(motions: list[dict], real_motions: list[dict], clips: list[np.ndarray],
                    real_clips: list[np.ndarray], min_speed: float) -> dict:
     """Per pair (clip i vs real clip i): |v - v_real| / |v_real| over the pairs whose real clip moves
-    at least ``min_speed`` px/frame, and whether frame 0 equals the real frame 0."""
+    at least ``min_speed`` px/frame, |v - v_real| over all, and whether frame 0 equals the real one."""
     errors = [abs(m["velocity"] - r["velocity"]) / abs(r["velocity"])
               for m, r in zip(motions, real_motions) if abs(r["velocity"]) >= min_speed]
     first = [int(np.abs(c[0].astype(np.int16) - r[0].astype(np.int16)).max()) for c, r in zip(clips, real_clips)]
+    absolute = [abs(m["velocity"] - r["velocity"]) for m, r in zip(motions, real_motions)]
     return {"pairs": len(motions), "pairs_scored": len(errors),
             "shift_error": float(np.mean(errors)) if errors else None,
+            "shift_error_px": float(np.mean(absolute)),  # every pair, still ones too (px/frame)
             "clip_shift_error": [round(e, 4) for e in errors],
             "first_frame_equal": all(d == 0 for d in first),
             "first_frame_equal_clips": sum(d == 0 for d in first),
@@ -402,7 +404,7 @@ def video_report(real: ClipSource, fake: ClipSource, *, recon: Optional[ClipSour
             if role != "real":
                 s.update(_compare_motion(s, real_b if role == "real_a" else sets["real"]))
         if truth is not None:
-            if len(set(truth)) == 1:
+            if len(set(truth)) == 1 and truth[0] != 0:
                 for summary_of_set in sets.values():
                     summary_of_set["true_speed_error"] = abs(summary_of_set["speed"] - abs(truth[0])) / abs(truth[0])
             compared = {"real": motion["real"]}
@@ -475,6 +477,6 @@ def format_video_report(report: dict) -> list[str]:
                              f"mean error {_fmt(figures['error'])}")
         for name, p in t["paired"].items():
             lines.append(f"  paired {name:<7} shift error {_fmt(p['shift_error'])} ({p['pairs_scored']}/{p['pairs']} "
-                         f"pairs)  first frame equal {p['first_frame_equal_clips']}/{p['pairs']} (max abs diff "
+                         f"pairs; {p['shift_error_px']:.3f} px/frame over all)  first frame equal {p['first_frame_equal_clips']}/{p['pairs']} (max abs diff "
                          f"{p['first_frame_max_abs_diff']})")
     return lines
