@@ -16,6 +16,13 @@ network run on CPU: multi-scale sliced Wasserstein distance and seam scores, eac
 reported beside them (``nuwa_ds.metrics.quality``):
 
     nuwa-ds eval --real REAL --fake FAKE [--recon RECON] [--block-size 64] [--swd] [--seams] [--out eval.json]
+
+With ``--video`` the folders hold clips (``.gif`` / ``.mp4`` / ``.webm`` files or sub-folders of frame
+pictures): per-frame SWD by frame index against real half B pooled and temporal consistency (phase
+correlation shifts, jitter, frame differences), each beside its floors and ceilings
+(``nuwa_ds.metrics.video``):
+
+    nuwa-ds eval --video --real REAL --fake FAKE [--recon DIR] [--random-tokens DIR] [--paired] [--out eval.json]
 """
 
 from __future__ import annotations
@@ -278,11 +285,52 @@ def add_arguments(parser) -> None:
                        help="descriptors per level per 256x256 px of image area (default 128)")
     group.add_argument("--swd-max-descriptors", type=int, default=65536, metavar="N",
                        help="at most N descriptors per level and set (default 65536; ~600 bytes each)")
+    group = parser.add_argument_group("video (per-frame SWD by frame index, temporal consistency; CPU)")
+    group.add_argument("--video", action="store_true", help="--real / --fake (/ --recon / --random-tokens) are "
+                       "folders of clips (.gif/.mp4/.webm files or sub-folders of frames): per-frame SWD vs real "
+                       "half B and temporal consistency, beside floors and ceilings (nuwa_ds.metrics.video)")
+    group.add_argument("--paired", action="store_true", help="video: fake clip i continues / animates real clip i "
+                       "(sorted order): per-clip shift error and whether the first frame was kept")
+    group.add_argument("--video-descriptors", type=int, default=2048, metavar="N",
+                       help="video: SWD descriptors per level, frame index and set (default 2048)")
+    group.add_argument("--true-dx", type=float, default=None, metavar="PX",
+                       help="video: the real clips' true content shift in px/frame, one for all (a camera "
+                            "panning right by p gives -p), when known: speeds are also compared with it")
     parser.add_argument("--out", metavar="JSON", default=None, help="write the results as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _run_video(args) -> dict:
+    if args.inception_weights or args.swd or args.seams or args.save_stats:
+        raise ValueError("--video runs the video metrics only; leave out --inception-weights / --swd / --seams / "
+                         "--save-stats (run eval on picture folders for those)")
+    from nuwa_ds.metrics.video import format_video_report, video_report
+
+    result = {"video": video_report(args.real, args.fake, recon=args.recon, random_tokens=args.random_tokens,
+                                    paired=args.paired, seed=args.seed, descriptors=args.video_descriptors,
+                                    true_dx=args.true_dx)}
+    for line in format_video_report(result["video"]):
+        print(line)
+    return result
+
+
+def _write_json(result: dict, path: str) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out)  # atomic: a reader never sees half a file
+    print(f"wrote {out}")
+
+
 def run(args) -> int:
+    if args.video:
+        result = _run_video(args)
+        if args.out:
+            _write_json(result, args.out)
+        return 0
+    if args.paired or args.true_dx is not None:
+        raise ValueError("--paired / --true-dx are for --video")
     fid = args.inception_weights is not None
     explicit = args.swd or args.seams
     do_swd, do_seams = (args.swd, args.seams) if explicit else (not fid, not fid)
@@ -318,12 +366,7 @@ def run(args) -> int:
         for line in format_report(result["quality"]):
             print(line)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, out)  # atomic: a reader never sees half a file
-        print(f"wrote {out}")
+        _write_json(result, args.out)
     return 0
 
 

@@ -110,9 +110,16 @@ class DescriptorSet:
 
     def add(self, image: torch.Tensor, count: int, index: Optional[int] = None) -> None:
         """``count`` descriptors per level from one [3, H, W] image (uint8 or float, one scale for all)."""
+        self.add_pyramid(laplacian_pyramid(image, self.levels), count, index)
+
+    def add_pyramid(self, bands: Sequence[torch.Tensor], count: int, index: Optional[int] = None) -> None:
+        """``add`` for an image whose pyramid (``laplacian_pyramid(image, levels)``) is already made,
+        e.g. by one batched call over many frames (the filter is per channel: [N * 3, H, W] in one go)."""
+        if len(bands) != self.levels:
+            raise ValueError(f"expected a pyramid of {self.levels} levels, got {len(bands)}")
         index = self.images if index is None else index
         rng = np.random.default_rng([self.seed, _TAG_POSITIONS, self.tag, index])
-        for level, band in enumerate(laplacian_pyramid(image, self.levels)):
+        for level, band in enumerate(bands):
             _, h, w = band.shape
             if h < NHOOD or w < NHOOD:
                 raise ValueError(f"pyramid level {level} is {h}x{w} px, smaller than a {NHOOD}x{NHOOD} descriptor")
