@@ -223,7 +223,6 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
     from data_pipelines.prepare import prepare_shards
     from nuwa_ds.config import RunConfig
     from nuwa_ds.export import export_checkpoint
-    from nuwa_ds.metrics.video import video_report
     from nuwa_ds.model import GenerationConfig, NuwaInfinity
     from nuwa_ds.text_encoder import make_text_encoder
     from nuwa_ds.tokenizer import train_tokenizer
@@ -249,21 +248,25 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
         val_specs = LV.sample_clip_specs(s.val_clips, split="val", frames=long_T, size=tuple(s.size),
                                          window=tuple(s.window), seed=s.seed)
         real = out / "real"
-        LV.write_clips(real / "train", train_specs, formats=("mp4",), workers=workers)
-        LV.write_clips(real / "val", val_specs, formats=("mp4", "frames"), workers=workers)
-        LV.write_clips(real / "tokenizer", train_specs[: s.tokenizer_clips], formats=("frames",), workers=workers)
+        LV.write_clips(real / "train", train_specs, formats=("mp4",), workers=workers, split="train", seed=s.seed,
+                       progress=True)
+        LV.write_clips(real / "val", val_specs, formats=("mp4", "frames"), workers=workers, split="val", seed=s.seed)
+        # the tokenizer's pictures: lossless frames of some training clips
+        LV.write_clips(real / "tokenizer", train_specs[: s.tokenizer_clips], formats=("frames",), workers=workers,
+                       split="train", seed=s.seed)
         report["clips"] = {"train": len(train_specs), "val": len(val_specs), "train_frames": T, "val_frames": long_T}
     _write_report(out, report)
 
     with Stage(report, "2 text encoder"):
         captions = [LV.caption(LV.true_attributes(spec)) for spec in train_specs]
         text_dir = out / "text_encoder"
-        info = make_text_encoder(captions, text_dir, preset=s.text_preset, mlm_steps=s.text_mlm_steps, seed=s.seed)
+        extra = {} if s.text_mlm_steps is None else {"mlm_steps": s.text_mlm_steps}
+        info = make_text_encoder(captions, text_dir, preset=s.text_preset, seed=s.seed, **extra)
         report["text_encoder"] = info
     _write_report(out, report)
 
     with Stage(report, "3 tokenizer"):
-        frames = sorted((real / "tokenizer").rglob("*.png"))
+        frames = sorted((real / "tokenizer" / "frames").rglob("*.png"))
         tokenizer, metrics = train_tokenizer([str(p) for p in frames], out / "tokenizer",
                                              config=s.tokenizer_preset, device=str(dev), steps=s.tokenizer_steps,
                                              batch_size=s.tokenizer_batch, crop=s.tokenizer_crop,
@@ -281,7 +284,7 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
         shards = {}
         for split in ("train", "val"):
             folder = real / split
-            manifest = prepare_shards([str(folder)], out / "shards" / split, tokenizer,
+            manifest = prepare_shards([str(folder / "mp4")], out / "shards" / split, tokenizer,
                                       captions=str(folder / LV.CAPTIONS_FILE), image_size=0, patch_size=P,
                                       fps=s.fps, clip_frames=T, progress=True, overwrite=True, device=str(dev))
             shards[split] = str(out / "shards" / split / manifest["shards"])
@@ -384,7 +387,7 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
     _write_report(out, report)
 
     with Stage(report, "7 eval"):
-        report["eval"] = evaluate(out, tokenizer, s, val_clips[: s.videos], val_attrs, image_sets, t2v, anim, LV)
+        report["eval"] = evaluate(tokenizer, s, val_clips[: s.videos], val_specs, image_sets, t2v, anim, LV)
         _sheet_gif([val_clips[0], t2v[0], anim[0], val_clips[1], t2v[1], anim[1]], out / "overview.gif", s.fps)
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     _write_report(out, report)
@@ -392,47 +395,50 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
     return report
 
 
-def evaluate(out: Path, tokenizer, s: VideoRecipeSettings, real_clips: np.ndarray, val_attrs: list[dict],
-             image_sets: dict, t2v: np.ndarray, anim: np.ndarray, LV) -> dict:
+def evaluate(tokenizer, s: VideoRecipeSettings, real_clips: np.ndarray, specs: list, image_sets: dict,
+             t2v: np.ndarray, anim: np.ndarray, LV) -> dict:
+    """Caption attributes and the video metrics of the generated sets, beside chance, real clips, their
+    VQ reconstructions and decoded random tokens (all through the same reader and the same code)."""
     import torch
 
     from nuwa_ds.metrics.video import video_report
 
     n = len(real_clips)
-    recon_tokens = _encode_clips(tokenizer, real_clips)
-    recon = _decode_clips(tokenizer, recon_tokens)
+    attrs = [LV.true_attributes(spec) for spec in specs[:n]]
+    recon = _decode_clips(tokenizer, _encode_clips(tokenizer, real_clips))
     g = torch.Generator().manual_seed(s.seed)
-    noise = _decode_clips(tokenizer, torch.randint(0, tokenizer.codebook_size, tuple(recon_tokens.shape), generator=g))
-    _clip_folder(recon, out / "recon" / "val", s.fps)
-    _clip_folder(noise, out / "random_tokens" / "val", s.fps)
+    noise = _decode_clips(tokenizer, torch.randint(0, tokenizer.codebook_size, (n, *recon.shape[1:2],
+                                                   recon.shape[2] // tokenizer.downsample,
+                                                   recon.shape[3] // tokenizer.downsample), generator=g))
     results: dict = {}
 
     # caption attributes, read back from the pixels
-    image_keys = [k for k in LV.ATTRIBUTES if k != "pan"]
+    read = LV.read_attributes
+    image_keys = [k for k in LV.ATTRIBUTES if k != "motion"]
     video_keys = list(LV.ATTRIBUTES)
     m = len(next(iter(image_sets.values())))
-    expected = [val_attrs[i % len(val_attrs)] for i in range(m)]
-    text2image = {"chance": chance_scores(expected, image_keys),
-                  "real": attribute_scores(LV.read_attributes, [c[:1] for c in real_clips], val_attrs[:n], image_keys),
-                  "recon": attribute_scores(LV.read_attributes, [c[:1] for c in recon], val_attrs[:n], image_keys),
-                  "random_tokens": attribute_scores(LV.read_attributes, [c[:1] for c in noise], val_attrs[:n],
-                                                    image_keys),
-                  "by_cfg_scale": {f"{k:g}": attribute_scores(LV.read_attributes, [c[:1] for c in v], expected,
-                                                              image_keys) for k, v in image_sets.items()}}
-    results["text2image_attributes"] = text2image
+    expected = [attrs[i % n] for i in range(m)]
+    results["text2image_attributes"] = {
+        "chance": chance_scores(expected, image_keys),
+        "real": attribute_scores(read, [c[:1] for c in real_clips], attrs, image_keys),
+        "recon": attribute_scores(read, [c[:1] for c in recon], attrs, image_keys),
+        "random_tokens": attribute_scores(read, [c[:1] for c in noise], attrs, image_keys),
+        "by_cfg_scale": {f"{k:g}": attribute_scores(read, [c[:1] for c in v], expected, image_keys)
+                         for k, v in image_sets.items()}}
     results["text2video_attributes"] = {
-        "chance": chance_scores(val_attrs[:n], video_keys),
-        "real": attribute_scores(LV.read_attributes, list(real_clips), val_attrs[:n], video_keys),
-        "recon": attribute_scores(LV.read_attributes, list(recon), val_attrs[:n], video_keys),
-        "fake": attribute_scores(LV.read_attributes, list(t2v), val_attrs[:n], video_keys),
-        "animation": attribute_scores(LV.read_attributes, list(anim), val_attrs[:n], video_keys)}
+        "chance": chance_scores(attrs, video_keys),
+        "real": attribute_scores(read, list(real_clips), attrs, video_keys),
+        "recon": attribute_scores(read, list(recon), attrs, video_keys),
+        "random_tokens": attribute_scores(read, list(noise), attrs, video_keys),
+        "text2video": attribute_scores(read, list(t2v), attrs, video_keys),
+        "animation": attribute_scores(read, list(anim), attrs, video_keys)}
 
-    # per-frame SWD by frame index and motion (unpaired for text-to-video, paired for animation)
-    kwargs = dict(recon=out / "recon" / "val", random_tokens=out / "random_tokens" / "val", seed=s.seed)
-    results["text2video"] = video_report(out / "real" / "val" / LV.FRAMES_DIR, out / "generated" / "text2video",
-                                         **kwargs)
-    results["animation"] = video_report(out / "real" / "val" / LV.FRAMES_DIR, out / "generated" / "animation",
-                                        paired=True, **kwargs)
+    # per-frame SWD by frame index and motion (unpaired for text-to-video, paired for animation: clip i
+    # continues real clip i's first frame); the real clips' true content shift is -(camera pan)
+    true_dx = [-spec.true_shift for spec in specs[:n]]
+    kwargs = dict(recon=list(recon), random_tokens=list(noise), seed=s.seed)
+    results["text2video"] = video_report(list(real_clips), list(t2v), **kwargs)
+    results["animation"] = video_report(list(real_clips), list(anim), paired=True, true_dx=true_dx, **kwargs)
     return results
 
 

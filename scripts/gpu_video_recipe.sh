@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The landscape-video recipe on a GPU machine, with its log and figures copied to $OUT (device runs).
+# Usage: bash scripts/gpu_video_recipe.sh [--set key=value ...]
+set -uo pipefail
+out=${RECIPE_OUT:-/tmp/video-recipe}
+dest=${OUT:-/tmp/out}
+mkdir -p "$dest"
+timeout "${RECIPE_TIMEOUT:-560}" python3 -m nuwa_ds.cli recipe landscape-videos --preset gpu --out "$out" "$@" 2>&1 \
+  | tr '\r' '\n' | grep -v 'it/s\]$\|s/it\]$\|pic/s\]$\|src/s\]$\|clip/s\]$' | tee "$dest/video_recipe.log"
+cp "$out/report.json" "$dest/video_report.json" 2>/dev/null
+cp "$out/run/metrics.jsonl" "$dest/video_metrics.jsonl" 2>/dev/null
+cp "$out/run/loss_curve.png" "$dest/video_loss_curve.png" 2>/dev/null
+cp "$out/overview.gif" "$dest/video_overview.gif" 2>/dev/null
+python3 - "$out" "$dest" <<'PY'
+import sys
+from pathlib import Path
+from PIL import Image
+out, dest = Path(sys.argv[1]), Path(sys.argv[2])
+# text-to-image by guidance scale: the first 8 pictures of each scale in a row
+rows = sorted((out / "generated").glob("text2image_cfg*"))
+ims = [[Image.open(p).convert("RGB") for p in sorted(r.glob("clip_*/*.png"))[:8]] for r in rows]
+ims = [r for r in ims if r]
+if ims:
+    w, h = ims[0][0].size
+    sheet = Image.new("RGB", (8 * w, len(ims) * h), "white")
+    for y, row in enumerate(ims):
+        for x, im in enumerate(row):
+            sheet.paste(im, (x * w, y * h))
+    sheet.save(dest / "video_text2image_by_cfg.png")
+PY
+ls -la "$dest"
