@@ -507,3 +507,147 @@ def reader_accuracy(specs: Sequence[ClipSpec], clips: Optional[Sequence[np.ndarr
     out["all"] = {"accuracy": sum(all(r.get(k) == v for k, v in t.items()) for t, r in zip(truth, read)) / len(truth),
                   "count": len(truth)}
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------------------------
+def _mp4_error(path: Path, clip: np.ndarray) -> float:
+    """Mean absolute error (0-255) of the decoded MP4 against the rendered frames."""
+    import av
+
+    with av.open(str(path)) as container:
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    if len(decoded) != len(clip):
+        raise RuntimeError(f"{path}: wrote {len(clip)} frames, decoded {len(decoded)}")
+    h, w = clip.shape[1:3]
+    return float(np.mean([np.abs(d[:h, :w].astype(np.int16) - c).mean() for d, c in zip(decoded, clip)]))
+
+
+def _write_one(args) -> dict:
+    index, spec_dict, out_dir, formats, variant = args
+    from nuwa_ds.tokenizer.media import save_gif, save_mp4, save_png
+
+    spec = ClipSpec.from_dict(spec_dict)
+    clip = render_clip(spec)
+    out = Path(out_dir)
+    name = f"clip_{index:06d}"
+    files, record = {}, {}
+    if "mp4" in formats:
+        files["mp4"] = f"mp4/{name}.mp4"
+        save_mp4(clip, out / files["mp4"], fps=spec.fps)
+        record["mp4_mean_abs_error"] = round(_mp4_error(out / files["mp4"], clip), 4)
+    if "gif" in formats:
+        files["gif"] = f"gif/{name}.gif"
+        save_gif(clip, out / files["gif"], fps=spec.fps)
+    if "frames" in formats:
+        files["frames"] = f"frames/{name}"
+        for t, frame in enumerate(clip):
+            save_png(frame, out / files["frames"] / f"{t:04d}.png")
+    attrs = true_attributes(spec)
+    return {"index": index, "files": files, "spec": spec.to_dict(), "attributes": attrs,
+            "caption": caption(attrs, variant), "true_shift": spec.true_shift, **record}
+
+
+def write_clips(out_dir, specs: Sequence[ClipSpec], *, formats: Sequence[str] = ("mp4",), workers: int = 0,
+                split: Optional[str] = None, seed: Optional[int] = None, caption_variants: int = 1,
+                progress: bool = False) -> dict:
+    """Write every clip to ``out_dir`` and return the manifest (also written to ``landscape_videos.json``).
+
+    Layout: ``mp4/clip_{i:06d}.mp4`` (h264 at the spec's fps), ``gif/clip_{i:06d}.gif``,
+    ``frames/clip_{i:06d}/{t:04d}.png`` (lossless), one folder per format so that ``nuwa-ds prepare
+    DIR/mp4 --captions DIR/captions.jsonl`` reads the videos alone. ``captions.jsonl``: one line
+    ``{"file": <relative path>, "caption": ...}`` per written MP4 / GIF. ``caption_variants`` > 1
+    rotates clip i through that many phrasings (``caption(attrs, i % caption_variants)``).
+    ``workers`` > 0 renders in that many processes (same files)."""
+    formats = tuple(formats.split(",")) if isinstance(formats, str) else tuple(formats)
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {formats!r}")
+    specs = list(specs)
+    if not specs:
+        raise ValueError("no clips to write")
+    for spec in specs:
+        if not isinstance(spec, ClipSpec):
+            raise ValueError(f"write_clips needs ClipSpecs, got {type(spec).__name__}")
+        spec.validate()
+    if int(workers) < 0 or int(caption_variants) < 1:
+        raise ValueError(f"workers must be >= 0 and caption_variants >= 1, got {workers}, {caption_variants}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(i, s.to_dict(), str(out), formats, i % int(caption_variants)) for i, s in enumerate(specs)]
+    if int(workers) > 0:
+        with ProcessPoolExecutor(max_workers=int(workers)) as pool:
+            records = list(_progress(pool.map(_write_one, jobs, chunksize=4), len(jobs), progress))
+    else:
+        records = list(_progress(map(_write_one, jobs), len(jobs), progress))
+    lines = [json.dumps({"file": r["files"][f], "caption": r["caption"]})
+             for r in records for f in ("mp4", "gif") if f in r["files"]]
+    if lines:
+        (out / CAPTIONS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    errors = [r["mp4_mean_abs_error"] for r in records if "mp4_mean_abs_error" in r]
+    manifest = {
+        "generator": "data_pipelines.landscape_video",
+        "generator_version": GENERATOR_VERSION,
+        "world_generator_version": WORLD_VERSION,
+        "split": split,
+        "seed": seed,
+        "count": len(records),
+        "formats": list(formats),
+        "captions_file": CAPTIONS_FILE if lines else None,
+        "attributes": {k: list(v) for k, v in ATTRIBUTES.items()},
+        "mp4_mean_abs_error": round(float(np.mean(errors)), 4) if errors else None,
+        "clips": records,
+    }
+    tmp = out / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, out / MANIFEST_FILE)
+    return manifest
+
+
+def read_manifest(out_dir) -> tuple[dict, list[ClipSpec]]:
+    """The manifest of a folder written by :func:`write_clips` and its clips' specs."""
+    manifest = json.loads((Path(out_dir) / MANIFEST_FILE).read_text())
+    return manifest, [ClipSpec.from_dict(c["spec"]) for c in manifest["clips"]]
+
+
+def _progress(it, total: int, enabled: bool):
+    if not enabled:
+        return it
+    from tqdm import tqdm
+
+    return tqdm(it, total=total, desc="clips", unit="clip", dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("--out", required=True, help=f"output folder (mp4/, gif/, frames/, {CAPTIONS_FILE}, {MANIFEST_FILE})")
+    parser.add_argument("--count", type=int, default=100, help="number of clips")
+    parser.add_argument("--frames", type=int, default=16, help="frames per clip (held-out clips: 4x the training clips)")
+    parser.add_argument("--split", choices=tuple(SPLITS), default="train",
+                        help="train or val: disjoint world seeds (as nuwa-ds landscapes)")
+    parser.add_argument("--size", default="128x128", help="output frame WIDTHxHEIGHT")
+    parser.add_argument("--window", default="512x512", help="world px WIDTHxHEIGHT of each frame (a multiple of --size)")
+    parser.add_argument("--format", default="mp4", help=f"comma-separated subset of {','.join(FORMATS)}")
+    parser.add_argument("--fps", type=float, default=8.0, help="frame rate written into the MP4 / GIF")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the clips' framing and motion")
+    parser.add_argument("--world-seed-base", type=int, default=None, help="first world seed (default: by --split)")
+    parser.add_argument("--caption-variants", type=int, default=1, help="phrasings to rotate through (1-3)")
+    parser.add_argument("--workers", type=int, default=0, help="rendering processes (0: this one)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args) -> int:
+    size, window = parse_size(args.size), parse_size(args.window)
+    if args.fps <= 0:
+        raise ValueError(f"--fps must be > 0, got {args.fps}")
+    specs = sample_clip_specs(args.count, split=args.split, frames=args.frames, size=size, window=window,
+                              seed=args.seed, world_seed_base=args.world_seed_base, fps=args.fps)
+    manifest = write_clips(args.out, specs, formats=args.format, workers=args.workers, split=args.split,
+                           seed=args.seed, caption_variants=args.caption_variants, progress=not args.no_progress)
+    err = manifest["mp4_mean_abs_error"]
+    print(f"{manifest['count']} clips of {args.frames} frames {size[0]}x{size[1]} ({args.split}) in {args.out}"
+          + ("" if err is None else f"; MP4 mean abs error {err:.2f}/255"))
+    return 0
