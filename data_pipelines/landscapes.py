@@ -407,13 +407,19 @@ class World:
         ys = np.arange(y0, y0 + height, dtype=np.int64)
         out = np.empty((height, width, 3), F32)
         n_sky = int(np.clip(H - y0, 0, height))
-        if n_sky:
-            out[:n_sky] = self._above(xs, ys[:n_sky], cloud_dx, sun_dy)
-        if n_sky < height:
-            out[n_sky:] = self._water(xs, ys[n_sky:], cloud_dx, sun_dy)
+        if n_sky == height:
+            out[:] = self._above(xs, ys, cloud_dx, sun_dy)
+        elif n_sky:  # sky and water: one _above call serves the sky rows and their reflection
+            out[n_sky:], out[:n_sky] = self._water(xs, ys[n_sky:], cloud_dx, sun_dy, sky_from=y0)
+        else:
+            out[:] = self._water(xs, ys, cloud_dx, sun_dy)
         return out
 
-    def _water(self, xs: np.ndarray, ys: np.ndarray, cloud_dx: float = 0.0, sun_dy: float = 0.0) -> np.ndarray:
+    def _water(self, xs: np.ndarray, ys: np.ndarray, cloud_dx: float = 0.0, sun_dy: float = 0.0,
+               sky_from: Optional[int] = None):
+        """Water rows ``ys``; with ``sky_from``, also the sky rows [sky_from, horizon) of columns ``xs``,
+        cut from the same ``_above`` grid as the reflection (bitwise what a separate call gives:
+        ``_above`` is a pure function of each pixel's coordinates, which the window tests check)."""
         H = self.horizon
         d = (ys - H).astype(np.float64)  # 0 at the water line
         df = d.astype(F32)
@@ -429,6 +435,8 @@ class World:
         ry = np.minimum((2 * H - 1 - ys)[:, None] + dy, H - 1)  # mirror row, rippled
         mx = int(np.abs(dx).max()) if dx.size else 0
         rlo, rhi = int(ry.min()), int(ry.max())
+        if sky_from is not None:  # rhi <= H - 1: the grid runs on to the last sky row
+            rlo, rhi = min(rlo, int(sky_from)), H - 1
         src = self._above(np.arange(xs[0] - mx, xs[-1] + mx + 1, dtype=np.int64),
                           np.arange(rlo, rhi + 1, dtype=np.int64), cloud_dx, sun_dy)
         cols = np.arange(len(xs), dtype=np.int64)[None, :] + mx + dx
@@ -441,7 +449,9 @@ class World:
         img = (w + (refl * F32(0.95) - w) * k) * shade
         edge = _clip01(F32(1) - df * F32(1.0 / 3.0))[:, None, None] * F32(0.15)  # bright shore line
         img = img + (pal["haze"] - img) * edge
-        return img
+        if sky_from is None:
+            return img
+        return img, src[int(sky_from) - rlo:, mx:mx + len(xs)]
 
     def render(self, x0: int, y0: int, width: int, height: int, *, t: float = 0,
                cloud_drift: float = 0.0, sun_rise: float = 0.0) -> np.ndarray:
