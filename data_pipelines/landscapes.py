@@ -219,6 +219,21 @@ class _Range:
     depth: float  # 1 = farthest, 0 = nearest
 
 
+def _profile(rg: _Range, x: np.ndarray) -> np.ndarray:
+    """A range's ridge profile in [0, 1] at float64 columns ``x`` (elementwise: a pure function of x)."""
+    prof = fbm1(rg.key, x, rg.period, octaves=6, ridged=rg.ridged)
+    mid = F32(0.62 if rg.ridged else 0.5)  # typical profile value
+    z = (prof - mid) * F32(2 * rg.contrast)  # soft contrast stretch, no flat tops
+    c = F32(rg.contrast / (1.0 + rg.contrast))
+    prof = _clip01(F32(0.5) + F32(0.5) * z / ((F32(1) + np.abs(z)) * c))
+    if rg.depth < 1.0:  # wide valleys: nearer ranges sometimes sink to the water line
+        val = value_noise1(_key(rg.key, 1), x / (rg.period * 3.0))
+        val = _clip01((val - F32(0.2)) * F32(1.6))
+        val = val * val * (F32(3) - F32(2) * val)
+        prof = prof * (F32(0.1) + F32(0.9) * val)
+    return prof
+
+
 class World:
     """A seeded landscape, infinite in x; ``render(x0, y0, width, height)`` -> uint8 [h, w, 3].
 
@@ -279,22 +294,31 @@ class World:
         a, b = self._pal
         return {name: _lerp(a[name][None, None, :], b[name][None, None, :], t) for name in _COLOR_KEYS}
 
-    def suns(self, x_lo: float, x_hi: float) -> list:
-        """Suns (x, y) whose halo reaches columns [x_lo, x_hi), by increasing sun index."""
+    def suns(self, x_lo: float, x_hi: float, sun_dy: float = 0.0) -> list:
+        """Suns (x, y) whose halo reaches columns [x_lo, x_hi), by increasing sun index; ``sun_dy``
+        moves every sun down by that many px (``sun_rise * t`` for frame t of a clip; < 0 is up)."""
         P = self.sun_period
         out = []
         for c in range(math.floor((x_lo - SUN_REACH) / P) - 1, math.floor((x_hi + SUN_REACH) / P) + 2):
             h = _table1(_key(self._k, 400), np.array([2 * c, 2 * c + 1], dtype=np.int64))
             sx = (c + 0.15 + 0.7 * float(h[0])) * P
-            sy = 120.0 + float(h[1]) * (self.horizon - 160.0)
+            sy = 120.0 + float(h[1]) * (self.horizon - 160.0) + sun_dy
             if sx + SUN_REACH >= x_lo and sx - SUN_REACH <= x_hi:
                 out.append((sx, sy))
         return out
 
+    def ridge_lines(self, xs) -> np.ndarray:
+        """float32 [ranges, len(xs)]: the ridge line (first covered row, fractional) of each range, far
+        to near, at integer columns ``xs``; the same arithmetic as the render (a range covers row y of
+        column x from ``y >= line - 0.5``)."""
+        xf = np.asarray(xs, dtype=np.int64).astype(np.float64).reshape(-1)
+        return np.stack([F32(self.horizon) - (F32(rg.base) + F32(rg.amp) * _profile(rg, xf)) for rg in self.ranges])
+
     # -- the scene above the water line ------------------------------------------------------
-    def _above(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    def _above(self, xs: np.ndarray, ys: np.ndarray, cloud_dx: float = 0.0, sun_dy: float = 0.0) -> np.ndarray:
         """Sky, suns, clouds and ridges on the grid rows ``ys`` x columns ``xs`` (int64, every
-        y < horizon) -> float32 [len(ys), len(xs), 3] in [0, 1]."""
+        y < horizon) -> float32 [len(ys), len(xs), 3] in [0, 1]. ``cloud_dx`` moves the clouds right,
+        ``sun_dy`` the suns down (px; 0.0 for the still world)."""
         H = self.horizon
         pal = self._palette(xs)
         xf = xs.astype(np.float64)
@@ -310,7 +334,7 @@ class World:
         halo = np.zeros((len(ys), len(xs)), F32)
         disk = np.zeros_like(halo)
         R = F32(self.sun_radius)
-        for sx, sy in self.suns(float(xs[0]), float(xs[-1]) + 1.0):
+        for sx, sy in self.suns(float(xs[0]), float(xs[-1]) + 1.0, sun_dy):
             dx = (xf - sx).astype(F32)
             dy = (yf - sy).astype(F32)
             d2 = (dx * dx)[None, :] + (dy * dy * F32(1.6))[:, None]
@@ -327,7 +351,7 @@ class World:
         # clouds: rows compressed toward the horizon, fading out just above it
         depth = np.sqrt(np.maximum(H - yf, 0.0) + 60.0)
         v = depth * (24.0 / math.sqrt(self.cloud_period))
-        u = xf / self.cloud_period
+        u = (xf - cloud_dx) / self.cloud_period  # cloud_dx = 0.0 leaves xf unchanged (exact)
         n = fbm2(_key(self._k, 500), v, u * 0.55, octaves=5)
         fade = _clip01((F32(H - 30) - ys.astype(F32)) * F32(1.0 / 160.0))[:, None]
         cov = F32(self.cloud_cover)
@@ -342,16 +366,7 @@ class World:
         texture = None
         for rg in self.ranges:
             xe = np.concatenate([xf - 8.0, xf, xf + 8.0])
-            prof_e = fbm1(rg.key, xe, rg.period, octaves=6, ridged=rg.ridged)
-            mid = F32(0.62 if rg.ridged else 0.5)  # typical profile value
-            z = (prof_e - mid) * F32(2 * rg.contrast)  # soft contrast stretch, no flat tops
-            c = F32(rg.contrast / (1.0 + rg.contrast))
-            prof_e = _clip01(F32(0.5) + F32(0.5) * z / ((F32(1) + np.abs(z)) * c))
-            if rg.depth < 1.0:  # wide valleys: nearer ranges sometimes sink to the water line
-                val = value_noise1(_key(rg.key, 1), xe / (rg.period * 3.0))
-                val = _clip01((val - F32(0.2)) * F32(1.6))
-                val = val * val * (F32(3) - F32(2) * val)
-                prof_e = prof_e * (F32(0.1) + F32(0.9) * val)
+            prof_e = _profile(rg, xe)
             n = len(xf)
             prof = prof_e[n:2 * n]
             h = F32(H) - (F32(rg.base) + F32(rg.amp) * prof)  # ridge line (float32 row)
@@ -382,21 +397,29 @@ class World:
         return img
 
     # -- the whole picture -------------------------------------------------------------------
-    def render_float(self, x0: int, y0: int, width: int, height: int) -> np.ndarray:
-        """float32 [height, width, 3] in [0, 1]."""
+    def render_float(self, x0: int, y0: int, width: int, height: int, *, t: float = 0,
+                     cloud_drift: float = 0.0, sun_rise: float = 0.0) -> np.ndarray:
+        """float32 [height, width, 3] in [0, 1]; see :meth:`render` for the time arguments."""
         x0, y0, width, height = _check_window(x0, y0, width, height)
+        cloud_dx, sun_dy = _offsets(t, cloud_drift, sun_rise)
         H = self.horizon
         xs = np.arange(x0, x0 + width, dtype=np.int64)
         ys = np.arange(y0, y0 + height, dtype=np.int64)
         out = np.empty((height, width, 3), F32)
         n_sky = int(np.clip(H - y0, 0, height))
-        if n_sky:
-            out[:n_sky] = self._above(xs, ys[:n_sky])
-        if n_sky < height:
-            out[n_sky:] = self._water(xs, ys[n_sky:])
+        if n_sky == height:
+            out[:] = self._above(xs, ys, cloud_dx, sun_dy)
+        elif n_sky:  # sky and water: one _above call serves the sky rows and their reflection
+            out[n_sky:], out[:n_sky] = self._water(xs, ys[n_sky:], cloud_dx, sun_dy, sky_from=y0)
+        else:
+            out[:] = self._water(xs, ys, cloud_dx, sun_dy)
         return out
 
-    def _water(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    def _water(self, xs: np.ndarray, ys: np.ndarray, cloud_dx: float = 0.0, sun_dy: float = 0.0,
+               sky_from: Optional[int] = None):
+        """Water rows ``ys``; with ``sky_from``, also the sky rows [sky_from, horizon) of columns ``xs``,
+        cut from the same ``_above`` grid as the reflection (bitwise what a separate call gives:
+        ``_above`` is a pure function of each pixel's coordinates, which the window tests check)."""
         H = self.horizon
         d = (ys - H).astype(np.float64)  # 0 at the water line
         df = d.astype(F32)
@@ -412,8 +435,10 @@ class World:
         ry = np.minimum((2 * H - 1 - ys)[:, None] + dy, H - 1)  # mirror row, rippled
         mx = int(np.abs(dx).max()) if dx.size else 0
         rlo, rhi = int(ry.min()), int(ry.max())
+        if sky_from is not None:  # rhi <= H - 1: the grid runs on to the last sky row
+            rlo, rhi = min(rlo, int(sky_from)), H - 1
         src = self._above(np.arange(xs[0] - mx, xs[-1] + mx + 1, dtype=np.int64),
-                          np.arange(rlo, rhi + 1, dtype=np.int64))
+                          np.arange(rlo, rhi + 1, dtype=np.int64), cloud_dx, sun_dy)
         cols = np.arange(len(xs), dtype=np.int64)[None, :] + mx + dx
         refl = src[ry - rlo, cols]
         pal = self._palette(xs)
@@ -424,12 +449,30 @@ class World:
         img = (w + (refl * F32(0.95) - w) * k) * shade
         edge = _clip01(F32(1) - df * F32(1.0 / 3.0))[:, None, None] * F32(0.15)  # bright shore line
         img = img + (pal["haze"] - img) * edge
-        return img
+        if sky_from is None:
+            return img
+        return img, src[int(sky_from) - rlo:, mx:mx + len(xs)]
 
-    def render(self, x0: int, y0: int, width: int, height: int) -> np.ndarray:
-        """uint8 [height, width, 3]: the window with top-left world pixel (x0, y0)."""
-        f = self.render_float(x0, y0, width, height)
+    def render(self, x0: int, y0: int, width: int, height: int, *, t: float = 0,
+               cloud_drift: float = 0.0, sun_rise: float = 0.0) -> np.ndarray:
+        """uint8 [height, width, 3]: the window with top-left world pixel (x0, y0).
+
+        Time: at time ``t`` (frames) the clouds have moved ``cloud_drift * t`` px right and every sun
+        ``sun_rise * t`` px down (< 0: up); ridges and water stand still (the water reflects the moved
+        sky). ``t = 0`` (or both rates 0) is the still world, bitwise. A pure function of (seed,
+        window, t, rates): the offsets are single correctly rounded float64 products."""
+        f = self.render_float(x0, y0, width, height, t=t, cloud_drift=cloud_drift, sun_rise=sun_rise)
         return np.rint(_clip01(f) * F32(255)).astype(np.uint8)
+
+
+def _offsets(t, cloud_drift, sun_rise) -> tuple[float, float]:
+    """(cloud_dx, sun_dy) in px at time t; exactly 0.0 at t = 0."""
+    for name, val in (("t", t), ("cloud_drift", cloud_drift), ("sun_rise", sun_rise)):
+        if isinstance(val, bool) or not isinstance(val, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(float(val)):
+            raise ValueError(f"{name} must be a finite number, got {val!r}")
+    t = float(t)
+    return float(cloud_drift) * t + 0.0, float(sun_rise) * t + 0.0  # + 0.0: no -0.0
 
 
 def _check_window(x0, y0, width, height):
