@@ -61,6 +61,8 @@ class Captions:
 
     def __init__(self, path=None):
         self.table: dict[str, str] = {}
+        self.texts: list[str] = []
+        """Every caption of the file in row order (duplicates kept), whatever its path column says."""
         if path is not None:
             self._load(Path(path))
 
@@ -84,6 +86,8 @@ class Captions:
                              f"column ({'/'.join(CAPTION_COLUMNS)}); found {list(rows[0])}")
         for row in rows:
             name, text = str(row.get(name_col, "")).strip(), row.get(text_col)
+            if text is not None and str(text).strip():
+                self.texts.append(str(text).strip())
             if name and text is not None:
                 for variant in (name, Path(name).name, Path(name).stem):
                     self.table.setdefault(variant, str(text).strip())

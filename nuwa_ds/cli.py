@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("data_pipelines.prepare", "images / videos (+ captions) -> VQGAN tokens -> WebDataset shards"),
     "landscapes": ("data_pipelines.landscapes",
                    "procedural landscape pictures of any size (training data and held-out references)"),
+    "text-encoder": ("nuwa_ds.text_encoder",
+                     "a small BERT text encoder + tokenizer trained on your captions (no download)"),
     "train": ("nuwa_ds.train", "DeepSpeed training; under python, torchrun, deepspeed or srun"),
     "export": ("nuwa_ds.export", "ZeRO checkpoint -> model.safetensors + config.json"),
     "generate": ("nuwa_ds.generate", "images / videos of any size, every task, PNG / GIF / MP4 out"),
