@@ -1,8 +1,8 @@
 """``nuwa-ds text-encoder --captions FILE... --out DIR``: a text encoder made from your own captions,
 with no download, for users who have no CLIP / T5 / BERT folder to bring.
 
-1. a WordPiece tokenizer trained on the captions with ``tokenizers`` (its vocabulary is what the
-   captions need, up to ``--vocab-size``), wrapped as a transformers fast tokenizer;
+1. a WordPiece tokenizer (``tokenizers``) whose vocabulary is what the captions need: their words and
+   characters, up to ``--vocab-size``; wrapped as a transformers fast tokenizer;
 2. a small BERT encoder built from a config (``--preset tiny|small``);
 3. optionally pre-trained with masked-language modelling on the captions (``--mlm-steps``; 0 keeps
    the random initialisation);
@@ -41,7 +41,7 @@ def add_arguments(parser):
     parser.add_argument("--out", required=True, help="output directory (a transformers model + tokenizer folder)")
     parser.add_argument("--preset", default="tiny", choices=list(PRESETS), help="encoder size")
     parser.add_argument("--vocab-size", type=int, default=4000,
-                        help="largest WordPiece vocabulary (the captions may need fewer)")
+                        help="largest vocabulary: characters, then the most frequent words (the captions may need fewer)")
     parser.add_argument("--max-length", type=int, default=64,
                         help="longest caption in tokens (position embeddings; match model.max_text_len)")
     parser.add_argument("--mlm-steps", type=int, default=300,
@@ -77,15 +77,31 @@ def read_captions(paths: Sequence) -> list[str]:
 
 def train_tokenizer(captions: Sequence[str], vocab_size: int, max_length: int):
     """A lower-casing WordPiece tokenizer over the captions, as a transformers fast tokenizer that adds
-    [CLS] ... [SEP] like BERT's."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    [CLS] ... [SEP] like BERT's.
+
+    The vocabulary is counted, not learned by merges: the special tokens, every character the captions
+    use (alone and as a ``##`` continuation, so any word made of them can be spelled), then the
+    captions' words by frequency (ties alphabetical) up to ``vocab_size``. ``tokenizers``'
+    WordPieceTrainer breaks ties between merges differently from one process to the next, so the same
+    captions gave other vocabularies (and so other token ids); counting gives the same one every time."""
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(list(captions), trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), min_frequency=1, show_progress=False))
+    normalizer, splitter = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words = Counter(word for caption in captions
+                    for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(caption)))
+    chars = sorted({ch for word in words for ch in word})
+    vocab = [*SPECIAL_TOKENS, *chars, *(f"##{ch}" for ch in chars)]
+    if vocab_size < len(vocab):
+        raise ValueError(f"vocab_size {vocab_size} is too small: the captions' {len(chars)} characters and the "
+                         f"special tokens alone need {len(vocab)}")
+    known = set(vocab)
+    ranked = sorted((w for w in words if w not in known), key=lambda w: (-words[w], w))
+    vocab += ranked[:vocab_size - len(vocab)]
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer = normalizer, splitter
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
