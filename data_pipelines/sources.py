@@ -74,6 +74,10 @@ class Captions:
         elif path.suffix.lower() in (".csv", ".tsv"):
             with path.open(newline="", encoding="utf-8") as handle:
                 rows = list(csv.DictReader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
+            for number, row in enumerate(rows, start=2):
+                if None in row:  # DictReader files the fields beyond the header under None
+                    raise ValueError(f"captions file {path}, line {number}: more fields than the header has; "
+                                     f"quote a caption that holds the delimiter (\"a sky, at dusk\")")
         else:
             raise ValueError(f"captions file {path}: use .csv, .tsv or .jsonl")
         if not rows:

@@ -48,6 +48,9 @@ def add_arguments(parser):
                         help="masked-language-model pre-training steps on the captions; 0: random weights")
     parser.add_argument("--batch-size", type=int, default=32, help="captions per MLM step")
     parser.add_argument("--lr", type=float, default=1e-3, help="MLM learning rate (AdamW)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads of the MLM pre-training (its steps are too small to share: on a busy "
+                             "2-core machine 100 steps took 1 s with one thread, 52 s with two)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing model in --out")
 
@@ -175,22 +178,44 @@ def split_held_out(captions: Sequence[str], seed: int) -> tuple[list[str], list[
 
 def make_text_encoder(captions: Sequence[str], out, preset: str = "tiny", vocab_size: int = 4000,
                       max_length: int = 64, mlm_steps: int = 300, batch_size: int = 32, lr: float = 1e-3,
-                      seed: int = 0, overwrite: bool = False) -> dict:
+                      seed: int = 0, overwrite: bool = False, threads: int = 1) -> dict:
     """Tokenizer + BERT encoder from ``captions``, saved to ``out``; returns the report (also in
     ``out/text_encoder.json``)."""
-    from transformers import BertForMaskedLM, BertModel
+    from transformers import BertModel
 
     captions = [c.strip() for c in captions if c and c.strip()]
     if not captions:
         raise ValueError("no captions: the text encoder needs at least one non-empty caption")
     for name, value, least in (("vocab_size", vocab_size, len(SPECIAL_TOKENS) + 1), ("max_length", max_length, 3),
-                               ("batch_size", batch_size, 1), ("mlm_steps", mlm_steps, 0)):
+                               ("batch_size", batch_size, 1), ("mlm_steps", mlm_steps, 0), ("threads", threads, 1)):
         if value < least:
             raise ValueError(f"{name} must be >= {least}, got {value}")
     out = Path(out)
     if (out / "config.json").exists() and not overwrite:
         raise ValueError(f"{out} already holds a model: pass --overwrite to replace it, or choose another --out")
     started = time.perf_counter()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        tokenizer, mlm, report = _make(captions, preset, vocab_size, max_length, mlm_steps, batch_size, lr, seed)
+    finally:
+        torch.set_num_threads(previous_threads)
+    encoder = BertModel(mlm.config)  # what AutoModel builds from this config: the MLM head is left behind
+    missing, unexpected = encoder.load_state_dict(mlm.bert.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("pooler.") for k in missing):
+        raise RuntimeError(f"BERT encoder weights do not fit: missing {missing}, unexpected {unexpected}")
+    out.mkdir(parents=True, exist_ok=True)
+    encoder.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _make(captions, preset, vocab_size, max_length, mlm_steps, batch_size, lr, seed):
+    """(tokenizer, BertForMaskedLM, report) of make_text_encoder."""
+    from transformers import BertForMaskedLM
+
     torch.manual_seed(seed)
     tokenizer = train_tokenizer(captions, vocab_size, max_length)
     config = encoder_config(preset, len(tokenizer), max_length, tokenizer.pad_token_id)
@@ -208,16 +233,7 @@ def make_text_encoder(captions: Sequence[str], out, preset: str = "tiny", vocab_
     if mlm_steps:
         pretrain(mlm, train, tokenizer, mlm_steps, batch_size, lr, seed)
         report["mlm"]["loss_after"] = mlm_loss(mlm, held_out, tokenizer, seed)
-    encoder = BertModel(config)  # what AutoModel builds from this config: the MLM head is left behind
-    missing, unexpected = encoder.load_state_dict(mlm.bert.state_dict(), strict=False)
-    if unexpected or any(not k.startswith("pooler.") for k in missing):
-        raise RuntimeError(f"BERT encoder weights do not fit: missing {missing}, unexpected {unexpected}")
-    out.mkdir(parents=True, exist_ok=True)
-    encoder.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    report["seconds"] = round(time.perf_counter() - started, 2)
-    (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    return tokenizer, mlm, report
 
 
 def pretrain(mlm, captions: Sequence[str], tokenizer, steps: int, batch_size: int, lr: float, seed: int):
@@ -245,7 +261,8 @@ def run(args) -> int:
     captions = read_captions(args.captions)
     report = make_text_encoder(captions, args.out, preset=args.preset, vocab_size=args.vocab_size,
                                max_length=args.max_length, mlm_steps=args.mlm_steps, batch_size=args.batch_size,
-                               lr=args.lr, seed=args.seed, overwrite=args.overwrite)
+                               lr=args.lr, seed=args.seed, overwrite=args.overwrite,
+                               threads=args.threads)
     mlm = report["mlm"]
     after = f" -> {mlm['loss_after']:.3f}" if "loss_after" in mlm else " (no pre-training)"
     print(f"text encoder: BERT {args.preset}, {report['parameters'] / 1e6:.2f}M parameters, vocabulary "
