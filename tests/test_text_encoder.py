@@ -36,7 +36,7 @@ def test_command_makes_a_folder_transformers_and_the_model_load(tmp_path, capsys
 
     captions, files = caption_files(tmp_path)
     assert read_captions(files) == captions  # every format, in order, through prepare's reader for csv/jsonl
-    args = ["text-encoder", "--captions", *map(str, files), "--mlm-steps", "150", "--batch-size", "16"]
+    args = ["text-encoder", "--captions", *map(str, files), "--mlm-steps", "100", "--batch-size", "16"]
     assert main([*args, "--out", str(tmp_path / "te")]) == 0
     assert "train.text_encoder_path=" in capsys.readouterr().out
     report = json.loads((tmp_path / "te" / "text_encoder.json").read_text())
@@ -147,6 +147,13 @@ def test_two_ranks_train_with_a_made_text_encoder_and_the_export_generates_alone
     shutil.rmtree(run_dir)
     shutil.rmtree(tmp_path / "vq")
 
+    from nuwa_ds import NuwaInfinity
+
+    model = NuwaInfinity.from_pretrained(model_dir)  # the text path is live: the caption changes the logits
+    tokens = torch.randint(0, model.config.vocab_size, (1, 1, 8, 8))
+    with torch.no_grad():
+        red, blue, none = (model(tokens, text=text).logits for text in ([caption], ["a blue sky"], None))
+    assert not torch.allclose(red, blue) and not torch.allclose(red, none)
     for extra in ([], ["--cfg-scale", "3.0"]):
         out = tmp_path / f"picture{len(extra)}.png"
         assert main(["generate", str(model_dir), "--task", "text2image", "--prompt", caption, "--size", "64x32",
