@@ -88,6 +88,23 @@ def test_refuses_to_overwrite_and_a_too_small_vocabulary(tmp_path, capsys):
     assert main([*base, "--overwrite"]) == 0
 
 
+def test_an_encoder_with_fewer_positions_than_max_text_len_is_refused(tmp_path):
+    from nuwa_ds import NuwaConfig, NuwaInfinity
+    from nuwa_ds.train import check_text_encoder
+
+    (tmp_path / "c.txt").write_text("a red sky\n")
+    assert main(["text-encoder", "--captions", str(tmp_path / "c.txt"), "--out", str(tmp_path / "te"),
+                 "--mlm-steps", "0", "--max-length", "32"]) == 0
+    with pytest.raises(ValueError, match="set model.max_text_len=32"):
+        check_text_encoder(str(tmp_path / "te"), 64)  # train's preflight, before any rank starts
+    with pytest.raises(ValueError, match="set model.max_text_len=32"):
+        NuwaInfinity(NuwaConfig.preset("tiny")).attach_text_encoder(str(tmp_path / "te"))
+    model = NuwaInfinity(NuwaConfig.preset("tiny", max_text_len=32)).attach_text_encoder(str(tmp_path / "te"))
+    assert model(torch.zeros(1, 1, 8, 8, dtype=torch.long), text=["a red sky"]).loss.isfinite()
+    with pytest.raises(ValueError, match="has no config.json"):
+        check_text_encoder(str(tmp_path), 32)
+
+
 def write_pictures(root, count: int = 12) -> None:
     """64x64 pictures (8x8 tokens with an f8 tokenizer): a sky colour over a ground colour, captioned so."""
     rng = np.random.default_rng(0)
