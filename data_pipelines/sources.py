@@ -61,6 +61,8 @@ class Captions:
 
     def __init__(self, path=None):
         self.table: dict[str, str] = {}
+        self.texts: list[str] = []
+        """Every caption of the file in row order (duplicates kept), whatever its path column says."""
         if path is not None:
             self._load(Path(path))
 
@@ -72,6 +74,10 @@ class Captions:
         elif path.suffix.lower() in (".csv", ".tsv"):
             with path.open(newline="", encoding="utf-8") as handle:
                 rows = list(csv.DictReader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
+            for number, row in enumerate(rows, start=2):
+                if None in row:  # DictReader files the fields beyond the header under None
+                    raise ValueError(f"captions file {path}, line {number}: more fields than the header has; "
+                                     f"quote a caption that holds the delimiter (\"a sky, at dusk\")")
         else:
             raise ValueError(f"captions file {path}: use .csv, .tsv or .jsonl")
         if not rows:
@@ -84,6 +90,8 @@ class Captions:
                              f"column ({'/'.join(CAPTION_COLUMNS)}); found {list(rows[0])}")
         for row in rows:
             name, text = str(row.get(name_col, "")).strip(), row.get(text_col)
+            if text is not None and str(text).strip():
+                self.texts.append(str(text).strip())
             if name and text is not None:
                 for variant in (name, Path(name).name, Path(name).stem):
                     self.table.setdefault(variant, str(text).strip())

@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                    "procedural landscape pictures of any size (training data and held-out references)"),
     "landscape-videos": ("data_pipelines.landscape_video",
                          "procedural landscape videos (pans, drifting clouds, moving suns) with captions and ground truth"),
+    "text-encoder": ("nuwa_ds.text_encoder",
+                     "a small BERT text encoder + tokenizer trained on your captions (no download)"),
     "train": ("nuwa_ds.train", "DeepSpeed training; under python, torchrun, deepspeed or srun"),
     "export": ("nuwa_ds.export", "ZeRO checkpoint -> model.safetensors + config.json"),
     "generate": ("nuwa_ds.generate", "images / videos of any size, every task, PNG / GIF / MP4 out"),

@@ -66,6 +66,12 @@ def export_checkpoint(checkpoint, out, tag: Optional[str] = None, dtype: str = "
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     info = find_checkpoint(checkpoint, tag)
     run_cfg = RunConfig.from_json(info.path / RUN_CONFIG)
+    text_path = getattr(run_cfg.train, "text_encoder_path", None)
+    source = info.path.parent.parent  # the run directory
+    if text_path and not (source / "text_tokenizer").is_dir() and not Path(text_path).is_dir():
+        raise FileNotFoundError(f"the run trained with train.text_encoder_path={text_path}, which is gone, and "
+                                f"{source / 'text_tokenizer'} (written by runs since) is missing: restore the "
+                                f"text encoder folder to export this run")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for stale in [out / WEIGHTS, out / INDEX, *out.glob("model-*-of-*.safetensors")]:
@@ -73,7 +79,6 @@ def export_checkpoint(checkpoint, out, tag: Optional[str] = None, dtype: str = "
     convert_zero_checkpoint_to_state_dict(str(info.path.parent), str(out), dtype=DTYPES[dtype],
                                           max_shard_size=max_shard_size, safe_serialization=True, tag=info.tag)
     model_cfg = run_cfg.model
-    text_path = getattr(run_cfg.train, "text_encoder_path", None)
     if model_cfg.text_encoder is None and text_path:
         # the run attached its text encoder at start-up: record its config so the export is self-contained
         from transformers import AutoConfig
@@ -83,7 +88,7 @@ def export_checkpoint(checkpoint, out, tag: Optional[str] = None, dtype: str = "
     model_cfg.to_json(out / "config.json")
     _check_keys(out, model_cfg)
 
-    source = info.path.parent.parent  # the run directory
+    shutil.rmtree(out / "text_tokenizer", ignore_errors=True)  # no files of an earlier export's tokenizer
     if (source / "text_tokenizer").is_dir():
         shutil.copytree(source / "text_tokenizer", out / "text_tokenizer", dirs_exist_ok=True)
     elif text_path:

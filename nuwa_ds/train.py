@@ -110,6 +110,21 @@ def compare_with_checkpoint(cfg: RunConfig, info: C.CheckpointInfo, shapes: dict
     return diffs
 
 
+def check_text_encoder(path: str, max_text_len: int):
+    """train.text_encoder_path is a transformers folder whose encoder reads model.max_text_len tokens."""
+    from transformers import AutoConfig
+
+    from nuwa_ds.model.text import check_text_length
+
+    if not (Path(path) / "config.json").is_file():
+        raise ValueError(f"train.text_encoder_path={path} has no config.json: give a local transformers model folder "
+                         f"(a downloaded CLIP / T5 / BERT, or one made by `nuwa-ds text-encoder`)")
+    try:
+        check_text_length(AutoConfig.from_pretrained(path, local_files_only=True), max_text_len)
+    except ValueError as exc:
+        raise ValueError(f"train.text_encoder_path={path}: {exc}") from None
+
+
 def preflight(cfg: RunConfig, dist: D.DistEnv, device_kind: str, resume: Optional[str]) -> Plan:
     """All input checks, before any rank allocates memory; raises ValueError naming the fix."""
     cfg.validate()
@@ -121,6 +136,8 @@ def preflight(cfg: RunConfig, dist: D.DistEnv, device_kind: str, resume: Optiona
         path = getattr(cfg.train, key)
         if path is not None and not Path(path).exists():
             raise ValueError(f"train.{key}={path} does not exist")
+    if cfg.train.text_encoder_path is not None:
+        check_text_encoder(cfg.train.text_encoder_path, cfg.model.max_text_len)
     shapes = meta_parameter_shapes(cfg)
     numels = {name: int(torch.Size(shape).numel()) for name, shape in shapes.items()}
     DSC.check_fits_model(ds, numels)
@@ -239,6 +256,7 @@ class Trainer:
         self.loader = build_loader(cfg.data, cfg.model, dist.rank, dist.world_size, cfg.train.micro_batch_size,
                                    text_tokenizer=model.text_tokenizer)
         self.validation = Validator(self, text_tokenizer=model.text_tokenizer)
+        self.text_tokenizer = model.text_tokenizer
         self.faults = Faults()
         self.checkpoints = C.CheckpointManager(self.run_dir / "checkpoints", dist.rank, dist.world_size,
                                                cfg.train.keep_last, self.faults, cfg.train.checkpoint_fsync)
@@ -336,6 +354,10 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.cfg.to_json(self.run_dir / "run_config.json")
         (self.run_dir / "ds_config.json").write_text(json.dumps(self.plan.ds.config, indent=2) + "\n")
+        if self.text_tokenizer is not None:
+            # the caption tokenizer travels with the run: export takes it from here, so the export
+            # needs nothing from train.text_encoder_path (its weights are in the checkpoint already)
+            self.text_tokenizer.save_pretrained(str(self.run_dir / "text_tokenizer"))
 
     def resume(self, logger: RunLogger):
         """Engine, loader and RNG states from the checkpoint preflight chose (if any)."""

@@ -233,9 +233,10 @@ class NuwaInfinity(nn.Module):
     # -- text conditioning ------------------------------------------------------------------------
 
     def _build_text_encoder(self, hf_config: dict):
-        from nuwa_ds.model.text import build_text_encoder
+        from nuwa_ds.model.text import build_text_encoder, check_text_length
 
         self.text_encoder, width = build_text_encoder(hf_config)
+        check_text_length(self.text_encoder.config, self.config.max_text_len)
         self.text_proj = nn.Linear(width, self.config.d_global, bias=False)
         nn.init.normal_(self.text_proj.weight, std=self.config.init_std)
         if self.config.freeze_text_encoder:

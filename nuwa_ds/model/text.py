@@ -34,6 +34,15 @@ def build_text_encoder(hf_config: dict) -> tuple[nn.Module, int]:
     return encoder, width
 
 
+def check_text_length(encoder_config, max_text_len: int):
+    """Captions are padded to ``max_text_len`` tokens: an encoder with learned positions (BERT, CLIP;
+    not T5) must have that many, or its embedding fails with a shape error deep in transformers."""
+    positions = getattr(encoder_config, "max_position_embeddings", None)
+    if positions is not None and positions < max_text_len:
+        raise ValueError(f"the text encoder reads at most {positions} tokens but captions are padded to "
+                         f"model.max_text_len={max_text_len}: set model.max_text_len={positions} (or less)")
+
+
 def load_text_encoder(path: str):
     """(encoder, tokenizer) from a local transformers directory; raises FileNotFoundError if absent."""
     import transformers
