@@ -114,6 +114,8 @@ write_conf() {
     cat <<EOF
 # a cluster of $NODES nodes on one machine, written by scripts/slurm_cluster.sh
 ClusterName=nuwa-multi
+# job ids (and so train.sbatch's MASTER_PORT, 20000 + id % 20000) apart from the single-node cluster's
+FirstJobId=10000
 SlurmctldHost=localhost
 SlurmctldPort=$PORT
 SlurmUser=root
