@@ -17,7 +17,9 @@
 #
 # Env knobs: SLURM_CLUSTER_DIR (default /run/nuwa-slurm-cluster), SLURM_CLUSTER_NODES (default 3),
 #            SLURM_CLUSTER_PORT (slurmctld port, default 6917; node K listens on PORT+K),
-#            SLURM_CLUSTER_CPUS (CPUs per node, default nproc), SLURM_CLEAN=1 (fresh controller state).
+#            SLURM_CLUSTER_CPUS (CPUs per node, default nproc), SLURM_CLUSTER_FIRST_JOB_ID (default 10000),
+#            SLURM_CLUSTER_SLURMD_TIMEOUT (seconds before a silent node is DOWN, default 20),
+#            SLURM_CLEAN=1 (fresh controller state). The directory must be reachable by the munge user.
 set -euo pipefail
 
 BASE=${SLURM_CLUSTER_DIR:-/run/nuwa-slurm-cluster}
@@ -62,12 +64,13 @@ status() {
   command -v sinfo >/dev/null && sinfo -N -o '%N %T %o:%E' 2>/dev/null || true
 }
 
-step_pids() {  # PIDs of the slurmstepd processes that run job steps on node $1 (and their process trees)
+step_pids() {  # PIDs of the slurmstepd processes that run job steps on node $1 of this cluster
   local node=$1 p q
   for p in $(pgrep -x slurmstepd || true); do
     # a task below this slurmstepd tells the node it runs on (SLURMD_NODENAME in its environment)
     for q in $(pgrep -P "$p" || true); do
-      if tr '\0' '\n' < "/proc/$q/environ" 2>/dev/null | grep -qx "SLURMD_NODENAME=$node"; then echo "$p"; break; fi
+      if tr '\0' '\n' < "/proc/$q/environ" 2>/dev/null | grep -qx "SLURMD_NODENAME=$node" \
+         && tr '\0' '\n' < "/proc/$q/environ" 2>/dev/null | grep -qx "SLURM_CONF=$CONF"; then echo "$p"; break; fi
     done
   done
 }
@@ -115,7 +118,7 @@ write_conf() {
 # a cluster of $NODES nodes on one machine, written by scripts/slurm_cluster.sh
 ClusterName=nuwa-multi
 # job ids (and so train.sbatch's MASTER_PORT, 20000 + id % 20000) apart from the single-node cluster's
-FirstJobId=10000
+FirstJobId=${SLURM_CLUSTER_FIRST_JOB_ID:-10000}
 SlurmctldHost=localhost
 SlurmctldPort=$PORT
 SlurmUser=root
