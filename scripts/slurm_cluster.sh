@@ -19,6 +19,7 @@
 #            SLURM_CLUSTER_PORT (slurmctld port, default 6917; node K listens on PORT+K),
 #            SLURM_CLUSTER_CPUS (CPUs per node, default nproc), SLURM_CLUSTER_FIRST_JOB_ID (default 10000),
 #            SLURM_CLUSTER_SLURMD_TIMEOUT (seconds before a silent node is DOWN, default 20),
+#            SLURM_CLUSTER_CRED_EXPIRE (seconds a requeued job waits before it starts again, default 10),
 #            SLURM_CLEAN=1 (fresh controller state). The directory must be reachable by the munge user.
 set -euo pipefail
 
@@ -125,7 +126,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$MUNGE_SOCKET,cred_expire=10
+AuthInfo=socket=$MUNGE_SOCKET,cred_expire=${SLURM_CLUSTER_CRED_EXPIRE:-10}
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
