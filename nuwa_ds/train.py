@@ -483,6 +483,10 @@ def train(cfg: RunConfig, resume: Optional[str] = None, local_rank: Optional[int
                 result = trainer.fit(progress)
                 if result.status == "preempted" and dist.is_main:
                     leave_requeue_marker(result.step, result.checkpoint)
+                # every rank got here (all stop after the same step): tear the group down together, not
+                # while rank 0 still writes its last files - a rank on another node that closed its
+                # connections first aborted in gloo ("terminate called without an active exception")
+                D.barrier()
                 return result
             finally:
                 trainer.engine.destroy()  # ZeRO-3 hooks and buffers, before the process group goes
