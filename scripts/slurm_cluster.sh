@@ -39,21 +39,25 @@ alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 node_names() { local k; for k in $(seq "$NODES"); do echo "node$k"; done; }
 node_pidfile() { echo "$BASE/run/slurmd.$1.pid"; }
 
-stop_pidfile() {  # stop_pidfile FILE [SIGNAL]: TERM (or SIGNAL), wait up to 10 s, then KILL
-  local f=$1 sig=${2:-TERM} p
-  alive "$f" || return 0
-  p=$(cat "$f"); log "stopping PID $p ($f)"; kill "-$sig" "$p"
-  for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$p" 2>/dev/null; then log "PID $p still alive after 10 s, sending KILL"; kill -9 "$p"; fi
-  rm -f "$f"
+stop_pidfiles() {  # TERM every daemon named by these pid files at once, wait up to 10 s, then KILL
+  local f p pids=()
+  for f in "$@"; do
+    if alive "$f"; then p=$(cat "$f"); log "stopping PID $p ($f)"; kill "$p"; pids+=("$p"); fi
+    rm -f "$f"
+  done
+  for p in "${pids[@]}"; do
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$p" 2>/dev/null; then log "PID $p still alive after 10 s, sending KILL"; kill -9 "$p"; fi
+  done
+  return 0
 }
 
 down() {
-  local n
+  local n files=()
   [ -d "$BASE" ] || return 0
-  for n in $(node_names); do stop_pidfile "$(node_pidfile "$n")"; done
-  stop_pidfile "$BASE/run/slurmctld.pid"
-  stop_pidfile "$BASE/run/munged.pid"
+  for n in $(node_names); do files+=("$(node_pidfile "$n")"); done
+  stop_pidfiles "${files[@]}" "$BASE/run/slurmctld.pid"
+  stop_pidfiles "$BASE/run/munged.pid"     # last: the others authenticate through it until they exit
 }
 
 status() {
