@@ -126,6 +126,11 @@ def init(dist: DistEnv, device_kind: str, timeout_s: float = 1800.0) -> torch.de
     else:
         set_cpu_threads(dist)
         device = torch.device("cpu")
+    # The groups DeepSpeed creates later (new_group, timeout=None: ZeRO's data-parallel group) take torch's
+    # module default (30 min), not the world group's timeout: set the default itself.
+    import torch.distributed.distributed_c10d as c10d
+
+    c10d.default_pg_timeout = c10d.default_pg_nccl_timeout = timedelta(seconds=timeout_s)
     deepspeed.init_distributed(dist_backend="nccl" if device_kind == "cuda" else "gloo", auto_mpi_discovery=False,
                                timeout=timedelta(seconds=timeout_s))
     return device
