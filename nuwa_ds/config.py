@@ -467,6 +467,10 @@ class TrainConfig(ConfigBase):
     no signal arrives (issue 20's second line of defence); 0 or null: off. No effect outside Slurm, or
     for a job without an end time or whose time limit is not longer than the margin (one log line says
     so). Leave the checkpoint enough time: the default matches train.sbatch's ``--signal=B:USR1@300``."""
+    collective_timeout: float = 1800.0
+    """Seconds a rank waits in one collective (all-reduce, barrier, ...) for the other ranks before it
+    fails: a node that hangs or vanishes without closing its connections ends the run after this long
+    instead of holding every other rank (torch's default: 30 minutes). A killed rank's peers fail at once."""
     checkpoint_fsync: bool = True
     """fsync every checkpoint file before publishing it, so a checkpoint survives a node crash, not
     only a killed process (costs the time to flush it to disk)."""
@@ -501,6 +505,8 @@ class TrainConfig(ConfigBase):
         if self.deadline_margin is not None and self.deadline_margin < 0:
             raise ConfigError(f"train.deadline_margin must be >= 0 seconds (0 or null: off), "
                               f"got {self.deadline_margin}")
+        if self.collective_timeout <= 0:
+            raise ConfigError(f"train.collective_timeout must be > 0 seconds, got {self.collective_timeout}")
         if self.replica_check_every < 0:
             raise ConfigError(f"train.replica_check_every must be >= 0, got {self.replica_check_every}")
         if self.eval_every < 0 or self.eval_batches < 1:

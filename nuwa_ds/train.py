@@ -396,10 +396,14 @@ class Trainer:
             self.write_run_files()
             for note in [*self.plan.notes, *self.validation.notes]:
                 logger.print(f"[nuwa-ds] {note}")
+            here = D.placement(self.dist)
+            print(f"[nuwa-ds] rank {here['rank']} of {here['world_size']} (local rank {here['local_rank']}) on node "
+                  f"{here['node']} (host {here['host']}, PID {here['pid']})", flush=True)
+            ranks = D.all_gather_object(here)
             logger.event("start", f"training steps {start_step + 1}..{train.steps} on {self.dist.world_size} rank(s) "
                          f"({self.device.type}, ZeRO-{self.plan.ds.stage}, {self.plan.ds.precision}, "
                          f"{self.plan.num_parameters / 1e6:.2f}M parameters), run dir {self.run_dir}",
-                         step=start_step, world_size=self.dist.world_size, launcher=self.dist.launcher,
+                         step=start_step, world_size=self.dist.world_size, launcher=self.dist.launcher, ranks=ranks,
                          code_version=self.code_version)
             return self._loop(start_step, logger, stop)
         finally:
@@ -494,13 +498,17 @@ def train(cfg: RunConfig, resume: Optional[str] = None, local_rank: Optional[int
         kind = D.device_type()
         plan = preflight(cfg, dist, kind, resume)
         _quiet_libraries()
-        device = D.init(dist, kind)
+        device = D.init(dist, kind, cfg.train.collective_timeout)
         try:
             trainer = Trainer(cfg, plan, dist, device)
             try:
                 result = trainer.fit(progress)
                 if result.status == "preempted" and dist.is_main:
                     leave_requeue_marker(result.step, result.checkpoint)
+                # every rank got here (all stop after the same step): tear the group down together, not
+                # while rank 0 still writes its last files - a rank on another node that closed its
+                # connections first aborted in gloo ("terminate called without an active exception")
+                D.barrier()
                 return result
             finally:
                 trainer.engine.destroy()  # ZeRO-3 hooks and buffers, before the process group goes

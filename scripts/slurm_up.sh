@@ -8,7 +8,8 @@
 #
 # Env knobs: SLURM_NODE=name (default localhost; e.g. $(hostname -s), which must resolve);
 #            SLURM_CLEAN=1 wipes the controller state dir before starting (fresh job ids);
-#            SLURM_CRED_EXPIRE=N seconds a requeued job waits before it may start again (Slurm default 120).
+#            SLURM_CRED_EXPIRE=N seconds a requeued job waits before it may start again (Slurm default 120);
+#            SLURM_UP_INSTALL_ONLY=1 installs the packages and stops there (scripts/slurm_cluster.sh uses it).
 set -euo pipefail
 
 NODE=${SLURM_NODE:-localhost}        # node name; also what `scontrol show hostnames` gives -> MASTER_ADDR
@@ -152,6 +153,7 @@ case "${1:-up}" in
 esac
 [ "$(id -u)" = 0 ] || { echo "must run as root" >&2; exit 1; }
 install_pkgs
+[ "${SLURM_UP_INSTALL_ONLY:-0}" = 1 ] && exit 0
 T1=$(ms); INSTALL_S=$(secs "$T0")
 setup_munge
 write_conf

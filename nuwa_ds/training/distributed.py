@@ -83,6 +83,14 @@ def detect(local_rank_arg: int | None = None) -> DistEnv:
                    int(env["LOCAL_WORLD_SIZE"]), launcher)
 
 
+def placement(dist: DistEnv) -> dict:
+    """Where this rank runs: its global and local rank, the world size, the Slurm node (SLURMD_NODENAME,
+    else the host name), host and PID. Every rank prints it at start; rank 0 records all of them."""
+    return {"rank": dist.rank, "local_rank": dist.local_rank, "world_size": dist.world_size,
+            "node": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
+            "host": socket.gethostname(), "pid": os.getpid()}
+
+
 def device_type() -> str:
     """'cuda' when a GPU is visible and DeepSpeed is not forced onto the CPU."""
     if os.environ.get("DS_ACCELERATOR", "").lower() == "cpu":
@@ -100,8 +108,11 @@ def set_cpu_threads(dist: DistEnv):
     torch.set_num_threads(threads)
 
 
-def init(dist: DistEnv, device_kind: str) -> torch.device:
-    """Start the process group (nccl on GPU, gloo on CPU) and return this rank's device."""
+def init(dist: DistEnv, device_kind: str, timeout_s: float = 1800.0) -> torch.device:
+    """Start the process group (nccl on GPU, gloo on CPU; collectives fail after ``timeout_s``) and
+    return this rank's device."""
+    from datetime import timedelta
+
     import deepspeed
 
     # DeepSpeed JIT-builds a shared-memory all-reduce for CPU on every init (48 s cold): not needed with gloo.
@@ -115,7 +126,13 @@ def init(dist: DistEnv, device_kind: str) -> torch.device:
     else:
         set_cpu_threads(dist)
         device = torch.device("cpu")
-    deepspeed.init_distributed(dist_backend="nccl" if device_kind == "cuda" else "gloo", auto_mpi_discovery=False)
+    # The groups DeepSpeed creates later (new_group, timeout=None: ZeRO's data-parallel group) take torch's
+    # module default (30 min), not the world group's timeout: set the default itself.
+    import torch.distributed.distributed_c10d as c10d
+
+    c10d.default_pg_timeout = c10d.default_pg_nccl_timeout = timedelta(seconds=timeout_s)
+    deepspeed.init_distributed(dist_backend="nccl" if device_kind == "cuda" else "gloo", auto_mpi_discovery=False,
+                               timeout=timedelta(seconds=timeout_s))
     return device
 
 
