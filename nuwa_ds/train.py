@@ -292,7 +292,7 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         tokens = flops = 0.0
         timer = timer or PhaseTimer(None)
-        for _ in range(accum):
+        for micro in range(accum):
             timer.mark(None)
             batch = next(data_iter)
             inputs = model_inputs(batch, self.device)
@@ -303,6 +303,8 @@ class Trainer:
             engine.backward(loss)
             timer.mark("backward")
             engine.step()  # applies the update at the accumulation boundary
+            if micro == accum - 1:
+                self.faults.in_optimizer_step()
             timer.mark("optimizer")
             loss_sum += loss.detach().double()
             n, f = self._batch_flops(batch)

@@ -190,6 +190,10 @@ class Faults:
       ``NUWA_FAULT_PAUSE_AT_STEP``, so a test can kill the run during its evaluation.
     * ``NUWA_FAULT_STEP_SECONDS=s``  - sleep s seconds after every optimizer step (a slow run whose
       pace a test knows, e.g. to change the Slurm job's time limit while it trains).
+    * ``NUWA_FAULT_OPTIMIZER_SECONDS=s`` - sleep s seconds inside every optimizer step (after the
+      update, before the step's all-reduce), so a test can aim a signal at that phase.
+    * ``NUWA_FAULT_SAVE_SECONDS=s``  - sleep s seconds inside every checkpoint write (files written, not
+      yet published), so a test can aim a signal at that phase.
     """
 
     def __init__(self, environ=os.environ):
@@ -198,6 +202,8 @@ class Faults:
         self.kill_in_save = int(environ.get("NUWA_FAULT_KILL_IN_SAVE", "0") or 0)
         self.pause_eval_at = int(environ.get("NUWA_FAULT_PAUSE_IN_EVAL", "0") or 0)
         self.step_seconds = float(environ.get("NUWA_FAULT_STEP_SECONDS", "0") or 0)
+        self.optimizer_seconds = float(environ.get("NUWA_FAULT_OPTIMIZER_SECONDS", "0") or 0)
+        self.save_seconds = float(environ.get("NUWA_FAULT_SAVE_SECONDS", "0") or 0)
 
     def loss(self, step: int, loss):
         return loss * float("nan") if step in self.nan_steps else loss
@@ -219,6 +225,12 @@ class Faults:
         while not (stop is not None and stop.requested) and time.monotonic() < deadline:
             time.sleep(0.05)
 
+    def in_optimizer_step(self):
+        if self.optimizer_seconds > 0:
+            time.sleep(self.optimizer_seconds)
+
     def during_save(self, step: int):
+        if self.save_seconds > 0:
+            time.sleep(self.save_seconds)
         if step == self.kill_in_save:
             os.kill(os.getpid(), signal.SIGKILL)
