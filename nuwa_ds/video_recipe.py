@@ -454,6 +454,12 @@ def _print_summary(report: dict):
               f"{ti['chance']['mean']:.3f}, real {ti['real']['mean']:.3f}, random tokens {ti['random_tokens']['mean']:.3f}")
     tv = ev.get("text2video_attributes", {})
     if tv:
-        print(f"text2video attributes: fake {tv['fake']['per_attribute']} animation {tv['animation']['per_attribute']} "
-              f"real {tv['real']['per_attribute']}")
+        print(f"video caption attributes: text2video {tv['text2video']['per_attribute']}, "
+              f"animation {tv['animation']['per_attribute']}, real {tv['real']['per_attribute']}, "
+              f"chance {tv['chance']['per_attribute']}")
+    for name in ("text2video", "animation"):
+        rows = ev.get(name, {}).get("swd", {}).get("summary", {})
+        if rows:
+            print(f"{name} per-frame SWD last/first quarter: "
+                  + ", ".join(f"{k} {v.get('last_over_first', float('nan')):.2f}" for k, v in rows.items()))
     print(f"total {report.get('total_seconds')} s; stages {report.get('stage_seconds')}")
