@@ -86,6 +86,7 @@ def export_checkpoint(checkpoint, out, tag: Optional[str] = None, dtype: str = "
         encoder_cfg = AutoConfig.from_pretrained(text_path, local_files_only=True).to_dict()
         model_cfg.text_encoder = {k: v for k, v in encoder_cfg.items() if k != "_name_or_path"}
     model_cfg.to_json(out / "config.json")
+    _complete_frozen(out, info, model_cfg, dtype, max_shard_size)
     _check_keys(out, model_cfg)
 
     shutil.rmtree(out / "text_tokenizer", ignore_errors=True)  # no files of an earlier export's tokenizer
@@ -118,16 +119,59 @@ def export_checkpoint(checkpoint, out, tag: Optional[str] = None, dtype: str = "
     return out
 
 
+def _exported_files(out: Path) -> list[Path]:
+    from nuwa_ds.model.persistence import INDEX, WEIGHTS
+
+    if (out / WEIGHTS).is_file():
+        return [out / WEIGHTS]
+    return [out / f for f in sorted(set(json.loads((out / INDEX).read_text())["weight_map"].values()))]
+
+
+def _complete_frozen(out: Path, info, model_cfg, dtype: str, max_shard_size):
+    """Frozen parameters (a frozen text encoder) that DeepSpeed's converter left out, taken from the
+    checkpoint's module states. Its ZeRO-0/1 checkpoints record no frozen parameters (it saves them only
+    when gradients are partitioned, stage 2 and 3), so ``zero_to_fp32`` drops them; below stage 3 the
+    module states hold every parameter whole, as the engine held it."""
+    from accelerate import init_empty_weights
+    from huggingface_hub import save_torch_state_dict
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from nuwa_ds.model import NuwaInfinity
+    from nuwa_ds.model.persistence import INDEX
+
+    files = _exported_files(out)
+    have = set()
+    for f in files:
+        with safe_open(str(f), framework="pt") as handle:
+            have.update(handle.keys())
+    with init_empty_weights():
+        model = NuwaInfinity(model_cfg)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    missing = frozen - have
+    states = sorted(info.path.glob("*mp_rank_00_model_states.pt"))
+    if not missing or (info.meta.get("zero_stage") or 0) >= 3 or not states:
+        return
+    module = torch.load(states[0], map_location="cpu", weights_only=False)["module"]
+    if not missing <= set(module):
+        return  # _check_keys names what is missing
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+        f.unlink()
+    (out / INDEX).unlink(missing_ok=True)
+    state.update({k: module[k].to(DTYPES[dtype]).contiguous() for k in sorted(missing)})
+    save_torch_state_dict(state, out, max_shard_size=max_shard_size, safe_serialization=True)
+
+
 def _check_keys(out: Path, model_cfg):
     """The exported tensors are exactly the model's: same names and shapes."""
     from accelerate import init_empty_weights
     from safetensors import safe_open
 
     from nuwa_ds.model import NuwaInfinity
-    from nuwa_ds.model.persistence import INDEX, WEIGHTS
 
-    files = [out / WEIGHTS] if (out / WEIGHTS).is_file() else \
-        [out / f for f in sorted(set(json.loads((out / INDEX).read_text())["weight_map"].values()))]
+    files = _exported_files(out)
     shapes = {}
     for f in files:
         with safe_open(str(f), framework="pt") as handle:

@@ -110,7 +110,7 @@ PRESETS: dict[str, dict] = {
     # One H200: about 9 minutes in all (docs/benchmarks.md has the measured stage times).
     "gpu": {},
     # Two CPU cores, a couple of minutes: 64 x 64 frames (8 x 8 tokens), the `small` model's widths.
-    "cpu": dict(train_clips=200, val_clips=8, size=(64, 64), window=(256, 256), text_preset="tiny",
+    "cpu": dict(train_clips=200, val_clips=8, size=(64, 64), window=(512, 512), text_preset="tiny",
                 text_mlm_steps=50, tokenizer_preset="demo-f8", tokenizer_clips=50, tokenizer_steps=200,
                 tokenizer_seconds=120.0, tokenizer_batch=16, tokenizer_crop=64,
                 model=dict(vocab_size=1024, patch_size=4, d_global=128, n_global_layers=3, d_local=128,

@@ -1,0 +1,63 @@
+"""`nuwa-ds recipe landscape-videos` end to end on CPU with tiny budgets: clips, text encoder, tokenizer,
+shards, training with the text encoder, export, text-to-image / text-to-video / animation and the
+report's scores beside their floors and ceilings."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+
+def test_video_recipe_runs_every_stage_and_reports_floors(tmp_path):
+    out = tmp_path / "video-recipe"
+    sets = ["train_clips=24", "val_clips=4", "videos=4", "image_prompts=4", "tokenizer_clips=8",
+            "tokenizer_steps=20", "text_mlm_steps=10", "train_steps=10", "eval_every=5", "workers=2",
+            "cfg_scales=[1, 3]"]
+    cmd = [sys.executable, "-m", "nuwa_ds.cli", "recipe", "landscape-videos", "--preset", "cpu", "--out", str(out),
+           "--device", "cpu"] + [a for s in sets for a in ("--set", s)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["stage_seconds"]) == {"1 clips", "2 text encoder", "3 tokenizer", "4 shards", "5 train",
+                                            "6 export + generate", "7 eval"}
+    assert report["clips"] == {"train": 24, "val": 4, "train_frames": 4, "val_frames": 16}
+    assert report["train"]["steps"] == 10 and [e["step"] for e in report["train"]["val"]] == [5, 10]
+    # the export carries the text path: its tokenizer and the encoder's weights
+    assert "text_tokenizer" in report["export"]["files"]
+    assert report["animation_first_frame_tokens_kept"] is True
+    # ZeRO-1 records no frozen parameters (DeepSpeed's converter drops them): export takes the frozen
+    # encoder from the module states, and it is the encoder the run was given
+    from safetensors.torch import load_file
+    exported, encoder = load_file(str(out / "model" / "model.safetensors")), \
+        load_file(str(out / "text_encoder" / "model.safetensors"))
+    assert report["settings"]["ds_config"] == "zero1" and len(encoder) > 10
+    for name, value in encoder.items():
+        assert torch.equal(exported[f"text_encoder.{name}"], value), name
+
+    ev = report["eval"]
+    ti = ev["text2image_attributes"]
+    assert set(ti["by_cfg_scale"]) == {"1", "3"} and ti["by_cfg_scale"]["3"]["count"] == 4
+    assert set(ti["real"]["per_attribute"]) == {"sky", "sun"}
+    tv = ev["text2video_attributes"]
+    assert set(tv["text2video"]["per_attribute"]) == {"sky", "sun", "motion"}
+    assert 0 < tv["chance"]["mean"] <= 1
+    for name in ("text2video", "animation"):
+        rows = ev[name]["swd"]["summary"]
+        assert {"real_a", "fake", "recon", "random_tokens"} <= set(rows)
+        assert len(ev[name]["swd"]["rows"]["fake"]) == 16  # one SWD per frame index of the 4x longer clips
+        assert rows["real_a"]["mean"] < rows["random_tokens"]["mean"]  # floor below ceiling
+        assert {"real", "fake", "shuffled_real"} <= set(ev[name]["temporal"]["sets"])
+    assert ev["animation"]["temporal"]["truth"]["real"]["clips_scored"] >= 1
+
+    for folder, frames in (("text2image_cfg3", 1), ("text2video", 16), ("animation", 16)):
+        clips = sorted((out / "generated" / folder).iterdir())
+        assert len(clips) == 4 and len(list(clips[0].glob("*.png"))) == frames
+    with Image.open(clips[0] / "frame_000.png") as img:
+        assert img.size == (64, 64)
+    with Image.open(out / "overview.gif") as gif:
+        assert gif.n_frames == 16
