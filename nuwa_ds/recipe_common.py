@@ -38,7 +38,9 @@ class Stage:
         return self
 
     def __exit__(self, *exc):
-        self.report.setdefault("stage_seconds", {})[self.name] = round(time.perf_counter() - self.start, 1)
+        seconds = round(time.perf_counter() - self.start, 1)
+        self.report.setdefault("stage_seconds", {})[self.name] = seconds
+        print(f"== {self.name}: {seconds} s ==", flush=True)
         return False
 
 

@@ -51,7 +51,7 @@ from nuwa_ds.recipe_common import Stage, apply_assignments, write_report as _wri
 
 @dataclass
 class VideoRecipeSettings:
-    train_clips: int = 3000
+    train_clips: int = 2400
     """Training clips, each from its own training world (and place in it)."""
     val_clips: int = 64
     """Held-out clips (worlds the model never saw), ``long_factor`` x ``clip_frames`` frames each."""
@@ -65,7 +65,7 @@ class VideoRecipeSettings:
     """World pixels (w, h) a frame shows (resized to ``size``)."""
     fps: float = 8.0
     text_preset: str = "small"
-    text_mlm_steps: Optional[int] = None
+    text_mlm_steps: Optional[int] = 120
     """Masked-language pre-training steps of the text encoder (None: the command's default)."""
     freeze_text_encoder: bool = True
     tokenizer_preset: str = "landscape-f8"
@@ -77,16 +77,23 @@ class VideoRecipeSettings:
     tokenizer_crop: int = 128
     model: dict = field(default_factory=lambda: dict(
         vocab_size=1024, patch_size=8, d_global=384, n_global_layers=6, d_local=384, n_local_layers=6,
-        head_dim=64, max_frames=4, row_embedding=2, rope_dims=32, max_text_len=32, loss_chunk_tokens=8192))
+        head_dim=64, max_frames=4, extents=(2, 1, 1), row_embedding=2, rope_dims=32, max_text_len=32,
+        loss_chunk_tokens=8192))
     """``max_frames`` = ``clip_frames``: frames past the training length share the last frame embedding
-    (the one trained for "a frame that follows another") instead of untrained ones."""
-    train_steps: int = 2000
+    (the one trained for "a frame that follows another") instead of untrained ones. ``extents`` look two
+    frames back: the pan speed is drawn per clip and is not in the caption, so one frame back shows
+    where the camera is but not how fast it moves, and every frame would draw a speed anew
+    (docs/decisions.md, "Two frames back")."""
+    train_steps: int = 1100
     micro_batch: int = 64
     lr: float = 1e-3
     warmup_steps: int = 100
-    eval_every: int = 400
-    train_seconds: Optional[float] = 200.0
+    eval_every: int = 275
+    train_seconds: Optional[float] = 210.0
     """Safety limit of the training stage (the schedule is set by train_steps)."""
+    train_samples: int = 0
+    """``train.samples`` of the training run: sample pictures at every evaluation (0: none; each
+    evaluation's pictures cost about 30 s on an H100, a tenth of the training budget)."""
     caption_dropout: float = 0.1
     ds_config: str = "zero2"
     num_workers: int = 4
@@ -107,14 +114,15 @@ class VideoRecipeSettings:
 
 
 PRESETS: dict[str, dict] = {
-    # One H200: about 9 minutes in all (docs/benchmarks.md has the measured stage times).
+    # One GPU, planned at about 9 minutes; not yet run to its end (docs/benchmarks.md, "The video
+    # recipe on one H100": what a first run measured and why the budgets are what they are).
     "gpu": {},
     # Two CPU cores, a couple of minutes: 64 x 64 frames (8 x 8 tokens), the `small` model's widths.
     "cpu": dict(train_clips=200, val_clips=8, size=(64, 64), window=(512, 512), text_preset="tiny",
                 text_mlm_steps=50, tokenizer_preset="demo-f8", tokenizer_clips=50, tokenizer_steps=200,
                 tokenizer_seconds=120.0, tokenizer_batch=16, tokenizer_crop=64,
                 model=dict(vocab_size=1024, patch_size=4, d_global=128, n_global_layers=3, d_local=128,
-                           n_local_layers=3, head_dim=32, max_frames=4, row_embedding=2, rope_dims=16,
+                           n_local_layers=3, head_dim=32, max_frames=4, extents=(2, 1, 1), row_embedding=2, rope_dims=16,
                            max_text_len=32, loss_chunk_tokens=2048),
                 train_steps=200, micro_batch=8, lr=2e-3, warmup_steps=20, eval_every=100, train_seconds=None,
                 ds_config="zero1", num_workers=1, cfg_scales=(1.0, 3.0), image_prompts=8, videos=4, gen_batch=4),
@@ -300,7 +308,7 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
             f"data.num_workers={s.num_workers}", f"data.caption_dropout={s.caption_dropout}",
             "data.shuffle_buffer=500", f"train.text_encoder_path={text_dir}",
             f"train.run_dir={run_dir}", f"train.steps={s.train_steps}", f"train.save_every={s.train_steps}",
-            "train.log_every=50", f"train.warmup_steps={s.warmup_steps}", f"train.lr={s.lr}",
+            "train.log_every=50", f"train.samples={s.train_samples}", f"train.warmup_steps={s.warmup_steps}", f"train.lr={s.lr}",
             f"train.micro_batch_size={s.micro_batch}", f"train.ds_config={s.ds_config}", "train.tensorboard=true",
             f"train.seed={s.seed}", "train.weight_decay=0.0",
             f"data.val_shards={shards['val']}", f"train.eval_every={s.eval_every}", "train.eval_batches=4"] + (

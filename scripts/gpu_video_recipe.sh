@@ -5,8 +5,12 @@ set -uo pipefail
 out=${RECIPE_OUT:-/tmp/video-recipe}
 dest=${OUT:-/tmp/out}
 mkdir -p "$dest"
+# the report as it grows (each stage writes it), so that a run cut by an outer limit still says how far it got
+( while sleep 10; do cp "$out/report.json" "$dest/video_report.json" 2>/dev/null; done ) &
+copier=$!
 timeout "${RECIPE_TIMEOUT:-560}" python3 -m nuwa_ds.cli recipe landscape-videos --preset gpu --out "$out" "$@" 2>&1 \
-  | tr '\r' '\n' | grep -v 'it/s\]$\|s/it\]$\|pic/s\]$\|src/s\]$\|clip/s\]$' | tee "$dest/video_recipe.log"
+  | tr '\r' '\n' | grep -v 'step/s[],]\|s/step[],]\|it/s\]$\|s/it\]$\|pic/s\]$\|src/s\]$\|clip/s\]$' | tee "$dest/video_recipe.log"
+kill "$copier" 2>/dev/null
 cp "$out/report.json" "$dest/video_report.json" 2>/dev/null
 cp "$out/run/metrics.jsonl" "$dest/video_metrics.jsonl" 2>/dev/null
 cp "$out/run/loss_curve.png" "$dest/video_loss_curve.png" 2>/dev/null
