@@ -10,7 +10,7 @@ __all__ = ["NuwaConfig", "RunConfig", "DataConfig", "TrainConfig", "ConfigError"
 
 def __getattr__(name: str):
     # the model (and torch) on first use, so that ``nuwa-ds`` starts without torch: ``nuwa-ds train``
-    # blocks its stop signals before any library starts a thread (nuwa_ds.training.preemption)
+    # blocks its stop signals before any library starts a thread (nuwa_ds.preemption)
     if name in ("GenerationConfig", "NuwaInfinity"):
         from nuwa_ds import model
 
