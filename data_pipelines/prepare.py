@@ -41,7 +41,9 @@ import numpy as np
 import torch
 
 from data_pipelines.samples import encode_sample
-from data_pipelines.sources import Captions, Source, iter_sources, open_source_image
+from data_pipelines.sources import Captions, Source, _kind, iter_sources, open_source_image
+from nuwa_ds.tokenizer import VQTokenizer, resolve_device
+from nuwa_ds.tokenizer.media import iter_video_frames, sampled_fps, video_info
 
 log = logging.getLogger("nuwa_ds.prepare")
 STATE_FILE = "prepare_state.json"
@@ -377,8 +379,6 @@ class Preparer:
 
     def video(self, source: Source):
         """Sampled frames -> clips of clip_frames -> one sample per clip (and per panorama piece)."""
-        from nuwa_ds.tokenizer.media import iter_video_frames, sampled_fps, video_info
-
         opts = self.opts
         try:
             info = video_info(source.path)
@@ -435,8 +435,6 @@ def prepare_shards(inputs, out_dir, tokenizer, *, captions=None, device="auto",
     :class:`~nuwa_ds.tokenizer.VQTokenizer` or a directory written by ``save_pretrained``.
     ``captions``: optional CSV / JSONL file. ``on_shard_closed(path, state)`` is called after each
     finished shard (progress reporting)."""
-    from nuwa_ds.tokenizer import VQTokenizer, resolve_device
-
     opts = options or PrepareOptions()
     for key, value in option_overrides.items():
         if not hasattr(opts, key):
@@ -500,8 +498,6 @@ def _progress(inputs, enabled: bool):
 
     total = None
     if all(Path(i).is_dir() or Path(i).suffix.lower() != ".tar" for i in inputs):
-        from data_pipelines.sources import _kind
-
         total = sum(1 for i in inputs for p in ([Path(i)] if Path(i).is_file() else Path(i).rglob("*"))
                     if p.is_file() and _kind(p.name))
     return tqdm(total=total, unit="src", desc="prepare", disable=not enabled, mininterval=1.0)
@@ -575,8 +571,6 @@ def add_arguments(parser: argparse.ArgumentParser):
 
 
 def run(args) -> int:
-    from nuwa_ds.tokenizer import VQTokenizer
-
     if args.taming_ckpt:
         tokenizer = VQTokenizer.from_taming_checkpoint(args.taming_ckpt, args.taming_config)
     else:
