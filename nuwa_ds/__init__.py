@@ -1,5 +1,6 @@
 """nuwa_ds: NUWA-Infinity (autoregressive over autoregressive generation of large images and long
-videos) as a DeepSpeed training system. Public interface: DESIGN section 9."""
+videos) as a DeepSpeed training system. Public interface: docs/design.md,
+"9. Interfaces and the model directory"."""
 
 from nuwa_ds.config import ConfigError, DataConfig, NuwaConfig, RunConfig, TrainConfig
 

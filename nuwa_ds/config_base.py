@@ -4,7 +4,7 @@ tokenizer's ``VQConfig``, the run's ``DataConfig`` / ``TrainConfig`` / ``RunConf
 
 Loading is strict: an unknown key or a value of the wrong type raises :class:`ConfigError` (a
 ``ValueError``) naming the key and what was expected, so a typo never silently trains the wrong model.
-Standard library only: the bottom layer of ``nuwa_ds`` (docs/design.md, "Layers").
+Standard library only: the bottom layer of ``nuwa_ds`` (docs/design.md, "11. Layers").
 """
 
 from __future__ import annotations

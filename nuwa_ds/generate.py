@@ -1,6 +1,6 @@
 """``nuwa-ds generate MODEL_DIR --task ...``: images and videos of any size, every task.
 
-Tasks and the order each uses (ADC, DESIGN section 1):
+Tasks and the order each uses (ADC, docs/design.md, "1. Canvas, patches and orders"):
 
 | task | needs | order |
 | --- | --- | --- |

@@ -9,7 +9,7 @@ handler sets the flag); a second one interrupts at once. Data workers ignore all
 (``ignore_stop_signals``): the trainer owns the stop.
 
 Shared by the DeepSpeed trainer (``nuwa_ds.train``), the tokenizer trainer and the data workers, so it
-sits at the bottom of the layers (standard library only; docs/design.md, "Layers");
+sits at the bottom of the layers (standard library only; docs/design.md, "11. Layers");
 ``nuwa_ds.training.preemption`` re-exports it under its older name.
 """
 

@@ -184,7 +184,7 @@ class StepResult:
     tokens: int
     """Tokens over all ranks."""
     flops: float
-    """Model FLOPs over all ranks (DESIGN's MFU convention)."""
+    """Model FLOPs over all ranks (the MFU convention of docs/design.md, "8. Training system")."""
     stop: bool
     """Some rank got a stop signal."""
     applied: bool

@@ -1,4 +1,4 @@
-"""The project's import graph keeps one direction (docs/design.md, "Layers").
+"""The project's import graph keeps one direction (docs/design.md, "11. Layers").
 
 The graph is read from the source, not from an interpreter: every ``import`` / ``from ... import`` of
 ``nuwa_ds``, ``data_pipelines`` and ``kernels``, at module level and inside functions (a lazy import is

@@ -2,7 +2,7 @@
 
 For each ZeRO stage: the preset model trains a few steps through exactly what ``nuwa-ds train`` runs
 (``Trainer.train_step``: loader, forward, backward, optimizer, the per-step all-reduce), and reports
-tokens/s, MFU (DESIGN's convention, ``nuwa_ds.model.flops``), peak memory and a step-time breakdown
+tokens/s, MFU (docs/design.md, "8. Training system"; ``nuwa_ds.model.flops``), peak memory and a step-time breakdown
 (data wait / forward / backward / optimizer, from extra steps with a device sync at each boundary,
 so the throughput steps are not slowed by them). With ``--compare-baseline`` the off-the-shelf
 reference runs in the same process under the same ZeRO config: HF GPT-2 24 x 1024 with a 16384
@@ -193,8 +193,8 @@ def bench_gpt2(opts, stage: int, dist, device: torch.device, work: Workload, tok
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optim.adamw(groups, train_cfg, device),
                                            config=ds.config, dist_init_required=False)
     ids = torch.randint(0, shape["vocab_size"], (micro, seq), device=device)
-    # ENVIRONMENT.md's convention for this reference: 6 N (all parameters; the head is tied to the
-    # embedding) + 12 L d S per token, so its 20.1% / 9.2% are directly comparable
+    # the convention for this reference (docs/design.md, "8. Training system"): 6 N (all parameters; the head is
+    # tied to the embedding) + 12 L d S per token, so its 20.1% / 9.2% are directly comparable
     flops_per_token = 6 * params + 12 * shape["n_layer"] * shape["n_embd"] * seq
     peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
 
@@ -243,8 +243,8 @@ def run(opts) -> dict:
             rows.append(base)
     notes = [f"{work.timed} timed steps after {work.warmup} warm-up steps; phase breakdown from {work.breakdown} "
              f"further steps with a device sync at each phase boundary",
-             "mfu: model FLOPs / (time x dense bf16 peak x ranks); nuwa: DESIGN convention (attended blocks only), "
-             "gpt2: 6N + 12 L d S (ENVIRONMENT.md)"]
+             "mfu: model FLOPs / (time x dense bf16 peak x ranks); nuwa: attended blocks only, gpt2: 6N + 12 L d S "
+             "(docs/design.md, 8. Training system)"]
     if device.type != "cuda":
         notes.append("CPU: mfu not reported; peak_mem_gib is the process peak RSS")
     profiles = {f"{r['model']} zero{r['zero_stage']}": r.pop("profile") for r in rows if "profile" in r}

@@ -1,6 +1,6 @@
 """The NUWA-Infinity model (PyTorch only; no DeepSpeed here, nothing of ``nuwa_ds`` above it).
 
-Inside, bottom to top (docs/design.md, "Layers"): ``geometry`` and ``config`` (no torch); ``orders``;
+Inside, bottom to top (docs/design.md, "11. Layers"): ``geometry`` and ``config`` (no torch); ``orders``;
 ``rope``, ``attention``, ``layers``, ``text``, ``flops``; ``generation`` and ``persistence``; ``nuwa``
 (the ``NuwaInfinity`` module, whose ``generate`` / ``save_pretrained`` delegate downwards).
 """

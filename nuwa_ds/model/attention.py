@@ -1,6 +1,6 @@
 """Patch-block-sparse attention: the one call every stack, task and backend goes through.
 
-Two entry points (DESIGN section 3 and 4):
+Two entry points (docs/design.md, "3. Training in parallel" and "4. Generation and the rotating pool"):
 
 ``patch_attention`` - queries of a patch attend, in one softmax, to
   * the key blocks of its context patches, read by index from ``ctx_k/ctx_v`` (``[NB, m, H, D]``,
@@ -120,7 +120,7 @@ def resolve_backend(name: str, device: torch.device) -> str:
 
 def patch_attention(q, k, v, ctx_k, ctx_v, ctx_index, ctx_bias_id, own_bias_id: int, bias, causal: bool,
                     text: Optional[TextContext] = None, backend: str = "reference") -> torch.Tensor:
-    """Block-sparse attention of DESIGN section 3; returns [R, n, H, D].
+    """Block-sparse attention of docs/design.md, "3. Training in parallel"; returns [R, n, H, D].
 
     q, k, v:      [R, n, H, D] the rows' own queries, keys and values.
     ctx_k, ctx_v: [NB, m, H, D] blocks the rows may read as context (any strides).

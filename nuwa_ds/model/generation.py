@@ -1,4 +1,5 @@
-"""Generation through the rotating Nearby Context Pool (DESIGN sections 4 and 6).
+"""Generation through the rotating Nearby Context Pool (docs/design.md,
+"4. Generation and the rotating pool" and "6. Beyond the paper").
 
 For each step of the schedule (one patch, or a wavefront of patches whose context is finished):
   1. take a free slot per (example, patch);

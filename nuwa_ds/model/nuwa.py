@@ -1,4 +1,5 @@
-"""NUWA-Infinity: a global patch-level stack over a local token-level decoder (DESIGN section 2).
+"""NUWA-Infinity: a global patch-level stack over a local token-level decoder (docs/design.md,
+"2. The model").
 
 Shapes: B batch, T frames, H x W tokens, P patch side, n = P*P tokens per patch,
 N = T * (H/P) * (W/P) patches, R = B*N rows (one per patch), K vocabulary, C context entries.
@@ -183,7 +184,7 @@ class LocalStack(nn.Module):
 
 
 class NuwaInfinity(nn.Module):
-    """See module docstring; the public interface is DESIGN section 9."""
+    """See module docstring; the public interface: docs/design.md, "9. Interfaces and the model directory"."""
 
     def __init__(self, cfg: NuwaConfig):
         super().__init__()
@@ -338,7 +339,8 @@ class NuwaInfinity(nn.Module):
     def teacher_forced_decode(self, tokens: torch.Tensor, order: str = "down", text=None,
                               wavefront: bool = False, rows=None) -> torch.Tensor:
         """Logits [B, T, H, W, K] of the ground-truth tokens fed through the pooled, token-by-token
-        generation path; equals ``forward(tokens).logits`` (the invariant of DESIGN section 3)."""
+        generation path; equals ``forward(tokens).logits`` (the invariant of docs/design.md,
+        "3. Training in parallel")."""
         self.check_tokens(tokens)
         mask = torch.ones(tokens.shape, dtype=torch.bool, device=tokens.device)
         result = run_generation(self, tuple(tokens.shape[1:]), order, tokens.shape[0], prompt=tokens,

@@ -1,4 +1,4 @@
-"""The VQ tokenizer: pictures <-> token grids (DESIGN section 7).
+"""The VQ tokenizer: pictures <-> token grids (docs/design.md, "7. Data").
 
 * ``config.py``      - :class:`VQConfig` and the presets (no torch).
 * ``vqgan.py``       - the taming-layout VQGAN (:class:`VQTokenizer`), encode / decode / tiled decode,
