@@ -19,6 +19,8 @@ Each finished shard updates ``prepare_state.json`` atomically; running the same 
 an interruption continues from the last finished shard and produces the same shards as an
 uninterrupted run. The result is described by ``manifest.json`` (brace pattern, sample counts, and
 ``tokenizer_path``: where the tokenizer was loaded from, which decodes training's sample pictures).
+Every sample's JSON also names its tokenizer: ``tokenizer_sha256`` is the manifest's
+``settings.tokenizer.weights_sha256`` (shards written before it was added lack the key).
 """
 
 from __future__ import annotations
@@ -309,12 +311,12 @@ def _image_pieces(source: Source, opts: PrepareOptions, align: int):
     return {"source_hw": [img.height, img.width], "resized_hw": [size[1], size[0]]}, pieces
 
 
-def _meta(source: Source, base: dict, box, tokens_thw, tokenizer, **extra) -> dict:
+def _meta(source: Source, base: dict, box, tokens_thw, tokenizer, tokenizer_sha256: str, **extra) -> dict:
     f = tokenizer.downsample
     return {"source": source.origin, "kind": source.kind, **base, "crop_yx": [box[1], box[0]],
             "pixel_hw": [box[3] - box[1], box[2] - box[0]], "token_thw": list(tokens_thw), "downsample": f,
-            "codebook_size": tokenizer.codebook_size, "caption": source.caption,
-            **{"fps": None, "frame_start": 0, **extra}}
+            "codebook_size": tokenizer.codebook_size, "tokenizer_sha256": tokenizer_sha256,
+            "caption": source.caption, **{"fps": None, "frame_start": 0, **extra}}
 
 
 class Preparer:
@@ -324,6 +326,8 @@ class Preparer:
                  val_output: Optional[ShardOutput] = None):
         self.tokenizer, self.opts, self.output, self.val_output = tokenizer, opts, output, val_output
         self.align = opts.patch_size * tokenizer.downsample
+        # in every sample's JSON: which tokenizer made it, even for a shard that travels without manifest.json
+        self.tokenizer_sha256 = tokenizer_fingerprint(tokenizer)["weights_sha256"]
 
     def _out(self, source: Source) -> ShardOutput:
         """The output a source's samples (and counts) go to: held out for validation or not."""
@@ -366,7 +370,8 @@ class Preparer:
                 for j, (suffix, box, _) in enumerate(pieces):
                     tokens = tokens_of[(i, j)][None]  # [1, h, w]
                     self._emit(source, source.key + suffix, tokens,
-                               _meta(source, base, box, tokens.shape, self.tokenizer))
+                               _meta(source, base, box, tokens.shape, self.tokenizer,
+                                     self.tokenizer_sha256))
                 self._out(source).counts["images"] += 1
             self._out(source).source_finished(source.index)
 
@@ -416,8 +421,8 @@ class Preparer:
             frames = np.stack([per_box[p] for per_box in clip])
             tokens = encode_frames(self.tokenizer, frames, self.opts.batch_size)  # [T, h, w]
             key = f"{source.key}_c{clip_index:04d}" + ("" if len(boxes) == 1 else f"_p{p:02d}")
-            meta = _meta(source, base, box, tokens.shape, self.tokenizer, fps=fps, frame_start=frame_start,
-                         time_start=round(start_time, 4))
+            meta = _meta(source, base, box, tokens.shape, self.tokenizer, self.tokenizer_sha256, fps=fps,
+                         frame_start=frame_start, time_start=round(start_time, 4))
             self._emit(source, key, tokens, meta)
 
 

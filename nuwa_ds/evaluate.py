@@ -368,13 +368,21 @@ def run(args) -> int:
     return 0
 
 
+def _counted(role: str, count: Optional[int], unit: str) -> str:
+    """``real 5000 images``, or the count said to be unknown (a pytorch-fid statistics file records none)."""
+    if count is None:
+        return f"{role}: number of {unit}s unknown (pytorch-fid statistics file)"
+    return f"{role} {count} {unit}s"
+
+
 def _print_fid(result: dict) -> None:
     real, fake = result["real"], result["fake"]
-    print(f"FID {result['fid']:.4f}  (real {real['fid_samples'] or '?'} images, "
-          f"fake {fake['fid_samples'] or '?'} images)")
+    print(f"FID {result['fid']:.4f}  ({_counted('real', real['fid_samples'], 'image')}, "
+          f"{_counted('fake', fake['fid_samples'], 'image')})")
     if result["block_fid"] is not None:
         print(f"Block-FID@{result['block_size']} {result['block_fid']:.4f}  "
-              f"(real {real['block_fid_samples'] or '?'} blocks, fake {fake['block_fid_samples'] or '?'} blocks)")
+              f"({_counted('real', real['block_fid_samples'], 'block')}, "
+              f"{_counted('fake', fake['block_fid_samples'], 'block')})")
     weights = result["weights"]
     if weights.get("sha256") and not weights["pytorch_fid_file"]:
         print(f"note: {weights['path']} has sha256 {weights['sha256'][:8]}..., not the pytorch-fid file "
