@@ -17,6 +17,8 @@ from __future__ import annotations
 
 def build_loader(data_cfg, model_cfg, rank: int, world_size: int, micro_batch_size: int, text_tokenizer=None):
     """The loader for one rank: synthetic grids when ``data_cfg.shards`` is None, else shards."""
+    # the loaders import torch: imported here, not with the package, so that the torch-free commands
+    # (`nuwa-ds landscapes`, `landscape-videos`) start at once
     if data_cfg.shards is None:
         from data_pipelines.synthetic import SyntheticLoader
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from data_pipelines.landscapes import DEFAULT_WORLD_SEED_BASE, F32, GENERATOR_VERSION as WORLD_VERSION
 from data_pipelines.landscapes import World, _clip01, parse_size
+from nuwa_ds.metrics.temporal import clip_shifts
 
 GENERATOR_VERSION = "landscape-video-1"
 MANIFEST_FILE = "landscape_videos.json"
@@ -464,8 +465,6 @@ def find_sun(frame: np.ndarray) -> Optional[tuple[float, float, float]]:
 
 def read_motion(frames: np.ndarray) -> str:
     """Camera direction from the median content shift between consecutive frames."""
-    from nuwa_ds.metrics.temporal import clip_shifts
-
     camera = -float(np.median(clip_shifts(list(frames))[:, 1]))
     return "still" if abs(camera) < STILL_SHIFT else ("right" if camera > 0 else "left")
 
@@ -526,6 +525,7 @@ def _mp4_error(path: Path, clip: np.ndarray) -> float:
 
 def _write_one(args) -> dict:
     index, spec_dict, out_dir, formats, variant = args
+    # lazily: tokenizer.media imports torch, which only the processes writing files need (rendering is numpy)
     from nuwa_ds.tokenizer.media import save_gif, save_mp4, save_png
 
     spec = ClipSpec.from_dict(spec_dict)

@@ -39,7 +39,7 @@ import torch
 
 from data_pipelines.samples import BadSample, decode_sample
 from nuwa_ds.model.orders import ORDERS
-from nuwa_ds.training.preemption import ignore_stop_signals
+from nuwa_ds.preemption import ignore_stop_signals
 
 log = logging.getLogger("nuwa_ds.data")
 MAX_SHARDS_PER_SEGMENT = 64
@@ -116,6 +116,19 @@ def expand_shards(pattern: str) -> list[str]:
         raise FileNotFoundError(f"{len(missing)} of {len(urls)} shards of data.shards={pattern!r} do not exist "
                                 f"(first: {missing[0]})")
     return urls
+
+
+def check_shards(pattern: str):
+    """Every local shard file of a brace pattern exists (URLs and pipes are the loader's business)."""
+    if "://" in pattern or pattern.startswith("pipe:"):
+        return
+    import braceexpand
+
+    paths = list(braceexpand.braceexpand(pattern))
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise ValueError(f"data.shards: {len(missing)} of {len(paths)} shard files do not exist (first: {missing[0]}); "
+                         f"fix the pattern or write the shards with `nuwa-ds prepare`")
 
 
 def source_patch_row(meta: dict, patch_size: int) -> int:

@@ -19,6 +19,8 @@ Each finished shard updates ``prepare_state.json`` atomically; running the same 
 an interruption continues from the last finished shard and produces the same shards as an
 uninterrupted run. The result is described by ``manifest.json`` (brace pattern, sample counts, and
 ``tokenizer_path``: where the tokenizer was loaded from, which decodes training's sample pictures).
+Every sample's JSON also names its tokenizer: ``tokenizer_sha256`` is the manifest's
+``settings.tokenizer.weights_sha256`` (shards written before it was added lack the key).
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ import numpy as np
 import torch
 
 from data_pipelines.samples import encode_sample
-from data_pipelines.sources import Captions, Source, iter_sources, open_source_image
+from data_pipelines.sources import Captions, Source, _kind, iter_sources, open_source_image
+from nuwa_ds.tokenizer import VQTokenizer, resolve_device
+from nuwa_ds.tokenizer.media import iter_video_frames, sampled_fps, video_info
 
 log = logging.getLogger("nuwa_ds.prepare")
 STATE_FILE = "prepare_state.json"
@@ -307,12 +311,12 @@ def _image_pieces(source: Source, opts: PrepareOptions, align: int):
     return {"source_hw": [img.height, img.width], "resized_hw": [size[1], size[0]]}, pieces
 
 
-def _meta(source: Source, base: dict, box, tokens_thw, tokenizer, **extra) -> dict:
+def _meta(source: Source, base: dict, box, tokens_thw, tokenizer, tokenizer_sha256: str, **extra) -> dict:
     f = tokenizer.downsample
     return {"source": source.origin, "kind": source.kind, **base, "crop_yx": [box[1], box[0]],
             "pixel_hw": [box[3] - box[1], box[2] - box[0]], "token_thw": list(tokens_thw), "downsample": f,
-            "codebook_size": tokenizer.codebook_size, "caption": source.caption,
-            **{"fps": None, "frame_start": 0, **extra}}
+            "codebook_size": tokenizer.codebook_size, "tokenizer_sha256": tokenizer_sha256,
+            "caption": source.caption, **{"fps": None, "frame_start": 0, **extra}}
 
 
 class Preparer:
@@ -322,6 +326,8 @@ class Preparer:
                  val_output: Optional[ShardOutput] = None):
         self.tokenizer, self.opts, self.output, self.val_output = tokenizer, opts, output, val_output
         self.align = opts.patch_size * tokenizer.downsample
+        # in every sample's JSON: which tokenizer made it, even for a shard that travels without manifest.json
+        self.tokenizer_sha256 = tokenizer_fingerprint(tokenizer)["weights_sha256"]
 
     def _out(self, source: Source) -> ShardOutput:
         """The output a source's samples (and counts) go to: held out for validation or not."""
@@ -364,7 +370,8 @@ class Preparer:
                 for j, (suffix, box, _) in enumerate(pieces):
                     tokens = tokens_of[(i, j)][None]  # [1, h, w]
                     self._emit(source, source.key + suffix, tokens,
-                               _meta(source, base, box, tokens.shape, self.tokenizer))
+                               _meta(source, base, box, tokens.shape, self.tokenizer,
+                                     self.tokenizer_sha256))
                 self._out(source).counts["images"] += 1
             self._out(source).source_finished(source.index)
 
@@ -377,8 +384,6 @@ class Preparer:
 
     def video(self, source: Source):
         """Sampled frames -> clips of clip_frames -> one sample per clip (and per panorama piece)."""
-        from nuwa_ds.tokenizer.media import iter_video_frames, sampled_fps, video_info
-
         opts = self.opts
         try:
             info = video_info(source.path)
@@ -416,8 +421,8 @@ class Preparer:
             frames = np.stack([per_box[p] for per_box in clip])
             tokens = encode_frames(self.tokenizer, frames, self.opts.batch_size)  # [T, h, w]
             key = f"{source.key}_c{clip_index:04d}" + ("" if len(boxes) == 1 else f"_p{p:02d}")
-            meta = _meta(source, base, box, tokens.shape, self.tokenizer, fps=fps, frame_start=frame_start,
-                         time_start=round(start_time, 4))
+            meta = _meta(source, base, box, tokens.shape, self.tokenizer, self.tokenizer_sha256, fps=fps,
+                         frame_start=frame_start, time_start=round(start_time, 4))
             self._emit(source, key, tokens, meta)
 
 
@@ -435,8 +440,6 @@ def prepare_shards(inputs, out_dir, tokenizer, *, captions=None, device="auto",
     :class:`~nuwa_ds.tokenizer.VQTokenizer` or a directory written by ``save_pretrained``.
     ``captions``: optional CSV / JSONL file. ``on_shard_closed(path, state)`` is called after each
     finished shard (progress reporting)."""
-    from nuwa_ds.tokenizer import VQTokenizer, resolve_device
-
     opts = options or PrepareOptions()
     for key, value in option_overrides.items():
         if not hasattr(opts, key):
@@ -500,8 +503,6 @@ def _progress(inputs, enabled: bool):
 
     total = None
     if all(Path(i).is_dir() or Path(i).suffix.lower() != ".tar" for i in inputs):
-        from data_pipelines.sources import _kind
-
         total = sum(1 for i in inputs for p in ([Path(i)] if Path(i).is_file() else Path(i).rglob("*"))
                     if p.is_file() and _kind(p.name))
     return tqdm(total=total, unit="src", desc="prepare", disable=not enabled, mininterval=1.0)
@@ -575,8 +576,6 @@ def add_arguments(parser: argparse.ArgumentParser):
 
 
 def run(args) -> int:
-    from nuwa_ds.tokenizer import VQTokenizer
-
     if args.taming_ckpt:
         tokenizer = VQTokenizer.from_taming_checkpoint(args.taming_ckpt, args.taming_config)
     else:

@@ -5,8 +5,13 @@ A sample in a WebDataset tar is two members with the same key:
 * ``{key}.tokens.npy`` - int16 ``[T, H, W]`` VQ token grid (T = 1 for a picture), a plain ``.npy``
   (read with ``allow_pickle=False``; an object array is rejected);
 * ``{key}.json``       - metadata: ``source``, ``kind`` ('image' / 'video'), ``source_hw``,
-  ``resized_hw``, ``crop_yx``, ``pixel_hw``, ``token_thw``, ``downsample``, ``codebook_size``, ``fps``
-  (None for pictures), ``frame_start``, ``caption`` (None when there is none).
+  ``resized_hw``, ``crop_yx``, ``pixel_hw``, ``token_thw``, ``downsample``, ``codebook_size``,
+  ``tokenizer_sha256`` (the hash of the tokenizer's weights that made the tokens, as in the manifest's
+  ``settings.tokenizer.weights_sha256``; shards of earlier versions lack it), ``fps`` (None for
+  pictures), ``frame_start``, ``caption`` (None when there is none).
+
+Readers need only the tokens and take the optional keys with ``meta.get``, so an older shard without
+``tokenizer_sha256`` reads the same.
 
 Anything else is a bad sample with a reason (:class:`BadSample`), which readers count and log.
 """

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
-from nuwa_ds.tokenizer.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from nuwa_ds.tokenizer.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, open_rgb
 
 PATH_COLUMNS = ("file", "path", "filename", "image", "video", "key", "name", "url")
 CAPTION_COLUMNS = ("caption", "text", "prompt", "description")
@@ -188,6 +188,4 @@ def iter_sources(inputs, captions: Captions | None = None) -> Iterator[Source]:
 
 def open_source_image(source: Source):
     """The source picture as a Pillow RGB image."""
-    from nuwa_ds.tokenizer.media import open_rgb
-
     return open_rgb(source.path if source.path is not None else io.BytesIO(source.data))

@@ -18,8 +18,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
+
 
 class _Recorder:
     """Stands in for ``kernel[grid]``: records the call instead of launching."""
@@ -91,12 +93,29 @@ def compile_launches(log: list, arch: int) -> list[str]:
     return lines
 
 
+class _Text(NamedTuple):
+    """The fields the launchers read of a text block (``nuwa_ds.model.attention.TextContext``)."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    length: torch.Tensor
+    index: torch.Tensor
+
+
+# A 2 x 2 patch canvas in raster order with extents (0, 1, 1): the context table of
+# ``nuwa_ds.model.orders.context_table((1, 2, 2), "down", (0, 1, 1))``, written out because kernels/
+# imports nothing of nuwa_ds (tests/test_layering.py checks the two agree). Valid entries first, -1 pads;
+# offset ids ((dr + 1) * 3 + dc + 1), the own block's 4 on padding; 10 bias columns with the text's.
+EXAMPLE_CTX_INDEX = ((-1, -1, -1), (0, -1, -1), (0, 1, -1), (0, 1, 2))
+EXAMPLE_CTX_OFFSET = ((4, 4, 4), (3, 4, 4), (1, 2, 4), (0, 1, 3))
+EXAMPLE_OWN_OFFSET, EXAMPLE_BIAS_COLUMNS = 4, 10
+
+
 def record_model_launches(dtype: torch.dtype, head_dim: int, n: int = 256) -> list:
     """Launches of a training step (global + local stack, with text) and a decode step."""
+    # the kernels are defined when imported: here, after main() refused TRITON_INTERPRET
     import kernels.patch_attention as PA
     import kernels.pool_decode as PD
-    from nuwa_ds.model.attention import TextContext
-    from nuwa_ds.model.orders import context_table, own_offset_id
 
     log: list = []
     originals = {}
@@ -106,19 +125,18 @@ def record_model_launches(dtype: torch.dtype, head_dim: int, n: int = 256) -> li
             originals[(module, name)] = getattr(module, name)
             setattr(module, name, _Recorder(getattr(module, name), log))
     try:
-        H, D, ext = 2, head_dim, (0, 1, 1)
-        table = context_table((1, 2, 2), "down", ext)
-        R, I = 4, 10
+        H, D = 2, head_dim
+        ctx_index, ctx_offset = torch.tensor(EXAMPLE_CTX_INDEX), torch.tensor(EXAMPLE_CTX_OFFSET)
+        R, I, own = len(EXAMPLE_CTX_INDEX), EXAMPLE_BIAS_COLUMNS, EXAMPLE_OWN_OFFSET
         qkv = torch.randn(R, n, 3, H, D, dtype=dtype)
         q, k, v = qkv.unbind(2)
         ctx = torch.randn(R, n, 2, H, D, dtype=dtype).unbind(2)
         bias = torch.zeros(H, I)
-        text = TextContext(torch.randn(1, 77, H, D, dtype=dtype), torch.randn(1, 77, H, D, dtype=dtype),
-                           torch.tensor([7]), torch.zeros(R, dtype=torch.long))
-        own = own_offset_id(ext)
+        text = _Text(torch.randn(1, 77, H, D, dtype=dtype), torch.randn(1, 77, H, D, dtype=dtype),
+                     torch.tensor([7]), torch.zeros(R, dtype=torch.long))
         for causal, shared, with_text in ((False, True, True), (True, False, True), (True, False, False)):
             ck, cv = (k, v) if shared else ctx
-            p = PA._check(q, k, v, ck, cv, table.ctx_index, table.ctx_offset, own, bias, causal,
+            p = PA._check(q, k, v, ck, cv, ctx_index, ctx_offset, own, bias, causal,
                           text if with_text else None, None)
             tk, tv = (text.k, text.v) if with_text else (None, None)
             out, lse = PA._forward(p, q, k, v, ck, cv, tk, tv, bias, store_lse=True)
@@ -126,7 +144,7 @@ def record_model_launches(dtype: torch.dtype, head_dim: int, n: int = 256) -> li
         pool = torch.randn(8, 1, 2, H, n, D, dtype=dtype)
         pk, pv = pool[:, 0, 0].transpose(1, 2), pool[:, 0, 1].transpose(1, 2)
         for splits in (1, 4):
-            PD.pool_decode_attention(q[:, 0], pk, pv, table.ctx_index, table.ctx_offset, pk, pv,
+            PD.pool_decode_attention(q[:, 0], pk, pv, ctx_index, ctx_offset, pk, pv,
                                      torch.arange(R), torch.full((R,), n), own, bias, text, num_splits=splits)
     finally:
         for (module, name), fn in originals.items():

@@ -1,4 +1,5 @@
-"""Patch-block-sparse attention in Triton: forward, backward, autograd (DESIGN section 3 and 5).
+"""Patch-block-sparse attention in Triton: forward, backward, autograd (docs/design.md,
+"3. Training in parallel" and "5. Kernels").
 
 Queries of patch row r attend, in one softmax, to
   * its own block ``k[r], v[r]`` (``n`` keys; full for the global stack, causal for the local one),

@@ -1,5 +1,6 @@
 """Pool-indexed decode attention in Triton: one query token per row against the K/V of its context
-slots and its own KV cache, read in place from the rotating pool (DESIGN section 4 and 5).
+slots and its own KV cache, read in place from the rotating pool (docs/design.md,
+"4. Generation and the rotating pool" and "5. Kernels").
 
 Each row r (a patch being decoded) sees, in one softmax,
   * its own cache ``own_k[own_slot[r], :own_len[r]]`` (the tokens decoded so far, incl. this one),

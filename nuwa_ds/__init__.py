@@ -1,5 +1,6 @@
 """nuwa_ds: NUWA-Infinity (autoregressive over autoregressive generation of large images and long
-videos) as a DeepSpeed training system. Public interface: DESIGN section 9."""
+videos) as a DeepSpeed training system. Public interface: docs/design.md,
+"9. Interfaces and the model directory"."""
 
 from nuwa_ds.config import ConfigError, DataConfig, NuwaConfig, RunConfig, TrainConfig
 
@@ -10,7 +11,7 @@ __all__ = ["NuwaConfig", "RunConfig", "DataConfig", "TrainConfig", "ConfigError"
 
 def __getattr__(name: str):
     # the model (and torch) on first use, so that ``nuwa-ds`` starts without torch: ``nuwa-ds train``
-    # blocks its stop signals before any library starts a thread (nuwa_ds.training.preemption)
+    # blocks its stop signals before any library starts a thread (nuwa_ds.preemption)
     if name in ("GenerationConfig", "NuwaInfinity"):
         from nuwa_ds import model
 

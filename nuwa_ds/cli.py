@@ -13,6 +13,9 @@ import os
 import sys
 import time
 
+from nuwa_ds import __version__
+from nuwa_ds.preemption import block_stop_signals
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("nuwa_ds.demo", "the whole path on procedural landscapes (the recipe's cpu preset), on CPU, in ~6 minutes"),
     "tokenizer-train": ("nuwa_ds.tokenizer.train", "train a VQ tokenizer (for users without a pretrained VQGAN)"),
@@ -53,8 +56,6 @@ def main(argv: list[str] | None = None) -> int:
         top.print_help()
         return 0
     if argv[0] == "--version":
-        from nuwa_ds import __version__
-
         print(__version__)
         return 0
     name, rest = argv[0], argv[1:]
@@ -62,8 +63,6 @@ def main(argv: list[str] | None = None) -> int:
         top.error(f"unknown command {name!r}; choose one of {', '.join(COMMANDS)}")
     module_name, desc = COMMANDS[name]
     if name == "train":  # before torch is imported: every thread of the process inherits the mask
-        from nuwa_ds.training.preemption import block_stop_signals
-
         block_stop_signals()
     try:
         module = importlib.import_module(module_name)

@@ -25,6 +25,8 @@ import shutil
 import time
 from pathlib import Path
 
+from nuwa_ds.recipe import run_recipe, settings_for
+
 DEMO_SETTINGS: dict = dict(
     # measured on 2 cores: at the cpu preset's 240 strips, 600 steps memorise them (train 4.6 vs val 6.1
     # bits/token); at 600 strips they stay together (6.2 vs 6.2), for ~15 s more pictures and shards
@@ -45,8 +47,6 @@ DEMO_SETTINGS: dict = dict(
 
 
 def demo_settings(assignments=()):
-    from nuwa_ds.recipe import settings_for
-
     return settings_for("cpu", demo_assignments(assignments))
 
 
@@ -69,8 +69,6 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from nuwa_ds.recipe import run_recipe
-
     options = {"tokenizer_seconds": args.tokenizer_seconds, "train_steps": args.steps, "seed": args.seed}
     extra = [f"{k}={v}" for k, v in options.items() if v is not None] + list(args.assignments)
     out = Path(args.out)
@@ -91,7 +89,7 @@ def headline_pictures(out: Path, report: dict) -> dict[str, str]:
     """``panorama.png`` and ``outpaint_right.png`` (the first generated of each) and ``overview.png``."""
     from PIL import Image
 
-    from nuwa_ds.tokenizer import VQConfig
+    from nuwa_ds.tokenizer import VQConfig  # lazily: the tokenizer package imports torch (start-up)
 
     gen, real = out / "generated", out / "real"
     files = {}

@@ -42,6 +42,8 @@ from nuwa_ds.metrics.fid import FeatureStats, frechet_distance
 from nuwa_ds.metrics.images import ImageFolder, cut_blocks, scan_folder
 from nuwa_ds.metrics.inception import (FEATURE_DIM, FID_WEIGHTS_SHA256_PREFIX, FIDInceptionV3, file_sha256,
                                        load_fid_inception, read_state_dict)
+from nuwa_ds.metrics.quality import format_report, quality_report
+from nuwa_ds.metrics.video import format_video_report, video_report
 
 PathLike = Union[str, Path]
 # below this many samples the 2048-d covariance is rank deficient and FID is strongly biased upward
@@ -304,8 +306,6 @@ def _run_video(args) -> dict:
     if args.inception_weights or args.swd or args.seams or args.save_stats:
         raise ValueError("--video runs the video metrics only; leave out --inception-weights / --swd / --seams / "
                          "--save-stats (run eval on picture folders for those)")
-    from nuwa_ds.metrics.video import format_video_report, video_report
-
     result = {"video": video_report(args.real, args.fake, recon=args.recon, random_tokens=args.random_tokens,
                                     paired=args.paired, seed=args.seed, descriptors=args.video_descriptors,
                                     true_dx=args.true_dx)}
@@ -356,8 +356,6 @@ def run(args) -> int:
         result = {"fid": None, "block_fid": None, "fid_skipped": "no --inception-weights given"}
         print("FID skipped (no --inception-weights)")
     if do_swd or do_seams:
-        from nuwa_ds.metrics.quality import format_report, quality_report
-
         result["quality"] = quality_report(
             args.real, args.fake, recon=args.recon, random_tokens=args.random_tokens, block_size=seam_block,
             swd=do_swd, seams=do_seams, seed=args.seed, descriptors=args.swd_descriptors,
@@ -370,13 +368,21 @@ def run(args) -> int:
     return 0
 
 
+def _counted(role: str, count: Optional[int], unit: str) -> str:
+    """``real 5000 images``, or the count said to be unknown (a pytorch-fid statistics file records none)."""
+    if count is None:
+        return f"{role}: number of {unit}s unknown (pytorch-fid statistics file)"
+    return f"{role} {count} {unit}s"
+
+
 def _print_fid(result: dict) -> None:
     real, fake = result["real"], result["fake"]
-    print(f"FID {result['fid']:.4f}  (real {real['fid_samples'] or '?'} images, "
-          f"fake {fake['fid_samples'] or '?'} images)")
+    print(f"FID {result['fid']:.4f}  ({_counted('real', real['fid_samples'], 'image')}, "
+          f"{_counted('fake', fake['fid_samples'], 'image')})")
     if result["block_fid"] is not None:
         print(f"Block-FID@{result['block_size']} {result['block_fid']:.4f}  "
-              f"(real {real['block_fid_samples'] or '?'} blocks, fake {fake['block_fid_samples'] or '?'} blocks)")
+              f"({_counted('real', real['block_fid_samples'], 'block')}, "
+              f"{_counted('fake', fake['block_fid_samples'], 'block')})")
     weights = result["weights"]
     if weights.get("sha256") and not weights["pytorch_fid_file"]:
         print(f"note: {weights['path']} has sha256 {weights['sha256'][:8]}..., not the pytorch-fid file "

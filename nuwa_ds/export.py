@@ -21,6 +21,11 @@ from typing import Optional
 
 import torch
 
+from nuwa_ds.config import RunConfig
+from nuwa_ds.model import NuwaInfinity
+from nuwa_ds.model.persistence import INDEX, WEIGHTS
+from nuwa_ds.training.checkpoint import RUN_CONFIG, CheckpointInfo, read_meta, resolve_resume
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -37,15 +42,11 @@ def add_arguments(parser):
 
 def find_checkpoint(path, tag: Optional[str] = None):
     """The CheckpointInfo named by ``path`` (+ ``tag``); ValueError when there is none."""
-    from nuwa_ds.training.checkpoint import read_meta, resolve_resume
-
     path = Path(path)
     if tag is not None:
         for root in (path, path / "checkpoints", path.parent):
             meta = read_meta(root / tag) if (root / tag).is_dir() else None
             if meta is not None:
-                from nuwa_ds.training.checkpoint import CheckpointInfo
-
                 return CheckpointInfo(root / tag, int(meta["step"]), meta)
         raise ValueError(f"no complete checkpoint {tag} under {path}")
     if not path.exists():
@@ -57,10 +58,6 @@ def export_checkpoint(checkpoint, out, tag: Optional[str] = None, dtype: str = "
                       tokenizer: Optional[str] = None, copy_tokenizer: bool = False) -> Path:
     """Consolidate ``checkpoint`` into the model directory ``out``; returns ``out``."""
     from deepspeed.utils.zero_to_fp32 import convert_zero_checkpoint_to_state_dict
-
-    from nuwa_ds.config import RunConfig
-    from nuwa_ds.model.persistence import INDEX, WEIGHTS
-    from nuwa_ds.training.checkpoint import RUN_CONFIG
 
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -120,8 +117,6 @@ def export_checkpoint(checkpoint, out, tag: Optional[str] = None, dtype: str = "
 
 
 def _exported_files(out: Path) -> list[Path]:
-    from nuwa_ds.model.persistence import INDEX, WEIGHTS
-
     if (out / WEIGHTS).is_file():
         return [out / WEIGHTS]
     return [out / f for f in sorted(set(json.loads((out / INDEX).read_text())["weight_map"].values()))]
@@ -136,9 +131,6 @@ def _complete_frozen(out: Path, info, model_cfg, dtype: str, max_shard_size):
     from huggingface_hub import save_torch_state_dict
     from safetensors import safe_open
     from safetensors.torch import load_file
-
-    from nuwa_ds.model import NuwaInfinity
-    from nuwa_ds.model.persistence import INDEX
 
     files = _exported_files(out)
     have = set()
@@ -168,8 +160,6 @@ def _check_keys(out: Path, model_cfg):
     """The exported tensors are exactly the model's: same names and shapes."""
     from accelerate import init_empty_weights
     from safetensors import safe_open
-
-    from nuwa_ds.model import NuwaInfinity
 
     files = _exported_files(out)
     shapes = {}

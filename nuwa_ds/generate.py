@@ -1,6 +1,6 @@
 """``nuwa-ds generate MODEL_DIR --task ...``: images and videos of any size, every task.
 
-Tasks and the order each uses (ADC, DESIGN section 1):
+Tasks and the order each uses (ADC, docs/design.md, "1. Canvas, patches and orders"):
 
 | task | needs | order |
 | --- | --- | --- |
@@ -22,6 +22,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from nuwa_ds.export import resolve_vq_tokenizer
+from nuwa_ds.model import GenerationConfig, NuwaInfinity
+from nuwa_ds.model.generation import estimate_generation_memory
+from nuwa_ds.model.persistence import load_config_json
+from nuwa_ds.tokenizer import VQTokenizer, load_image, save_media
 
 TASKS = ("unconditional", "text2image", "outpaint", "animate", "text2video")
 
@@ -101,8 +107,6 @@ def task_order(task: str, direction: str, w: int, h: int) -> str:
 
 def largest_fitting(cfg, shape, order, batch, wavefront, guided, dtype, backend, budget) -> tuple | None:
     """The largest token canvas along the dimension the pool grows with that fits ``budget``."""
-    from nuwa_ds.model.generation import estimate_generation_memory
-
     P = cfg.patch_size
     T, H, W = shape
     axis = 2 if order in ("down", "up") else 1  # rows-first orders keep a row of slots: width limits
@@ -168,12 +172,6 @@ def build_prompt(task, image, tokenizer, canvas_px, frames, direction, batch, f)
 
 def run(args) -> int:
     from tqdm import tqdm
-
-    from nuwa_ds.export import resolve_vq_tokenizer
-    from nuwa_ds.model import GenerationConfig, NuwaInfinity
-    from nuwa_ds.model.generation import estimate_generation_memory
-    from nuwa_ds.model.nuwa import load_config_json
-    from nuwa_ds.tokenizer import VQTokenizer, load_image, save_media
 
     cfg = load_config_json(args.model_dir)
     tok_dir = resolve_vq_tokenizer(args.model_dir, args.tokenizer)

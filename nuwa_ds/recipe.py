@@ -39,7 +39,14 @@ from typing import Optional
 
 import numpy as np
 
+from data_pipelines.landscapes import DEFAULT_WORLD_SEED_BASE, VIEW_HEIGHT, World
+from nuwa_ds.config import RunConfig
 from nuwa_ds.recipe_common import Stage, apply_assignments, write_report as _write_report
+from nuwa_ds.video_recipe import run_recipe as run_video_recipe
+
+# Modules that import torch (the tokenizer, the model, training, export, the metrics, the loader) are imported
+# in the stages that use them: `nuwa-ds recipe --help` and `nuwa-ds demo` start at once, and the worker
+# processes that render pictures (and the spawned SWD workers, until they need it) never load torch.
 
 DIRECTIONS = ("right", "left", "down", "up")
 
@@ -117,8 +124,6 @@ def settings_for(preset: str, assignments: list[str]) -> RecipeSettings:
     if preset not in PRESETS:
         raise ValueError(f"unknown recipe preset {preset!r}; choose one of {', '.join(PRESETS)}")
     settings = apply_assignments(RecipeSettings(**PRESETS[preset]), assignments)
-    from data_pipelines.landscapes import VIEW_HEIGHT
-
     for d in settings.outpaint_directions:
         if d not in DIRECTIONS:
             raise ValueError(f"outpaint_directions: unknown direction {d!r}; choose from {', '.join(DIRECTIONS)}")
@@ -135,8 +140,6 @@ def settings_for(preset: str, assignments: list[str]) -> RecipeSettings:
 def _render_job(job):
     """(world seed, x0, y0, w, h, scale, path): render, resize, save (runs in a worker process)."""
     from PIL import Image
-
-    from data_pipelines.landscapes import World
 
     seed, x0, y0, w, h, scale, path = job
     img = Image.fromarray(World(seed).render(x0, y0, w, h))
@@ -165,8 +168,6 @@ def outpaint_geometry(direction: str, s: RecipeSettings) -> tuple[int, int, int,
     ``edge`` being where the given square ends and the model takes over, counted from the canvas's
     left (right / left) or top (down / up). Left / right canvases sit at the panorama height, down /
     up canvases end at the bottom of the view."""
-    from data_pipelines.landscapes import VIEW_HEIGHT
-
     g = s.outpaint_given
     if direction in ("left", "right"):
         return 3 * g, g, s.panorama_top, g if direction == "right" else 2 * g
@@ -174,8 +175,6 @@ def outpaint_geometry(direction: str, s: RecipeSettings) -> tuple[int, int, int,
 
 
 def make_pictures(out: Path, s: RecipeSettings, workers: int) -> dict:
-    from data_pipelines.landscapes import DEFAULT_WORLD_SEED_BASE, VIEW_HEIGHT
-
     rng = np.random.default_rng(s.seed)
     train_base, val_base = DEFAULT_WORLD_SEED_BASE["train"], DEFAULT_WORLD_SEED_BASE["val"]
     x = lambda n: rng.integers(-500_000, 500_000, n)  # noqa: E731
@@ -315,7 +314,6 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
     import torch
 
     from data_pipelines.prepare import prepare_shards
-    from nuwa_ds.config import RunConfig
     from nuwa_ds.export import export_checkpoint
     from nuwa_ds.model import GenerationConfig, NuwaInfinity
     from nuwa_ds.tokenizer import train_tokenizer
@@ -566,8 +564,6 @@ def add_arguments(parser):
 
 def run(args) -> int:
     if args.recipe == "landscape-videos":
-        from nuwa_ds.video_recipe import run_recipe as run_video_recipe
-
         run_video_recipe(args.out or "outputs/video-recipe", args.preset, args.device, args.assignments)
     else:
         run_recipe(args.out or "outputs/recipe", args.preset, args.device, args.assignments)

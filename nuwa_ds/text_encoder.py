@@ -23,6 +23,8 @@ from typing import Sequence
 
 import torch
 
+from data_pipelines.sources import Captions
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 REPORT = "text_encoder.json"
 
@@ -58,8 +60,6 @@ def add_arguments(parser):
 def read_captions(paths: Sequence) -> list[str]:
     """Every caption of every file, in order. ``.txt``: one per non-blank line; ``.csv`` / ``.tsv`` /
     ``.jsonl``: the caption column, read by the same reader as ``nuwa-ds prepare``."""
-    from data_pipelines.sources import Captions
-
     if not paths:
         raise ValueError("--captions: give at least one captions file")
     captions: list[str] = []

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import resource
+import sys
 import threading
 import time
 import warnings
@@ -35,15 +36,22 @@ from typing import Callable, Optional, Union
 
 import torch
 
+from data_pipelines import build_loader
+from data_pipelines.loader import check_shards
+from nuwa_ds.cli import main as cli_main
 from nuwa_ds.config import RunConfig
+from nuwa_ds.model import NuwaInfinity
+from nuwa_ds.model.flops import peak_flops, train_flops_per_token
+from nuwa_ds.model.persistence import INDEX, WEIGHTS, read_weights
+from nuwa_ds.model.text import check_text_length
+from nuwa_ds.preemption import (DIVERGED_EXIT_CODE, REQUEUE_EXIT_CODE, Faults, StopRequest, block_stop_signals,
+                                leave_requeue_marker, restore_signal_mask)
 from nuwa_ds.training import checkpoint as C
 from nuwa_ds.training import distributed as D
 from nuwa_ds.training import ds_config as DSC
 from nuwa_ds.training import optim
 from nuwa_ds.training.deadline import SlurmDeadline
 from nuwa_ds.training.metrics import RunLogger
-from nuwa_ds.training.preemption import (DIVERGED_EXIT_CODE, REQUEUE_EXIT_CODE, Faults, StopRequest,
-                                         block_stop_signals, leave_requeue_marker, restore_signal_mask)
 from nuwa_ds.training.validation import LN2, Validator, check_val_shards, model_inputs
 
 
@@ -62,24 +70,9 @@ class Plan:
 
 def meta_parameter_shapes(cfg: RunConfig) -> dict[str, tuple[int, ...]]:
     """Parameter shapes of the model, built on the meta device (no memory)."""
-    from nuwa_ds.model import NuwaInfinity
-
     with torch.device("meta"):
         model = NuwaInfinity(dataclasses.replace(cfg.model))
     return {name: tuple(p.shape) for name, p in model.named_parameters()}
-
-
-def check_shards(pattern: str):
-    """Every local shard file of a brace pattern exists (URLs and pipes are the loader's business)."""
-    if "://" in pattern or pattern.startswith("pipe:"):
-        return
-    import braceexpand
-
-    paths = list(braceexpand.braceexpand(pattern))
-    missing = [p for p in paths if not Path(p).is_file()]
-    if missing:
-        raise ValueError(f"data.shards: {len(missing)} of {len(paths)} shard files do not exist (first: {missing[0]}); "
-                         f"fix the pattern or write the shards with `nuwa-ds prepare`")
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:
@@ -113,8 +106,6 @@ def compare_with_checkpoint(cfg: RunConfig, info: C.CheckpointInfo, shapes: dict
 def check_text_encoder(path: str, max_text_len: int):
     """train.text_encoder_path is a transformers folder whose encoder reads model.max_text_len tokens."""
     from transformers import AutoConfig
-
-    from nuwa_ds.model.text import check_text_length
 
     if not (Path(path) / "config.json").is_file():
         raise ValueError(f"train.text_encoder_path={path} has no config.json: give a local transformers model folder "
@@ -158,8 +149,6 @@ def preflight(cfg: RunConfig, dist: D.DistEnv, device_kind: str, resume: Optiona
 
 def load_initial_weights(model, path: str):
     """train.init_from: an exported / save_pretrained directory, or a (ZeRO) checkpoint of a run."""
-    from nuwa_ds.model.persistence import INDEX, WEIGHTS, read_weights
-
     source = Path(path)
     if (source / WEIGHTS).is_file() or (source / INDEX).is_file():
         state = read_weights(source)
@@ -175,8 +164,6 @@ def load_initial_weights(model, path: str):
 
 
 def build_model(cfg: RunConfig):
-    from nuwa_ds.model import NuwaInfinity
-
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = NuwaInfinity(cfg.model)
     if cfg.train.text_encoder_path is not None:
@@ -197,7 +184,7 @@ class StepResult:
     tokens: int
     """Tokens over all ranks."""
     flops: float
-    """Model FLOPs over all ranks (DESIGN's MFU convention)."""
+    """Model FLOPs over all ranks (the MFU convention of docs/design.md, "8. Training system")."""
     stop: bool
     """Some rank got a stop signal."""
     applied: bool
@@ -242,9 +229,6 @@ class Trainer:
     def __init__(self, cfg: RunConfig, plan: Plan, dist: D.DistEnv, device: torch.device):
         import deepspeed
 
-        from data_pipelines import build_loader
-        from nuwa_ds.model.flops import peak_flops
-
         self.cfg, self.plan, self.dist, self.device = cfg, plan, dist, device
         self.run_dir = Path(cfg.train.run_dir)
         model = build_model(cfg)
@@ -267,8 +251,6 @@ class Trainer:
     # -- one optimizer step ------------------------------------------------------------------------
 
     def flops_per_token(self, canvas: tuple, order: str, text_len: int) -> float:
-        from nuwa_ds.model.flops import train_flops_per_token
-
         key = (canvas, order, text_len)
         if key not in self._flops_per_token:
             self._flops_per_token[key] = train_flops_per_token(self.cfg.model, canvas, order, text_len)
@@ -550,10 +532,6 @@ def run(args) -> int:
 def main(argv: Optional[list[str]] = None) -> int:
     """``python -m nuwa_ds.train ...``: the same command for launchers that put their own flags first
     (``deepspeed --module nuwa_ds.train`` passes ``--local_rank=N`` before our arguments)."""
-    import sys
-
-    from nuwa_ds.cli import main as cli_main
-
     return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 

@@ -46,7 +46,12 @@ from typing import Optional
 
 import numpy as np
 
+from data_pipelines import landscape_video as LV
+from nuwa_ds.config import RunConfig
 from nuwa_ds.recipe_common import Stage, apply_assignments, write_report as _write_report
+
+# Modules that import torch (the tokenizer, the model, training, export, the metrics) are imported in the
+# stages that use them, as in nuwa_ds/recipe.py: `nuwa-ds recipe --help` starts at once.
 
 
 @dataclass
@@ -227,9 +232,7 @@ def _sheet_gif(rows: list[np.ndarray], path: Path, fps: float) -> Path:
 def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -> dict:
     import torch
 
-    from data_pipelines import landscape_video as LV
     from data_pipelines.prepare import prepare_shards
-    from nuwa_ds.config import RunConfig
     from nuwa_ds.export import export_checkpoint
     from nuwa_ds.model import GenerationConfig, NuwaInfinity
     from nuwa_ds.text_encoder import make_text_encoder

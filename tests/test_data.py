@@ -44,7 +44,8 @@ def hf_text_tokenizer():
 
 def write_shards(directory: Path, shapes_per_shard: list[list[tuple]], vocab: int = 256, seed: int = 0,
                  caption: str | None = "a cup of coffee") -> str:
-    """Token shards written with plain webdataset; every sample unique. Returns the brace pattern."""
+    """Token shards written with plain webdataset; every sample unique. Returns the brace pattern. The JSON
+    holds only what the loader reads (no ``tokenizer_sha256``, as in shards of earlier versions of prepare)."""
     import webdataset as wds
 
     rng = np.random.default_rng(seed)
@@ -143,6 +144,7 @@ def test_prepare_round_trip_on_real_photographs(photo_folder, tmp_path, tmp_path
         assert meta["token_thw"] == [1, h, w] and meta["pixel_hw"] == [h * f, w * f]
         assert min(meta["pixel_hw"]) == 128 and meta["fps"] is None and meta["kind"] == "image"
         assert meta["downsample"] == f and meta["codebook_size"] == tok.codebook_size
+        assert meta["tokenizer_sha256"] == manifest["settings"]["tokenizer"]["weights_sha256"]
         captions[meta["source"]] = meta["caption"]
     assert captions["astronaut.jpg"] == "an astronaut" and captions["cat_portrait.png"] == "a cat"
     assert captions["sub/rocket_pano.png"] == "a rocket" and captions["camera_grey.png"] is None
@@ -198,6 +200,8 @@ def test_video_becomes_token_clips_with_fps(tmp_path):
     assert [a.shape for a in arrays] == [(4, 8, 10), (4, 8, 10)]
     assert all(m["fps"] == 5.0 and m["kind"] == "video" and m["token_thw"] == [4, 8, 10] for m in metas)
     assert [m["frame_start"] for m in metas] == [0, 4]
+    # every sample names the tokenizer that made it, as the manifest does
+    assert {m["tokenizer_sha256"] for m in metas} == {manifest["settings"]["tokenizer"]["weights_sha256"]}
     assert metas[1]["time_start"] == pytest.approx(0.8, abs=0.05)
     # a video shorter than a clip is one shorter clip
     manifest = prepare_shards(tmp_path / "in", tmp_path / "out2", small_tokenizer(), device="cpu", image_size=64,

@@ -299,3 +299,20 @@ def test_eval_command_end_to_end(tmp_path, weights_file, capsys):
     # bad input through the command: a clear message and exit code 2, no traceback
     assert main(args[:5] + ["--inception-weights", str(tmp_path / "none.pth")]) == 2
     assert "pytorch-fid/releases" in capsys.readouterr().err
+
+
+def test_eval_says_plainly_when_a_statistics_file_has_no_count(tmp_path, weights_file, capsys):
+    """A pytorch-fid ``.npz`` holds mu and sigma only: the printed line says the count is unknown."""
+    from nuwa_ds.cli import main
+
+    rng = np.random.default_rng(0)
+    for name, shift in (("ours", 0.0), ("theirs", 0.5)):
+        stats = FeatureStats(2048)
+        stats.update(rng.normal(shift, 1.0, size=(40, 2048)))
+        arrays = stats.arrays() if name == "ours" else {k: stats.arrays()[k] for k in ("mu", "sigma")}
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+    assert main(["eval", "--real", str(tmp_path / "theirs.npz"), "--fake", str(tmp_path / "ours.npz"),
+                 "--inception-weights", str(weights_file), "--device", "cpu", "--quiet"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("FID "))
+    assert "(real: number of images unknown (pytorch-fid statistics file), fake 40 images)" in line
+    assert "?" not in line

@@ -12,7 +12,7 @@ EXTENTS = [(0, 0, 0), (0, 1, 1), (1, 1, 1), (0, 2, 2), (2, 1, 0)]
 
 
 def brute_force(shape, order, extents):
-    """Plain loops straight from the definition in DESIGN section 1."""
+    """Plain loops straight from the definition in docs/design.md, "1. Canvas, patches and orders"."""
     T, Hp, Wp = shape
     e_t, e_h, e_w = extents
     if order == "down":
@@ -86,7 +86,7 @@ def test_waves_are_independent_and_respect_dependencies(order):
 
 
 def test_wavefront_step_count_raster():
-    # DESIGN section 6: raster order, e_h = e_w = 1 -> about Hp + 2 * Wp waves instead of Hp * Wp
+    # docs/design.md, "6. Beyond the paper": raster order, e_h = e_w = 1 -> about Hp + 2 * Wp waves instead of Hp * Wp
     Hp, Wp = 6, 10
     table = O.context_table((1, Hp, Wp), "down", (0, 1, 1))
     assert table.num_waves == 2 * (Hp - 1) + Wp

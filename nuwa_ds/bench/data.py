@@ -20,14 +20,19 @@ from pathlib import Path
 
 import numpy as np
 
+from data_pipelines import build_loader
+from data_pipelines.prepare import prepare_shards
+from data_pipelines.samples import encode_sample
+from nuwa_ds.config import DataConfig, NuwaConfig
+from nuwa_ds.tokenizer import VQConfig, VQTokenizer
+from nuwa_ds.tokenizer.media import demo_pictures
+
 GOAL_TOKENS_PER_S = 1_000_000
 
 
 def _pictures(folder: Path, count: int, seed: int = 0):
     """`count` JPEGs: random crops (256-384 px sides) of the shipped photographs."""
     from PIL import Image
-
-    from nuwa_ds.tokenizer.media import demo_pictures
 
     rng = np.random.default_rng(seed)
     sources = list(demo_pictures().values())
@@ -41,9 +46,6 @@ def _pictures(folder: Path, count: int, seed: int = 0):
 
 def bench_prepare(tmp: Path, device: str, count: int, preset: str, patch_size: int) -> dict:
     import torch
-
-    from data_pipelines.prepare import prepare_shards
-    from nuwa_ds.tokenizer import VQConfig, VQTokenizer
 
     _pictures(tmp / "pictures", count)
     _pictures(tmp / "warm-up", 2, seed=1)
@@ -82,8 +84,6 @@ def write_token_shards(folder: Path, shards: int, per_shard: int, side: int, voc
     """Synthetic token shards (one [1, side, side] grid per sample, a short caption) for the loader."""
     import webdataset as wds
 
-    from data_pipelines.samples import encode_sample
-
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for s in range(shards):
@@ -95,9 +95,6 @@ def write_token_shards(folder: Path, shards: int, per_shard: int, side: int, voc
 
 
 def bench_loader(pattern: str, model_cfg, canvas: int, batch: int, workers: int, batches: int, warmup: int) -> dict:
-    from data_pipelines import build_loader
-    from nuwa_ds.config import DataConfig
-
     cfg = DataConfig(shards=pattern, canvas=(1, canvas, canvas), num_workers=workers, shuffle_buffer=1000)
     loader = build_loader(cfg, model_cfg, 0, 1, batch)
     iterator = iter(loader)
@@ -117,8 +114,6 @@ def bench_loader(pattern: str, model_cfg, canvas: int, batch: int, workers: int,
 
 
 def run(opts) -> dict:
-    from nuwa_ds.config import NuwaConfig
-
     extra = opts.extra
     quick = opts.quick
     model_cfg = NuwaConfig.preset(opts.preset)

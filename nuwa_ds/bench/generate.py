@@ -18,6 +18,9 @@ import time
 
 import torch
 
+from nuwa_ds import NuwaConfig, NuwaInfinity
+from nuwa_ds.model.generation import GenerationConfig, run_generation
+
 METRICS = ["ms_per_token", "roofline_ms_per_token", "seconds", "peak_mem_gib"]
 REQUIRED = ["case", "tokens", "seconds", "ms_per_token"]
 
@@ -49,8 +52,6 @@ def copy_bandwidth(device, nbytes: int = 1 << 30, repeats: int = 10) -> float:
 
 
 def build_model(opts, device):
-    from nuwa_ds import NuwaConfig, NuwaInfinity
-
     overrides = {k[len("model."):]: v for k, v in opts.extra.items() if k.startswith("model.")}
     cfg = NuwaConfig.preset(opts.preset, **overrides)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -72,8 +73,6 @@ def roofline_ms_per_token(model, bandwidth: float) -> float:
 
 
 def timed_generation(model, shape, order, wavefront, batch=1, seed=0):
-    from nuwa_ds.model.generation import GenerationConfig, run_generation
-
     device = next(model.parameters()).device
     config = GenerationConfig(temperature=1.0, top_k=100, seed=seed, wavefront=wavefront)
     if device.type == "cuda":

@@ -30,6 +30,12 @@ from dataclasses import dataclass
 
 import torch
 
+from nuwa_ds.model import orders as O
+from nuwa_ds.model.attention import TextContext, reference_patch_attention, reference_pool_decode_attention
+
+# The kernels (kernels.*, and triton) are imported inside the functions that run them: TRITON_INTERPRET is
+# read when they are defined, and on a CPU ``run`` may still have to start an interpreter process first.
+
 D_MODEL = 1024  # heads = D_MODEL / head_dim, as in the nuwa-350m preset
 PATCH = 16
 # (name, canvas in patches (T, Hp, Wp), batch): ~24-32k tokens per call
@@ -70,9 +76,6 @@ class PatchCase:
 def _build(case: PatchCase, device, dtype, text_len: int = 0):
     """Random leaves laid out as the model's (q, k, v and context each [R, n, H, D]) plus the
     context tables of the batch (every example in ``case.order``)."""
-    from nuwa_ds.model import orders as O
-    from nuwa_ds.model.attention import TextContext
-
     table = O.context_table(case.canvas, case.order, case.extents)
     N, B, H, D, n = table.num_patches, case.batch, case.heads, case.head_dim, case.patch ** 2
     R = B * N
@@ -419,7 +422,6 @@ def _rel(a, b) -> float:
 def check_patch(case: PatchCase, device, dtype, text_len=77) -> dict:
     """Forward and every gradient against the float64 reference on fresh random inputs."""
     from kernels.patch_attention import patch_attention
-    from nuwa_ds.model.attention import TextContext, reference_patch_attention
 
     inputs = _build(case, device, dtype, text_len=text_len)
     args = _call_args(inputs)
@@ -447,7 +449,6 @@ def check_patch(case: PatchCase, device, dtype, text_len=77) -> dict:
 
 def check_decode(device, dtype, head_dim, splits) -> dict:
     from kernels.pool_decode import pool_decode_attention
-    from nuwa_ds.model.attention import TextContext, reference_pool_decode_attention
 
     heads = max(1, D_MODEL // head_dim) if device == "cuda" else 2
     n = PATCH * PATCH if device == "cuda" else 16

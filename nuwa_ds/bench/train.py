@@ -2,7 +2,7 @@
 
 For each ZeRO stage: the preset model trains a few steps through exactly what ``nuwa-ds train`` runs
 (``Trainer.train_step``: loader, forward, backward, optimizer, the per-step all-reduce), and reports
-tokens/s, MFU (DESIGN's convention, ``nuwa_ds.model.flops``), peak memory and a step-time breakdown
+tokens/s, MFU (docs/design.md, "8. Training system"; ``nuwa_ds.model.flops``), peak memory and a step-time breakdown
 (data wait / forward / backward / optimizer, from extra steps with a device sync at each boundary,
 so the throughput steps are not slowed by them). With ``--compare-baseline`` the off-the-shelf
 reference runs in the same process under the same ZeRO config: HF GPT-2 24 x 1024 with a 16384
@@ -23,6 +23,13 @@ import time
 from dataclasses import dataclass
 
 import torch
+
+from nuwa_ds.config import RunConfig, TrainConfig
+from nuwa_ds.model.flops import peak_flops
+from nuwa_ds.train import PhaseTimer, Trainer, _quiet_libraries, preflight
+from nuwa_ds.training import distributed as D
+from nuwa_ds.training import ds_config as DSC
+from nuwa_ds.training import optim
 
 METRICS = ["tokens_per_s", "mfu", "peak_mem_gib", "step_s", "data_ms", "forward_ms", "backward_ms", "optimizer_ms"]
 REQUIRED = ["model", "zero_stage", "tokens_per_s", "peak_mem_gib", "step_s"]
@@ -67,8 +74,6 @@ def _breakdown_row(totals: dict, steps: int) -> dict:
 
 def _time_steps(step_fn, work: Workload, device: torch.device) -> tuple[float, int, float, dict]:
     """Warm up, time ``work.timed`` steps, then measure the phase breakdown on ``work.breakdown`` more."""
-    from nuwa_ds.train import PhaseTimer
-
     for _ in range(work.warmup):
         step_fn(None)
     if device.type == "cuda":
@@ -115,8 +120,6 @@ def profile_table(step_fn, device: torch.device, steps: int = 3, rows: int = 30)
 
 
 def nuwa_config(opts, stage: int, run_dir: str):
-    from nuwa_ds.config import RunConfig
-
     # the preset's own micro-batch and accumulation: the bench measures what `nuwa-ds train` runs
     overrides = [f"train.ds_config=zero{stage}", f"train.run_dir={run_dir}", "train.tensorboard=false"]
     if opts.micro_batch_size:
@@ -127,8 +130,6 @@ def nuwa_config(opts, stage: int, run_dir: str):
 
 
 def bench_nuwa(opts, stage: int, dist, device: torch.device, work: Workload) -> dict:
-    from nuwa_ds.train import Trainer, preflight
-
     with tempfile.TemporaryDirectory(prefix="nuwa-bench-") as run_dir:
         cfg = nuwa_config(opts, stage, run_dir)
         plan = preflight(cfg, dist, device.type, None)
@@ -177,12 +178,6 @@ def bench_gpt2(opts, stage: int, dist, device: torch.device, work: Workload, tok
     import deepspeed
     import transformers
 
-    from nuwa_ds.config import TrainConfig
-    from nuwa_ds.model.flops import peak_flops
-    from nuwa_ds.train import PhaseTimer
-    from nuwa_ds.training import ds_config as DSC
-    from nuwa_ds.training import optim
-
     transformers.logging.set_verbosity_error()
     shape = gpt2_shape(opts, tokens_per_micro)
     seq, micro = shape.pop("seq"), shape.pop("micro")
@@ -198,8 +193,8 @@ def bench_gpt2(opts, stage: int, dist, device: torch.device, work: Workload, tok
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optim.adamw(groups, train_cfg, device),
                                            config=ds.config, dist_init_required=False)
     ids = torch.randint(0, shape["vocab_size"], (micro, seq), device=device)
-    # ENVIRONMENT.md's convention for this reference: 6 N (all parameters; the head is tied to the
-    # embedding) + 12 L d S per token, so its 20.1% / 9.2% are directly comparable
+    # the convention for this reference (docs/design.md, "8. Training system"): 6 N (all parameters; the head is
+    # tied to the embedding) + 12 L d S per token, so its 20.1% / 9.2% are directly comparable
     flops_per_token = 6 * params + 12 * shape["n_layer"] * shape["n_embd"] * seq
     peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
 
@@ -230,14 +225,10 @@ def bench_gpt2(opts, stage: int, dist, device: torch.device, work: Workload, tok
 
 
 def run(opts) -> dict:
-    from nuwa_ds.training import distributed as D
-
     if opts.device == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before DeepSpeed picks its accelerator
     dist = D.detect()
     device = D.init(dist, "cuda" if opts.device == "cuda" else "cpu")
-    from nuwa_ds.train import _quiet_libraries
-
     _quiet_libraries()
     work = workload(opts)
     rows = []
@@ -252,8 +243,8 @@ def run(opts) -> dict:
             rows.append(base)
     notes = [f"{work.timed} timed steps after {work.warmup} warm-up steps; phase breakdown from {work.breakdown} "
              f"further steps with a device sync at each phase boundary",
-             "mfu: model FLOPs / (time x dense bf16 peak x ranks); nuwa: DESIGN convention (attended blocks only), "
-             "gpt2: 6N + 12 L d S (ENVIRONMENT.md)"]
+             "mfu: model FLOPs / (time x dense bf16 peak x ranks); nuwa: attended blocks only, gpt2: 6N + 12 L d S "
+             "(docs/design.md, 8. Training system)"]
     if device.type != "cuda":
         notes.append("CPU: mfu not reported; peak_mem_gib is the process peak RSS")
     profiles = {f"{r['model']} zero{r['zero_stage']}": r.pop("profile") for r in rows if "profile" in r}

@@ -42,6 +42,7 @@ from nuwa_ds.metrics.quality import split_halves
 from nuwa_ds.metrics.swd import (DescriptorSet, NHOOD, check_settings, laplacian_pyramid, level_scales, num_levels,
                                  swd_between)
 from nuwa_ds.metrics.temporal import clip_shifts
+from nuwa_ds.tokenizer.media import iter_video_frames  # PyAV, as `prepare` reads videos
 
 PathLike = Union[str, Path]
 ClipSource = Union[PathLike, Sequence[np.ndarray], dict]
@@ -79,8 +80,6 @@ def _read_video(path: Path) -> list[np.ndarray]:
 
             with Image.open(path) as im:
                 return [np.asarray(frame.convert("RGB")).copy() for frame in ImageSequence.Iterator(im)]
-        from nuwa_ds.tokenizer.media import iter_video_frames  # PyAV, as `prepare` reads videos
-
         return [np.asarray(image.convert("RGB")) for _, image in iter_video_frames(path)]
     except Exception as exc:
         raise ValueError(f"cannot read video {path}: {exc}") from exc

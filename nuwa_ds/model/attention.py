@@ -1,6 +1,6 @@
 """Patch-block-sparse attention: the one call every stack, task and backend goes through.
 
-Two entry points (DESIGN section 3 and 4):
+Two entry points (docs/design.md, "3. Training in parallel" and "4. Generation and the rotating pool"):
 
 ``patch_attention`` - queries of a patch attend, in one softmax, to
   * the key blocks of its context patches, read by index from ``ctx_k/ctx_v`` (``[NB, m, H, D]``,
@@ -120,7 +120,7 @@ def resolve_backend(name: str, device: torch.device) -> str:
 
 def patch_attention(q, k, v, ctx_k, ctx_v, ctx_index, ctx_bias_id, own_bias_id: int, bias, causal: bool,
                     text: Optional[TextContext] = None, backend: str = "reference") -> torch.Tensor:
-    """Block-sparse attention of DESIGN section 3; returns [R, n, H, D].
+    """Block-sparse attention of docs/design.md, "3. Training in parallel"; returns [R, n, H, D].
 
     q, k, v:      [R, n, H, D] the rows' own queries, keys and values.
     ctx_k, ctx_v: [NB, m, H, D] blocks the rows may read as context (any strides).
@@ -131,6 +131,8 @@ def patch_attention(q, k, v, ctx_k, ctx_v, ctx_index, ctx_bias_id, own_bias_id: 
     causal:       own block causal (local decoder) or full (global stack).
     """
     if backend == "triton":
+        # the kernels (and triton) load with this backend only: the reference backend runs without them,
+        # and TRITON_INTERPRET is read when the kernels are defined
         from kernels.patch_attention import patch_attention as triton_patch_attention
 
         return triton_patch_attention(q, k, v, ctx_k, ctx_v, ctx_index, ctx_bias_id, own_bias_id, bias,
@@ -151,7 +153,7 @@ def pool_decode_attention(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_
     own_slot:       [R] slot holding each row's cache; own_len [R] valid cache entries (incl. current).
     """
     if backend == "triton":
-        from kernels.pool_decode import pool_decode_attention as triton_pool_decode
+        from kernels.pool_decode import pool_decode_attention as triton_pool_decode  # lazily: see patch_attention
 
         return triton_pool_decode(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_v, own_slot, own_len,
                                   own_bias_id, bias, text)

@@ -1,4 +1,4 @@
-"""FLOP accounting for MFU (DESIGN / ENVIRONMENT convention).
+"""FLOP accounting for MFU (the convention of docs/design.md, "8. Training system").
 
 Training FLOPs per token = 6 * N_matmul + 12 * sum over layers of (d * S_attended), where N_matmul
 counts the parameters used in matrix products per token (blocks, local context projections, the

@@ -1,4 +1,5 @@
-"""Generation through the rotating Nearby Context Pool (DESIGN sections 4 and 6).
+"""Generation through the rotating Nearby Context Pool (docs/design.md,
+"4. Generation and the rotating pool" and "6. Beyond the paper").
 
 For each step of the schedule (one patch, or a wavefront of patches whose context is finished):
   1. take a free slot per (example, patch);
@@ -23,6 +24,7 @@ import torch
 from nuwa_ds.model import orders as O
 from nuwa_ds.model import rope as rope_
 from nuwa_ds.model.attention import TextContext, patch_attention, pool_decode_attention
+from nuwa_ds.model.geometry import from_patches, patch_canvas, to_patches
 
 
 @dataclass
@@ -222,8 +224,6 @@ def estimate_generation_memory(cfg, shape, order: str, batch_size: int = 1, wave
 
     The pool depends on the order's frontier (slots per canvas), not on the canvas length; the
     activations on the widest step (rows decoded together)."""
-    from nuwa_ds.model.nuwa import patch_canvas
-
     dtype = dtype or torch.float32
     elt = torch.tensor([], dtype=dtype).element_size()
     table = O.context_table(patch_canvas(shape, cfg.patch_size), order, cfg.extents)
@@ -272,8 +272,6 @@ def _check_prompt(model, prompt, prompt_mask, batch_size, shape, device):
 def run_generation(model, shape, order: str, batch_size: int, prompt=None, prompt_mask=None, text=None,
                    config: Optional[GenerationConfig] = None, return_logits: bool = False,
                    progress: Optional[Callable[[int], None]] = None, rows=None) -> GenerationResult:
-    from nuwa_ds.model.nuwa import from_patches, patch_canvas, to_patches
-
     cfg = model.config
     config = config or GenerationConfig()
     config.validate()

@@ -112,6 +112,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for s in range(0, M, chunk):
             hc, tc = h[s : s + chunk], targets[s : s + chunk]
             if fused:
+                # lazily, as the attention kernels: the torch loss runs without triton
                 from kernels.cross_entropy import cross_entropy_grad_
 
                 probs = hc @ weight.t()  # [c, V], becomes the gradient in place

@@ -1,4 +1,5 @@
-"""NUWA-Infinity: a global patch-level stack over a local token-level decoder (DESIGN section 2).
+"""NUWA-Infinity: a global patch-level stack over a local token-level decoder (docs/design.md,
+"2. The model").
 
 Shapes: B batch, T frames, H x W tokens, P patch side, n = P*P tokens per patch,
 N = T * (H/P) * (W/P) patches, R = B*N rows (one per patch), K vocabulary, C context entries.
@@ -9,20 +10,22 @@ Training runs both stacks over all patches at once (``ParallelLayout``); generat
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from nuwa_ds.config import NuwaConfig
 from nuwa_ds.model import orders as O
+from nuwa_ds.model import persistence
 from nuwa_ds.model import rope as rope_
 from nuwa_ds.model.attention import TextContext, patch_attention, resolve_backend
+from nuwa_ds.model.config import NuwaConfig
+from nuwa_ds.model.generation import GenerationConfig, run_generation
+from nuwa_ds.model.geometry import from_patches, patch_canvas, to_patches
 from nuwa_ds.model.layers import GlobalBlock, LMHead, LocalBlock, RMSNorm, init_weights
+from nuwa_ds.model.text import build_text_encoder, check_text_length, load_text_encoder
 
 OrderArg = Union[str, Sequence[str]]
 
@@ -31,39 +34,6 @@ OrderArg = Union[str, Sequence[str]]
 class NuwaOutput:
     loss: Optional[torch.Tensor]
     logits: Optional[torch.Tensor]  # [B, T, H, W, K]
-
-
-# ----------------------------------------------------------------------------------------------
-# Canvas <-> patches
-
-
-def to_patches(tokens: torch.Tensor, P: int) -> torch.Tensor:
-    """[B, T, H, W, ...] -> [B, N, n, ...], patches in canonical (t, row, col) order, tokens raster
-    inside a patch."""
-    B, T, H, W = tokens.shape[:4]
-    rest = tokens.shape[4:]
-    x = tokens.reshape(B, T, H // P, P, W // P, P, *rest).permute(0, 1, 2, 4, 3, 5, *range(6, 6 + len(rest)))
-    return x.reshape(B, T * (H // P) * (W // P), P * P, *rest)
-
-
-def from_patches(patches: torch.Tensor, shape: tuple[int, int, int], P: int) -> torch.Tensor:
-    """[B, N, n, ...] -> [B, T, H, W, ...] (inverse of ``to_patches``)."""
-    T, H, W = shape
-    B = patches.shape[0]
-    rest = patches.shape[3:]
-    x = patches.reshape(B, T, H // P, W // P, P, P, *rest).permute(0, 1, 2, 4, 3, 5, *range(6, 6 + len(rest)))
-    return x.reshape(B, T, H, W, *rest)
-
-
-def patch_canvas(shape, P: int) -> tuple[int, int, int]:
-    """Token canvas (T, H, W) -> patch canvas (T, Hp, Wp); ValueError if not patch-aligned."""
-    if len(shape) != 3:
-        raise ValueError(f"canvas must be (T, H, W) in tokens, got {tuple(shape)}")
-    T, H, W = (int(s) for s in shape)
-    if T < 1 or H < 1 or W < 1 or H % P or W % P:
-        raise ValueError(f"canvas {T}x{H}x{W} tokens: T must be >= 1 and H, W positive multiples of the "
-                         f"patch size {P}")
-    return T, H // P, W // P
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,7 +184,7 @@ class LocalStack(nn.Module):
 
 
 class NuwaInfinity(nn.Module):
-    """See module docstring; the public interface is DESIGN section 9."""
+    """See module docstring; the public interface: docs/design.md, "9. Interfaces and the model directory"."""
 
     def __init__(self, cfg: NuwaConfig):
         super().__init__()
@@ -233,8 +203,6 @@ class NuwaInfinity(nn.Module):
     # -- text conditioning ------------------------------------------------------------------------
 
     def _build_text_encoder(self, hf_config: dict):
-        from nuwa_ds.model.text import build_text_encoder, check_text_length
-
         self.text_encoder, width = build_text_encoder(hf_config)
         check_text_length(self.text_encoder.config, self.config.max_text_len)
         self.text_proj = nn.Linear(width, self.config.d_global, bias=False)
@@ -245,8 +213,6 @@ class NuwaInfinity(nn.Module):
 
     def attach_text_encoder(self, path: str):
         """Load a transformers text encoder and its tokenizer from a local directory."""
-        from nuwa_ds.model.text import load_text_encoder
-
         encoder, tokenizer = load_text_encoder(path)
         # the encoder's own config, minus where it was loaded from (no machine paths in checkpoints)
         self.config.text_encoder = {k: v for k, v in encoder.config.to_dict().items() if k != "_name_or_path"}
@@ -373,9 +339,8 @@ class NuwaInfinity(nn.Module):
     def teacher_forced_decode(self, tokens: torch.Tensor, order: str = "down", text=None,
                               wavefront: bool = False, rows=None) -> torch.Tensor:
         """Logits [B, T, H, W, K] of the ground-truth tokens fed through the pooled, token-by-token
-        generation path; equals ``forward(tokens).logits`` (the invariant of DESIGN section 3)."""
-        from nuwa_ds.model.generation import GenerationConfig, run_generation
-
+        generation path; equals ``forward(tokens).logits`` (the invariant of docs/design.md,
+        "3. Training in parallel")."""
         self.check_tokens(tokens)
         mask = torch.ones(tokens.shape, dtype=torch.bool, device=tokens.device)
         result = run_generation(self, tuple(tokens.shape[1:]), order, tokens.shape[0], prompt=tokens,
@@ -389,8 +354,6 @@ class NuwaInfinity(nn.Module):
         """Sample a token canvas [B, T, H, W] of ``shape`` (T, H, W) tokens through the rotating pool.
         ``prompt`` tokens are kept (not sampled) where ``prompt_mask`` is true; ``rows`` (models with
         ``row_embedding``): the patch row of the canvas top in the training pictures' frame (default 0)."""
-        from nuwa_ds.model.generation import GenerationConfig, run_generation
-
         result = run_generation(self, shape, order, batch_size, prompt=prompt, prompt_mask=prompt_mask, text=text,
                                 config=config or GenerationConfig(), progress=progress, rows=rows)
         self.last_generation_stats = result.stats
@@ -399,15 +362,11 @@ class NuwaInfinity(nn.Module):
     # -- persistence --------------------------------------------------------------------------------
 
     def save_pretrained(self, directory, dtype: Optional[torch.dtype] = None):
-        from nuwa_ds.model.persistence import save_pretrained
-
-        save_pretrained(self, directory, dtype)
+        persistence.save_pretrained(self, directory, dtype)
 
     @classmethod
     def from_pretrained(cls, directory, device="cpu", dtype: Optional[torch.dtype] = None) -> "NuwaInfinity":
-        from nuwa_ds.model.persistence import load_pretrained
-
-        return load_pretrained(cls, directory, device, dtype)
+        return persistence.load_pretrained(cls, directory, device, dtype)
 
     def num_parameters(self, trainable_only: bool = False, exclude_embeddings: bool = False) -> int:
         total = 0
@@ -419,9 +378,3 @@ class NuwaInfinity(nn.Module):
             total += p.numel()
         return total
 
-
-def load_config_json(directory) -> NuwaConfig:
-    path = Path(directory) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: not a NUWA model directory")
-    return NuwaConfig.from_dict(json.loads(path.read_text()))

@@ -7,7 +7,9 @@ when a patch is made.
 
 For one (shape, order, extents) this module builds the :class:`ContextTable` that every other
 part reads: training attention (which key blocks each query patch sees), the generation pool
-(which slots to read, when a slot may be freed) and the wavefront schedule.
+(which slots to read, when a slot may be freed) and the wavefront schedule. The order names and the
+offset arithmetic (``ORDERS``, ``check_order``, ``offset_id``...) are in ``geometry.py`` (no torch)
+and re-exported here.
 """
 
 from __future__ import annotations
@@ -17,44 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
-ORDERS = ("down", "up", "right", "left")
+from nuwa_ds.model.geometry import (ORDERS, check_extents, check_order, num_offsets, offset_id, own_offset_id,
+                                    text_offset_id)
 
-
-def check_order(order: str) -> int:
-    """Return the order's id (its index in ``ORDERS``); ValueError for an unknown name."""
-    if order not in ORDERS:
-        raise ValueError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
-    return ORDERS.index(order)
-
-
-def check_extents(extents) -> tuple[int, int, int]:
-    ext = tuple(int(e) for e in extents)
-    if len(ext) != 3 or any(e < 0 for e in ext):
-        raise ValueError(f"NCP extents must be three non-negative integers (e_t, e_h, e_w), got {extents!r}")
-    return ext
-
-
-def num_offsets(extents) -> int:
-    """Number of distinct (dt, dr, dc) offsets within the extents (dt <= 0): size of the bias table
-    without the extra text entry."""
-    e_t, e_h, e_w = extents
-    return (e_t + 1) * (2 * e_h + 1) * (2 * e_w + 1)
-
-
-def offset_id(dt: int, dr: int, dc: int, extents) -> int:
-    """Bias-table index of the offset of a key patch relative to its query patch (dt <= 0)."""
-    e_t, e_h, e_w = extents
-    return ((dt + e_t) * (2 * e_h + 1) + (dr + e_h)) * (2 * e_w + 1) + (dc + e_w)
-
-
-def own_offset_id(extents) -> int:
-    """Bias-table index of offset (0, 0, 0): a patch attending to its own block."""
-    return offset_id(0, 0, 0, extents)
-
-
-def text_offset_id(extents) -> int:
-    """Bias-table index of the always-visible text block (one past the patch offsets)."""
-    return num_offsets(extents)
+__all__ = ["ORDERS", "check_order", "check_extents", "num_offsets", "offset_id", "own_offset_id", "text_offset_id",
+           "patch_sequence", "ContextTable", "context_table"]
 
 
 def patch_sequence(shape, order: str) -> torch.Tensor:

@@ -9,6 +9,8 @@ from typing import Optional
 
 import torch
 
+from nuwa_ds.model.config import NuwaConfig
+
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 
@@ -68,9 +70,15 @@ def save_pretrained(model, directory, dtype: Optional[torch.dtype] = None):
         model.text_tokenizer.save_pretrained(str(directory / "text_tokenizer"))
 
 
-def load_pretrained(cls, directory, device="cpu", dtype: Optional[torch.dtype] = None):
-    from nuwa_ds.model.nuwa import load_config_json
+def load_config_json(directory) -> NuwaConfig:
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: not a NUWA model directory")
+    return NuwaConfig.from_dict(json.loads(path.read_text()))
 
+
+def load_pretrained(cls, directory, device="cpu", dtype: Optional[torch.dtype] = None):
+    """``cls`` (``NuwaInfinity``) built from ``directory``'s config on the meta device, then its weights."""
     directory = Path(directory)
     cfg = load_config_json(directory)
     state = read_weights(directory)

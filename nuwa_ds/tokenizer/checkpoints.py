@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from nuwa_ds.config import ConfigError
-from nuwa_ds.tokenizer.vqgan import VQ_PRESETS, VQConfig
+from nuwa_ds.config_base import ConfigError
+from nuwa_ds.tokenizer.config import VQ_PRESETS, VQConfig
 
 TRAINING_ONLY_PREFIXES = ("loss.",)
 """Taming checkpoints also hold the discriminator and LPIPS weights of training (``loss.*``)."""

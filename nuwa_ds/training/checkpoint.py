@@ -33,6 +33,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from nuwa_ds import __version__
 from nuwa_ds.files import fsync_dir, fsync_file, write_atomic
 from nuwa_ds.training import distributed as D
 
@@ -62,19 +63,17 @@ class CheckpointInfo:
 
 def code_version() -> str:
     """``git describe`` of the source tree when it is a checkout, else the package version."""
-    import nuwa_ds
-
     root = Path(__file__).resolve().parents[2]
     if not (root / "pyproject.toml").is_file() or not (root / ".git").exists():
-        return nuwa_ds.__version__  # an installed package (whatever git checkout its folder may sit in)
+        return __version__  # an installed package (whatever git checkout its folder may sit in)
     try:
         out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--tags"],
                              capture_output=True, text=True, timeout=10)
         if out.returncode == 0 and out.stdout.strip():
-            return f"{nuwa_ds.__version__}+git.{out.stdout.strip()}"
+            return f"{__version__}+git.{out.stdout.strip()}"
     except (OSError, subprocess.SubprocessError):
         pass
-    return nuwa_ds.__version__
+    return __version__
 
 
 # ----------------------------------------------------------------------------------------------

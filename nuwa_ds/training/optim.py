@@ -12,10 +12,10 @@ import math
 import torch
 import torch.nn as nn
 
+from nuwa_ds.model.layers import LMHead
+
 
 def _is_linear_matrix(module: nn.Module, name: str) -> bool:
-    from nuwa_ds.model.layers import LMHead
-
     return name == "weight" and isinstance(module, (nn.Linear, LMHead))
 
 

@@ -29,6 +29,10 @@ from typing import Optional
 import numpy as np
 import torch
 
+from data_pipelines.loader import expand_shards
+from data_pipelines.prepare import MANIFEST_FILE, tokenizer_fingerprint
+from nuwa_ds.model import GenerationConfig, NuwaInfinity
+from nuwa_ds.tokenizer import VQConfig, VQTokenizer, save_png, to_uint8
 from nuwa_ds.training import distributed as D
 
 SAMPLES_DIR = "samples"
@@ -47,9 +51,6 @@ def find_tokenizer(cfg) -> tuple[Optional[Path], Optional[dict], str]:
     pattern = cfg.data.shards or cfg.data.val_shards
     if pattern is None:
         return None, None, "synthetic training data names no VQ tokenizer; set train.sample_tokenizer"
-    from data_pipelines.loader import expand_shards
-    from data_pipelines.prepare import MANIFEST_FILE
-
     first = expand_shards(pattern)[0]
     manifest = Path(first).parent / MANIFEST_FILE
     if "://" in first or first.startswith("pipe:") or not manifest.is_file():
@@ -66,9 +67,6 @@ def find_tokenizer(cfg) -> tuple[Optional[Path], Optional[dict], str]:
 
 def load_tokenizer(cfg, device: torch.device):
     """(VQ tokenizer, how it was found) or (None, why not)."""
-    from data_pipelines.prepare import tokenizer_fingerprint
-    from nuwa_ds.tokenizer import VQConfig, VQTokenizer
-
     try:
         path, fingerprint, origin = find_tokenizer(cfg)
         if path is None:
@@ -130,8 +128,6 @@ class Sampler:
     def _copy(self):
         """A plain copy of the engine's model on this rank's device. Every rank must call this
         (under ZeRO-3 each parameter is gathered collectively), also when its own copy fails."""
-        from nuwa_ds.model import NuwaInfinity
-
         module, copy, error = self.trainer.engine.module, None, None
         try:
             with torch.device("meta"):
@@ -151,8 +147,6 @@ class Sampler:
 
     def draw(self, model) -> list[torch.Tensor]:
         """Token canvases: ``train.samples`` of the training canvas, and the wide one (if any)."""
-        from nuwa_ds.model import GenerationConfig
-
         train = self.cfg.train
         T, H, W = self.cfg.data.canvas
         gen = GenerationConfig(temperature=train.sample_temperature, top_k=train.sample_top_k, seed=train.seed,
@@ -166,8 +160,6 @@ class Sampler:
 
     def picture(self, canvases: list[torch.Tensor]) -> np.ndarray:
         """Rank 0: the grid of decoded canvases, one row each (frames of a video side by side)."""
-        from nuwa_ds.tokenizer import to_uint8
-
         tok, rows = self.tokenizer, []
         for canvas in canvases:
             frames = [tok.decode_tiled(canvas[:, t].to(tok.device)) for t in range(canvas.shape[1])]
@@ -178,8 +170,6 @@ class Sampler:
         """After an evaluation, on every rank (the engine's model stays in train mode, untouched)."""
         if not self.on:
             return
-        from nuwa_ds.tokenizer import save_png
-
         started = time.perf_counter()
         device = self.trainer.device
         try:

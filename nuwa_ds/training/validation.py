@@ -26,8 +26,12 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 
+from data_pipelines.loader import (LoaderSpec, TokenStream, _choose_canvas, check_shards, expand_shards, full_batches,
+                                   usable_samples)
+from data_pipelines.synthetic import SyntheticLoader
 from nuwa_ds.training import distributed as D
 from nuwa_ds.training.samples import Sampler
 
@@ -64,8 +68,6 @@ def model_inputs(batch: dict, device: torch.device) -> dict:
 
 
 def _synthetic_batches(data_cfg, model_cfg, micro_batch_size: int, count: int) -> list[dict]:
-    from data_pipelines.synthetic import SyntheticLoader
-
     # rank -1: a stream of the same seed that no training rank (0..W-1) ever draws
     source = SyntheticLoader(data_cfg, model_cfg, -1, 1, micro_batch_size)
     return [source.batch_at(j) for j in range(count)]
@@ -73,11 +75,6 @@ def _synthetic_batches(data_cfg, model_cfg, micro_batch_size: int, count: int) -
 
 def _shard_batches(data_cfg, model_cfg, micro_batch_size: int, count: int, text_tokenizer) -> list[dict]:
     """Global batches 0..count-1 (fewer if the shards hold fewer full batches) from data.val_shards."""
-    import numpy as np
-
-    from data_pipelines.loader import (LoaderSpec, TokenStream, _choose_canvas, expand_shards, full_batches,
-                                       usable_samples)
-
     urls = expand_shards(data_cfg.val_shards)
     spec = LoaderSpec.build(data_cfg, model_cfg, urls, micro_batch_size, caption_dropout=0.0, shuffle_buffer=1)
     stream = TokenStream(spec, 0, (0, 0), VAL_SALT, text_tokenizer)  # crops/orders: its seeded make_batch
@@ -119,8 +116,6 @@ def build_val_batches(data_cfg, model_cfg, rank: int, world_size: int, micro_bat
 def check_val_shards(cfg) -> None:
     """Preflight: the val shard files exist when validation is on."""
     if cfg.train.eval_every and cfg.data.val_shards is not None:
-        from nuwa_ds.train import check_shards
-
         try:
             check_shards(cfg.data.val_shards)
         except ValueError as exc:
