@@ -166,7 +166,7 @@ def test_bad_sampling_settings(bad):
 
 @pytest.mark.slow
 def test_canvas_150_patches_wide_keeps_the_pool_bounded():
-    """DESIGN section 4: order right holds ~e_w + 1 columns of slots however wide the canvas."""
+    """docs/design.md, section 4: order right holds ~e_w + 1 columns of slots however wide the canvas."""
     model = tiny_model(extents=(0, 1, 1))
     P = model.config.patch_size
     out = model.generate((1, 2 * P, 150 * P), order="right", config=GenerationConfig(seed=0, wavefront=True))

@@ -1,4 +1,4 @@
-"""The core model: the parallel/pooled equivalence (DESIGN section 3), causality, text, the loss,
+"""The core model: the parallel/pooled equivalence (docs/design.md, section 3), causality, text, the loss,
 persistence, and bad input."""
 
 import pytest
