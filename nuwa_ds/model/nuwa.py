@@ -25,6 +25,7 @@ from nuwa_ds.model.config import NuwaConfig
 from nuwa_ds.model.generation import GenerationConfig, run_generation
 from nuwa_ds.model.geometry import from_patches, patch_canvas, to_patches
 from nuwa_ds.model.layers import GlobalBlock, LMHead, LocalBlock, RMSNorm, init_weights
+from nuwa_ds.model.persistence import load_config_json  # noqa: F401 - re-exported from its former home
 from nuwa_ds.model.text import build_text_encoder, check_text_length, load_text_encoder
 
 OrderArg = Union[str, Sequence[str]]
