@@ -16,7 +16,9 @@ Geometry (docs/decisions.md, "Shards"):
 
 Pictures and short videos are decoded ahead in ``workers`` threads; tokenizing runs in batches of
 ``batch_size`` frames (across samples and sources) on the GPU when there is one (``device='auto'``);
-samples are written in source order, so the shards do not depend on either.
+samples are written in source order, so the samples, their keys and JSON do not depend on either
+(tokens only through the encoder's rounding, which can move with the batch: docs/decisions.md,
+"Prepare: videos decoded ahead").
 Each finished shard updates ``prepare_state.json`` atomically; running the same command again after
 an interruption continues from the last finished shard and produces the same shards as an
 uninterrupted run. The result is described by ``manifest.json`` (brace pattern, sample counts, and
@@ -50,8 +52,8 @@ log = logging.getLogger("nuwa_ds.prepare")
 STATE_FILE = "prepare_state.json"
 MANIFEST_FILE = "manifest.json"
 SPEED_OPTIONS = ("batch_size", "workers", "video_ahead_pixels", "progress", "overwrite")
-"""Options that change how fast shards are made (or whether a bar is shown), not what they hold: left
-out of the settings fingerprint, so a run may resume with other values."""
+"""Options that change how fast shards are made (or whether a bar is shown), not which samples they
+hold: left out of the settings fingerprint, so a run may resume with other values."""
 
 
 @dataclass
@@ -74,7 +76,7 @@ class PrepareOptions:
     """A video is decoded whole in a worker thread, ahead of the tokenizer, when its sampled frames
     x cropped pixels are at most this (by its header, checked while decoding): 2**24 = 256 frames of
     256 x 256, 48 MiB. Longer videos, or those whose header gives no length, are streamed clip by
-    clip in the main thread. 0 streams every video. Changes the speed and memory, not the shards."""
+    clip in the main thread. 0 streams every video. Changes the speed and memory, not the samples."""
     shard_maxcount: int = 5000
     """Samples per shard at most."""
     shard_maxsize: float = 1e9
