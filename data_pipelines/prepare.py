@@ -14,7 +14,11 @@ Geometry (docs/decisions.md, "Shards"):
   ``..._c0000``...); a tail shorter than a clip is dropped, unless the whole video is shorter than
   one clip, which then becomes one shorter clip.
 
-Tokenizing runs in batches of ``batch_size`` frames on the GPU when there is one (``device='auto'``).
+Pictures and short videos are decoded ahead in ``workers`` threads; tokenizing runs in batches of
+``batch_size`` frames (across samples and sources) on the GPU when there is one (``device='auto'``);
+samples are written in source order, so the samples, their keys and JSON do not depend on either
+(tokens only through the encoder's rounding, which can move with the batch: docs/decisions.md,
+"Prepare: videos decoded ahead").
 Each finished shard updates ``prepare_state.json`` atomically; running the same command again after
 an interruption continues from the last finished shard and produces the same shards as an
 uninterrupted run. The result is described by ``manifest.json`` (brace pattern, sample counts, and
@@ -33,11 +37,12 @@ import math
 import os
 import re
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -45,11 +50,14 @@ import torch
 from data_pipelines.samples import encode_sample
 from data_pipelines.sources import Captions, Source, _kind, iter_sources, open_source_image
 from nuwa_ds.tokenizer import VQTokenizer, resolve_device
-from nuwa_ds.tokenizer.media import iter_video_frames, sampled_fps, video_info
+from nuwa_ds.tokenizer.media import open_video, sampled_fps
 
 log = logging.getLogger("nuwa_ds.prepare")
 STATE_FILE = "prepare_state.json"
 MANIFEST_FILE = "manifest.json"
+SPEED_OPTIONS = ("batch_size", "workers", "video_ahead_pixels", "progress", "overwrite")
+"""Options that change how fast shards are made (or whether a bar is shown), not which samples they
+hold: left out of the settings fingerprint, so a run may resume with other values."""
 
 
 @dataclass
@@ -67,7 +75,12 @@ class PrepareOptions:
     batch_size: int = 32
     """Frames per tokenizer call."""
     workers: int = 4
-    """Threads decoding and resizing pictures."""
+    """Threads decoding and resizing pictures and short videos ahead of the tokenizer."""
+    video_ahead_pixels: int = 2 ** 24
+    """A video is decoded whole in a worker thread, ahead of the tokenizer, when its sampled frames
+    x cropped pixels are at most this (by its header, checked while decoding): 2**24 = 256 frames of
+    256 x 256, 48 MiB. Longer videos, or those whose header gives no length, are streamed clip by
+    clip in the main thread. 0 streams every video. Changes the speed and memory, not the samples."""
     shard_maxcount: int = 5000
     """Samples per shard at most."""
     shard_maxsize: float = 1e9
@@ -89,6 +102,8 @@ class PrepareOptions:
         for name in ("patch_size", "clip_frames", "batch_size", "workers", "shard_maxcount"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.video_ahead_pixels < 0:
+            raise ValueError(f"video_ahead_pixels must be >= 0, got {self.video_ahead_pixels}")
         if self.max_aspect < 1:
             raise ValueError("max_aspect must be >= 1")
         if self.fps <= 0:
@@ -298,6 +313,65 @@ def encode_frames(tokenizer, frames: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate(out)
 
 
+class _Slot:
+    """A sample's frames on their way through the tokenizer: token chunks arrive in frame order."""
+
+    __slots__ = ("need", "chunks")
+
+    def __init__(self, need: int):
+        self.need, self.chunks = need, []
+
+    def ready(self) -> bool:
+        return sum(len(c) for c in self.chunks) == self.need
+
+    def tokens(self) -> np.ndarray:
+        return self.chunks[0] if len(self.chunks) == 1 else np.concatenate(self.chunks)
+
+
+class FrameBatcher:
+    """Frames waiting for the tokenizer, grouped by shape. A group is encoded as soon as it holds
+    ``batch_size`` frames (from any samples and sources, in arrival order; a sample's frames may
+    span two calls), the rest on :meth:`flush`. Each call is one ``tokenizer.encode`` of one batch."""
+
+    def __init__(self, tokenizer, batch_size: int):
+        self.tokenizer, self.batch_size = tokenizer, batch_size
+        self.groups: dict[tuple, deque] = {}  # frame shape -> deque of [slot, frames not yet encoded]
+        self.sizes: Counter = Counter()
+
+    def add(self, frames: np.ndarray) -> _Slot:
+        """uint8 [T, H, W, 3] -> the slot its int16 [T, h, w] tokens will arrive in."""
+        slot, shape = _Slot(len(frames)), frames.shape[1:]
+        self.groups.setdefault(shape, deque()).append([slot, frames])
+        self.sizes[shape] += len(frames)
+        while self.sizes[shape] >= self.batch_size:
+            self._encode(shape, self.batch_size)
+        return slot
+
+    def flush(self):
+        for shape in list(self.groups):
+            while self.sizes[shape]:
+                self._encode(shape, min(self.batch_size, self.sizes[shape]))
+        self.groups.clear()
+
+    def _encode(self, shape, count: int):
+        group, parts, taken = self.groups[shape], [], 0
+        while taken < count:
+            slot, frames = group[0]
+            k = min(len(frames), count - taken)
+            parts.append((slot, frames[:k]))
+            if k == len(frames):
+                group.popleft()
+            else:
+                group[0][1] = frames[k:]
+            taken += k
+        tokens = encode_frames(self.tokenizer, np.concatenate([f for _, f in parts]), self.batch_size)
+        offset = 0
+        for slot, frames in parts:
+            slot.chunks.append(tokens[offset:offset + len(frames)])
+            offset += len(frames)
+        self.sizes[shape] -= count
+
+
 def _image_pieces(source: Source, opts: PrepareOptions, align: int):
     """Decode + resize + crop one picture (runs in a thread): (meta base, [(suffix, crop box, array)])."""
     try:
@@ -311,6 +385,75 @@ def _image_pieces(source: Source, opts: PrepareOptions, align: int):
     return {"source_hw": [img.height, img.width], "resized_hw": [size[1], size[0]]}, pieces
 
 
+@dataclass
+class _Clips:
+    """A video cut into clips (:func:`_open_clips`)."""
+
+    fps: Optional[float]
+    base: dict
+    boxes: list
+    clips: Iterable
+    """(clip index, index of its first sampled frame, that frame's time, [uint8 [T, H, W, 3] per box]);
+    a generator while streaming, a list once decoded ahead."""
+    estimate: Optional[int]
+    """Sampled frames by the container's header (None: it does not say)."""
+
+
+def _open_clips(stack: ExitStack, source: Source, opts: PrepareOptions, align: int, threads: bool = True) -> _Clips:
+    """Open a video (closed with ``stack``), decode its first frame and plan its crops; its clips are
+    cut as they are read. SkipSource when it is unreadable, empty or too small."""
+    try:
+        video = stack.enter_context(open_video(source.path))
+        frames = video.frames(opts.fps, threads=threads)
+        first_time, first = next(frames)
+    except Exception as exc:  # noqa: BLE001 - unreadable / empty video: skipped and counted
+        raise SkipSource("unreadable", str(exc)[:160] or "no frames") from None
+    size, boxes = plan_crops(first.width, first.height, opts.image_size, align, opts.max_aspect)
+    base = {"source_hw": [first.height, first.width], "resized_hw": [size[1], size[0]]}
+    return _Clips(sampled_fps(video.info["fps"], opts.fps), base, boxes,
+                  _cut_clips(_chain([(first_time, first)], frames), size, boxes, opts.clip_frames),
+                  video.sampled_frames(opts.fps))
+
+
+def _cut_clips(frames, size, boxes, clip_frames: int):
+    """Sampled frames -> resized, cropped clips of clip_frames consecutive frames (see _Clips.clips); a
+    shorter tail is dropped unless the whole video is shorter than one clip."""
+    clip, start_time, clip_index, sampled = [], 0.0, 0, 0
+    for t, frame in frames:
+        if not clip:
+            start_time = t
+        resized = _resize(frame.convert("RGB"), size)
+        clip.append([np.asarray(resized.crop(box)) for box in boxes])
+        sampled += 1
+        if len(clip) == clip_frames:
+            yield clip_index, sampled - len(clip), start_time, [np.stack(p) for p in zip(*clip)]
+            clip, clip_index = [], clip_index + 1
+    if clip and clip_index == 0:  # the whole video is shorter than one clip
+        yield 0, 0, start_time, [np.stack(p) for p in zip(*clip)]
+
+
+def _video_ahead(source: Source, opts: PrepareOptions, align: int):
+    """Runs in a thread: a video small enough to hold (sampled frames x cropped pixels at most
+    ``opts.video_ahead_pixels``, by its header and while decoding) decoded whole, its clips a list;
+    SkipSource; or None: too long, or its header gives no length, and the main thread streams it."""
+    with ExitStack() as stack:
+        try:
+            video = _open_clips(stack, source, opts, align, threads=False)
+        except SkipSource as exc:
+            return exc
+        per_frame = sum((right - left) * (bottom - top) for left, top, right, bottom in video.boxes)
+        if video.estimate is None or video.estimate * per_frame > opts.video_ahead_pixels:
+            return None
+        clips, held = [], 0
+        for clip in video.clips:
+            held += len(clip[3][0]) * per_frame
+            if held > opts.video_ahead_pixels:  # longer than its header said
+                return None
+            clips.append(clip)
+        video.clips = clips
+        return video
+
+
 def _meta(source: Source, base: dict, box, tokens_thw, tokenizer, tokenizer_sha256: str, **extra) -> dict:
     f = tokenizer.downsample
     return {"source": source.origin, "kind": source.kind, **base, "crop_yx": [box[1], box[0]],
@@ -320,7 +463,15 @@ def _meta(source: Source, base: dict, box, tokens_thw, tokenizer, tokenizer_sha2
 
 
 class Preparer:
-    """One prepare run (see the module docstring); :func:`prepare_shards` is the entry point."""
+    """One prepare run (see the module docstring); :func:`prepare_shards` is the entry point.
+
+    Pipeline (docs/decisions.md, "Prepare: videos decoded ahead"): up to ``lookahead`` sources are
+    decoded ahead in the thread pool, pictures and videos alike, at most ``videos_ahead`` of them
+    videos, each held whole only when small (``video_ahead_pixels``); longer videos are streamed
+    clip by clip in the main thread when their turn comes. The main thread takes the sources in
+    order and queues their samples; their frames go to the tokenizer in batches of ``batch_size``
+    frames across samples and sources (:class:`FrameBatcher`), and samples are written in source
+    order as their tokens arrive: the same shards as one source at a time."""
 
     def __init__(self, tokenizer, opts: PrepareOptions, output: ShardOutput,
                  val_output: Optional[ShardOutput] = None):
@@ -328,6 +479,13 @@ class Preparer:
         self.align = opts.patch_size * tokenizer.downsample
         # in every sample's JSON: which tokenizer made it, even for a shard that travels without manifest.json
         self.tokenizer_sha256 = tokenizer_fingerprint(tokenizer)["weights_sha256"]
+        self.lookahead = max(opts.batch_size, 4 * opts.workers)
+        self.videos_ahead = max(8, 2 * opts.workers)
+        self.max_pending = 4 * self.lookahead
+        self.batcher = FrameBatcher(tokenizer, opts.batch_size)
+        self.pending: deque = deque()
+        """In source order: ("sample", source, key, slot, (base, box, extra)), ("skip", source, exc),
+        ("done", source, count name or None)."""
 
     def _out(self, source: Source) -> ShardOutput:
         """The output a source's samples (and counts) go to: held out for validation or not."""
@@ -350,80 +508,104 @@ class Preparer:
         self._out(source).counts["samples"] += 1
         self._out(source).counts["frames"] += tokens.shape[0]
 
-    def images(self, batch: list[Source], pool: ThreadPoolExecutor):
-        """Decode a window of pictures in threads, tokenize them grouped by size, write in order."""
-        loaded = list(pool.map(lambda s: self._try(_image_pieces, s, self.opts, self.align), batch))
-        by_shape: dict[tuple, list[tuple[int, int]]] = {}  # array shape -> [(source i, piece j)]
-        for i, result in enumerate(loaded):
-            if not isinstance(result, SkipSource):
-                for j, (_, _, array) in enumerate(result[1]):
-                    by_shape.setdefault(array.shape, []).append((i, j))
-        tokens_of: dict[tuple[int, int], np.ndarray] = {}
-        for refs in by_shape.values():
-            arrays = np.stack([loaded[i][1][j][2] for i, j in refs])
-            tokens_of.update(zip(refs, encode_frames(self.tokenizer, arrays, self.opts.batch_size)))
-        for i, (source, result) in enumerate(zip(batch, loaded)):
-            if isinstance(result, SkipSource):
-                self._skip(source, result)
+    def run(self, sources: Iterable[Source], pool: ThreadPoolExecutor):
+        """Prepare ``sources`` (those not done yet), in order."""
+        ahead: deque = deque()  # (source, future or None), in source order
+        videos = 0
+        try:
+            for source in sources:
+                ahead.append((source, self._submit(source, pool)))
+                videos += source.kind == "video"
+                while len(ahead) > self.lookahead or videos > self.videos_ahead:
+                    taken, future = ahead.popleft()
+                    videos -= taken.kind == "video"
+                    self._take(taken, future)
+            while ahead:
+                self._take(*ahead.popleft())
+            self.batcher.flush()
+            self._write_ready()
+        finally:
+            for _, future in ahead:  # an interrupted run decodes nothing more
+                if future is not None:
+                    future.cancel()
+
+    def _submit(self, source: Source, pool: ThreadPoolExecutor):
+        if source.kind != "video":
+            return pool.submit(_try, _image_pieces, source, self.opts, self.align)
+        if self.opts.video_ahead_pixels > 0:
+            return pool.submit(_video_ahead, source, self.opts, self.align)
+        return None
+
+    def _take(self, source: Source, future):
+        """A source's turn: queue its samples (streaming a long video), write what is ready."""
+        result = None if future is None else future.result()
+        if isinstance(result, SkipSource):
+            self.pending.extend([("skip", source, result), ("done", source, None)])
+        elif source.kind != "video":
+            base, pieces = result
+            for suffix, box, array in pieces:
+                self._queue(source, source.key + suffix, array[None], (base, box, {}))
+            self.pending.append(("done", source, "images"))
+        elif result is not None:
+            self._queue_clips(source, result)
+        else:
+            self._stream_video(source)
+        self._write_ready()
+        if len(self.pending) > self.max_pending:  # a rare frame shape holds up the queue: encode what waits
+            self.batcher.flush()
+            self._write_ready()
+
+    def _queue(self, source: Source, key: str, frames: np.ndarray, meta: tuple):
+        self.pending.append(("sample", source, key, self.batcher.add(frames), meta))
+
+    def _queue_clips(self, source: Source, video: _Clips):
+        for clip_index, frame_start, start_time, per_box in video.clips:
+            for p, (box, frames) in enumerate(zip(video.boxes, per_box)):
+                key = f"{source.key}_c{clip_index:04d}" + ("" if len(video.boxes) == 1 else f"_p{p:02d}")
+                extra = {"fps": video.fps, "frame_start": frame_start, "time_start": round(start_time, 4)}
+                self._queue(source, key, frames, (video.base, box, extra))
+            self._write_ready()
+        self.pending.append(("done", source, "videos"))
+
+    def _stream_video(self, source: Source):
+        """A video too long to hold (or of unknown length): clips are read as the tokenizer takes them."""
+        self.batcher.flush()  # what came before is written first, so that nothing holds up the clips
+        self._write_ready()
+        with ExitStack() as stack:
+            try:
+                video = _open_clips(stack, source, self.opts, self.align)
+            except SkipSource as exc:
+                self.pending.extend([("skip", source, exc), ("done", source, None)])
+                return
+            self._queue_clips(source, video)
+
+    def _write_ready(self):
+        """Write the queue's head while its tokens are there."""
+        pending = self.pending
+        while pending:
+            entry = pending[0]
+            if entry[0] == "sample":
+                _, source, key, slot, (base, box, extra) = entry
+                if not slot.ready():
+                    return
+                tokens = slot.tokens()
+                self._emit(source, key, tokens, _meta(source, base, box, tokens.shape, self.tokenizer,
+                                                        self.tokenizer_sha256, **extra))
+            elif entry[0] == "skip":
+                self._skip(entry[1], entry[2])
             else:
-                base, pieces = result
-                for j, (suffix, box, _) in enumerate(pieces):
-                    tokens = tokens_of[(i, j)][None]  # [1, h, w]
-                    self._emit(source, source.key + suffix, tokens,
-                               _meta(source, base, box, tokens.shape, self.tokenizer,
-                                     self.tokenizer_sha256))
-                self._out(source).counts["images"] += 1
-            self._out(source).source_finished(source.index)
+                _, source, count = entry
+                if count is not None:
+                    self._out(source).counts[count] += 1
+                self._out(source).source_finished(source.index)
+            pending.popleft()
 
-    @staticmethod
-    def _try(fn, *args):
-        try:
-            return fn(*args)
-        except SkipSource as exc:
-            return exc
 
-    def video(self, source: Source):
-        """Sampled frames -> clips of clip_frames -> one sample per clip (and per panorama piece)."""
-        opts = self.opts
-        try:
-            info = video_info(source.path)
-            frames = iter_video_frames(source.path, opts.fps)
-            first_time, first = next(frames)
-        except Exception as exc:  # noqa: BLE001 - unreadable / empty video: skipped and counted
-            self._skip(source, SkipSource("unreadable", str(exc)[:160] or "no frames"))
-            self._out(source).source_finished(source.index)
-            return
-        fps = sampled_fps(info["fps"], opts.fps)
-        try:
-            size, boxes = plan_crops(first.width, first.height, opts.image_size, self.align, opts.max_aspect)
-        except SkipSource as exc:
-            self._skip(source, exc)
-            self._out(source).source_finished(source.index)
-            return
-        base = {"source_hw": [first.height, first.width], "resized_hw": [size[1], size[0]]}
-        clip, start_time, clip_index, sampled = [], first_time, 0, 0
-        for t, frame in _chain([(first_time, first)], frames):
-            if not clip:
-                start_time = t
-            resized = _resize(frame.convert("RGB"), size)
-            clip.append([np.asarray(resized.crop(box)) for box in boxes])
-            sampled += 1
-            if len(clip) == opts.clip_frames:
-                self._video_clip(source, base, boxes, clip, clip_index, sampled - len(clip), start_time, fps)
-                clip, clip_index = [], clip_index + 1
-        if clip and clip_index == 0:  # the whole video is shorter than one clip
-            self._video_clip(source, base, boxes, clip, 0, 0, start_time, fps)
-        self._out(source).counts["videos"] += 1
-        self._out(source).source_finished(source.index)
-
-    def _video_clip(self, source, base, boxes, clip, clip_index, frame_start, start_time, fps):
-        for p, box in enumerate(boxes):
-            frames = np.stack([per_box[p] for per_box in clip])
-            tokens = encode_frames(self.tokenizer, frames, self.opts.batch_size)  # [T, h, w]
-            key = f"{source.key}_c{clip_index:04d}" + ("" if len(boxes) == 1 else f"_p{p:02d}")
-            meta = _meta(source, base, box, tokens.shape, self.tokenizer, self.tokenizer_sha256, fps=fps,
-                         frame_start=frame_start, time_start=round(start_time, 4))
-            self._emit(source, key, tokens, meta)
+def _try(fn, *args):
+    try:
+        return fn(*args)
+    except SkipSource as exc:
+        return exc
 
 
 def _chain(head, tail):
@@ -458,7 +640,7 @@ def prepare_shards(inputs, out_dir, tokenizer, *, captions=None, device="auto",
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    geometry = {k: v for k, v in asdict(opts).items() if k not in ("batch_size", "workers", "progress", "overwrite")
+    geometry = {k: v for k, v in asdict(opts).items() if k not in SPEED_OPTIONS
                 and not (k == "val_fraction" and not v)}  # unchanged fingerprint for runs without a split
     settings = {"inputs": [str(i) for i in inputs], "captions": None if captions is None else str(captions),
                 "options": geometry, "tokenizer": tokenizer_fingerprint(tokenizer)}
@@ -473,24 +655,15 @@ def prepare_shards(inputs, out_dir, tokenizer, *, captions=None, device="auto",
     preparer = Preparer(tokenizer, opts, output, val_output)
     started = time.perf_counter()
     progress = _progress(inputs, opts.progress)
-    window: list[Source] = []
-    with ThreadPoolExecutor(max_workers=opts.workers) as pool:
+
+    def todo():
         for source in iter_sources(inputs, caption_table):
             progress.update(1)
-            if preparer.done(source):
-                continue
-            if source.kind == "video":
-                if window:
-                    preparer.images(window, pool)
-                    window = []
-                preparer.video(source)
-            else:
-                window.append(source)
-                if len(window) >= max(opts.batch_size, 4 * opts.workers):
-                    preparer.images(window, pool)
-                    window = []
-        if window:
-            preparer.images(window, pool)
+            if not preparer.done(source):
+                yield source
+
+    with ThreadPoolExecutor(max_workers=opts.workers) as pool:
+        preparer.run(todo(), pool)
     output.close()
     if val_output is not None:
         val_output.close()
@@ -564,7 +737,8 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--fps", type=float, default=defaults.fps, help="video frames sampled per second")
     parser.add_argument("--clip-frames", type=int, default=defaults.clip_frames, help="frames per video sample")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="frames per tokenizer call")
-    parser.add_argument("--workers", type=int, default=defaults.workers, help="picture decoding threads")
+    parser.add_argument("--workers", type=int, default=defaults.workers,
+                        help="threads decoding pictures and short videos ahead of the tokenizer")
     parser.add_argument("--shard-maxcount", type=int, default=defaults.shard_maxcount)
     parser.add_argument("--shard-maxsize", type=float, default=defaults.shard_maxsize)
     parser.add_argument("--prefix", default=defaults.prefix)

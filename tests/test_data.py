@@ -209,6 +209,19 @@ def test_video_becomes_token_clips_with_fps(tmp_path):
     assert manifest["num_samples"] == 1
 
 
+class Interrupted(Exception):
+    """What ``stop_after`` raises: a prepare run stopped right after a finished shard."""
+
+
+def stop_after(shards: int):
+    """An ``on_shard_closed`` hook that interrupts the run once ``shards`` shards are finished."""
+    def stop(path, state):
+        if state["closed_shards"] == shards:
+            raise Interrupted
+
+    return stop
+
+
 def test_prepare_resumes_an_interrupted_run(tmp_path):
     pics = demo_pictures()
     (tmp_path / "in").mkdir()
@@ -220,15 +233,8 @@ def test_prepare_resumes_an_interrupted_run(tmp_path):
 
     clean = prepare_shards(tmp_path / "in", tmp_path / "clean", tok, **opts)
 
-    class Interrupted(Exception):
-        pass
-
-    def stop_after_two(path, state):
-        if state["closed_shards"] == 2:
-            raise Interrupted
-
     with pytest.raises(Interrupted):
-        prepare_shards(tmp_path / "in", tmp_path / "resumed", tok, on_shard_closed=stop_after_two, **opts)
+        prepare_shards(tmp_path / "in", tmp_path / "resumed", tok, on_shard_closed=stop_after(2), **opts)
     state = json.loads((tmp_path / "resumed" / "prepare_state.json").read_text())
     assert state["closed_shards"] == 2 and not state["complete"]
     # a shard that was being written when the process died
@@ -242,6 +248,110 @@ def test_prepare_resumes_an_interrupted_run(tmp_path):
     assert prepare_shards(tmp_path / "in", tmp_path / "resumed", tok, **opts)["num_samples"] == 7
     with pytest.raises(ValueError, match="different prepare run"):
         prepare_shards(tmp_path / "in", tmp_path / "resumed", tok, **{**opts, "image_size": 96})
+
+
+def _shards(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.tar"))}
+
+
+def _samples(folder: Path) -> list[tuple[str, np.ndarray, dict]]:
+    """(key, tokens, meta) of every sample, in shard order."""
+    out = []
+    for shard in sorted(folder.glob("shard-*.tar")):
+        with tarfile.open(shard) as tar:
+            names = tar.getnames()
+            for name in names:
+                if name.endswith(".json"):
+                    key = name[:-len(".json")]
+                    tokens = np.load(io.BytesIO(tar.extractfile(f"{key}.tokens.npy").read()))
+                    out.append((key, tokens, json.loads(tar.extractfile(name).read())))
+    return out
+
+
+def test_short_clips_decoded_ahead_and_batched_give_the_same_shards(tmp_path, monkeypatch):
+    """Many short clips (landscape-videos MP4s) among pictures, a panorama, a long video, a video
+    shorter than a clip and an unreadable one: decoded ahead in threads and encoded in batches across
+    clips, the shards are byte-identical to streaming every video in the main thread, and every
+    sample's tokens are those of its own frames; an interrupted run resumes to them.
+
+    The encoder's floats depend on the batch it runs in (about 1e-6, docs/decisions.md), which can
+    flip a code at a near-tie on some machines, so the pipeline is checked with an encode that is
+    batch-invariant by construction: each frame of a call encoded alone."""
+    from data_pipelines import prepare as P
+    from data_pipelines.landscape_video import sample_clip_specs, write_clips
+    from nuwa_ds.tokenizer.media import VideoFile, iter_video_frames, open_rgb
+
+    src = tmp_path / "in"
+    specs = sample_clip_specs(6, split="train", frames=5, size=(64, 64), window=(256, 256))
+    write_clips(tmp_path / "lv", specs, formats=("mp4",))
+    src.mkdir()
+    for clip in sorted((tmp_path / "lv" / "mp4").glob("*.mp4")):
+        (src / clip.name).write_bytes(clip.read_bytes())
+    pics = demo_pictures()
+    for i, (name, array) in enumerate(pics.items()):
+        Image.fromarray(array[: 96 + 16 * i, :128]).save(src / f"{name}.png")
+    Image.fromarray(pics["rocket"][:64, :400]).save(src / "clip_000001_pano.png")  # 64 x 400: 2 pieces of 4:1
+    _video(src / "clip_000002_long.mp4", frames=45)  # 23 frames at 5 fps: 5 clips, more than the limit below
+    _video(src / "clip_000004_short.mp4", frames=3)  # shorter than a clip: one clip of 2 frames
+    (src / "clip_000003_broken.mp4").write_bytes(b"not a video")
+    tok = small_tokenizer()
+    calls, encode = [], tok.encode
+
+    def per_frame(images):
+        calls.append(len(images))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # one-frame calls on a busy machine: thread hand-offs would cost most
+        try:
+            return torch.cat([encode(image[None]) for image in images])
+        finally:
+            torch.set_num_threads(threads)
+
+    monkeypatch.setattr(tok, "encode", per_frame)
+    opts = dict(device="cpu", image_size=64, patch_size=2, fps=5, clip_frames=4, batch_size=8, shard_maxcount=5,
+                progress=False, max_aspect=4)
+    small = 10 * 64 * 80  # pixels: the 64 x 64 clips (5 sampled frames) are held, the long video is streamed
+
+    serial = prepare_shards(src, tmp_path / "serial", tok, workers=1, video_ahead_pixels=0, **opts)
+    serial_calls, calls[:] = list(calls), []
+    ahead = prepare_shards(src, tmp_path / "ahead", tok, workers=2, video_ahead_pixels=small, **opts)
+    assert len(calls) < len(serial_calls) and max(calls) == 8  # full batches across clips and sources
+    prepare_shards(src, tmp_path / "default", tok, workers=2, **opts)  # everything held, the long video too
+    with monkeypatch.context() as m:  # headers that say less than the file holds: streamed after all
+        m.setattr(VideoFile, "sampled_frames", lambda self, fps=None: 1)
+        prepare_shards(src, tmp_path / "lying", tok, workers=2, video_ahead_pixels=small, **opts)
+
+    counts = serial["counts"]
+    assert counts["videos"] == 8 and counts["images"] == 5 and counts["skipped_unreadable"] == 1
+    assert serial["num_samples"] == 6 + 5 + 1 + 4 + 2 and serial["num_shards"] == 4
+    for run in ("ahead", "default", "lying"):
+        assert _shards(tmp_path / run) == _shards(tmp_path / "serial"), run
+        assert (tmp_path / run / "prepare_state.json").read_text() == \
+            (tmp_path / "serial" / "prepare_state.json").read_text(), run
+    assert {k: v for k, v in ahead.items() if k != "seconds_last_run"} == \
+        {k: v for k, v in serial.items() if k != "seconds_last_run"}
+
+    # every sample: its own frames, resized and cropped by the stated rule
+    decoded = {}
+    for key, tokens, meta in _samples(tmp_path / "serial"):
+        path = src / meta["source"]
+        (h, w), (y, x), (ph, pw) = meta["resized_hw"], meta["crop_yx"], meta["pixel_hw"]
+        if meta["kind"] == "video":
+            if path not in decoded:
+                decoded[path] = [image for _, image in iter_video_frames(path, 5)]
+            images = decoded[path][meta["frame_start"]:meta["frame_start"] + meta["token_thw"][0]]
+        else:
+            images = [open_rgb(path)]
+        frames = np.stack([np.asarray(P._resize(i.convert("RGB"), (w, h)).crop((x, y, x + pw, y + ph)))
+                           for i in images])
+        assert np.array_equal(tokens, P.encode_frames(tok, frames, 8)), key
+
+    # interrupted after two shards and resumed: the same shards
+    with pytest.raises(Interrupted):
+        prepare_shards(src, tmp_path / "resumed", tok, workers=2, on_shard_closed=stop_after(2), **opts)
+    resumed = prepare_shards(src, tmp_path / "resumed", tok, workers=2, **opts)
+    assert resumed["counts"] == counts and _shards(tmp_path / "resumed") == _shards(tmp_path / "serial")
+    with pytest.raises(ValueError, match="video_ahead_pixels"):
+        PrepareOptions(video_ahead_pixels=-1).validate()
 
 
 def test_prepare_command_and_bad_input(tmp_path, capsys):

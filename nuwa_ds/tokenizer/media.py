@@ -6,6 +6,8 @@ Tensors follow the tokenizer: ``[3, H, W]`` or ``[T, 3, H, W]`` floats in [-1, 1
 
 from __future__ import annotations
 
+import math
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
@@ -121,34 +123,49 @@ def save_media(frames, path, fps: float = 8.0) -> Path:
     raise ValueError(f"unsupported output {path}: use .png, .gif or .mp4")
 
 
-def video_info(path) -> dict:
-    """``{"fps", "frames", "width", "height", "duration"}`` of a video's first video stream."""
-    import av
+class VideoFile:
+    """An opened video's first video stream: its header facts (``info``) and its sampled frames
+    (``frames``) from the one container (:func:`open_video`)."""
 
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
+    def __init__(self, container):
+        self.container = container
+        self.stream = container.streams.video[0]
+        stream = self.stream
         fps = float(stream.average_rate or stream.guessed_rate or 0) or None
         duration = float(stream.duration * stream.time_base) if stream.duration else None
-        return {"fps": fps, "frames": stream.frames or None, "width": stream.codec_context.width,
-                "height": stream.codec_context.height, "duration": duration}
+        self.info = {"fps": fps, "frames": stream.frames or None, "width": stream.codec_context.width,
+                     "height": stream.codec_context.height, "duration": duration}
+        """``{"fps", "frames", "width", "height", "duration"}`` from the header (None where it is silent)."""
 
+    def sampled_frames(self, fps: float | None = None) -> int | None:
+        """How many frames ``frames(fps)`` should yield, from the header alone: an upper estimate
+        (duration x rate, plus one), or None when the header gives no duration and no frame count."""
+        info = self.info
+        rate = sampled_fps(info["fps"], fps)
+        if info["duration"] and rate:
+            return math.ceil(info["duration"] * rate) + 1
+        if info["frames"] and (fps is None or (info["fps"] and fps >= info["fps"])):
+            return info["frames"]
+        return None
 
-def iter_video_frames(path, fps: float | None = None) -> Iterator[tuple[float, "object"]]:
-    """Decode a video and yield ``(time_s, PIL.Image)`` for frames sampled at ``fps``.
+    def frames(self, fps: float | None = None, threads: bool = True) -> Iterator[tuple[float, "object"]]:
+        """Decode and yield ``(time_s, PIL.Image)`` for frames sampled at ``fps``.
 
-    Rule: sample times are k / fps; each takes the first decoded frame at or after it (within half a
-    source frame). ``fps`` None or >= the source rate keeps every frame. The effective rate is
-    ``sampled_fps(...)``."""
-    import av
-
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        source_fps = float(stream.average_rate or stream.guessed_rate or 0) or None
+        Rule: sample times are k / fps; each takes the first decoded frame at or after it (within half a
+        source frame). ``fps`` None or >= the source rate keeps every frame. The effective rate is
+        ``sampled_fps(...)``. ``threads=False`` decodes on the calling thread alone (FFmpeg's own
+        threads cost more than they give on a clip of a few frames, and callers that decode many
+        videos at once are parallel already); the frames are the same."""
+        stream = self.stream
+        if threads:
+            stream.thread_type = "AUTO"
+        else:
+            stream.codec_context.thread_count = 1
+        source_fps = self.info["fps"]
         step = None if (fps is None or source_fps is None or fps >= source_fps) else 1.0 / fps
         half = 0.5 / source_fps if source_fps else 0.0
         next_time, index = 0.0, 0
-        for frame in container.decode(stream):
+        for frame in self.container.decode(stream):
             t = float(frame.time) if frame.time is not None else index / (source_fps or 1.0)
             index += 1
             if step is None:
@@ -157,6 +174,28 @@ def iter_video_frames(path, fps: float | None = None) -> Iterator[tuple[float, "
                 yield t, frame.to_image()
                 while next_time <= t + half:
                     next_time += step
+
+
+@contextmanager
+def open_video(path) -> Iterator[VideoFile]:
+    """``with open_video(path) as video``: header facts and frames from one opened container (PyAV)."""
+    import av
+
+    with av.open(str(path)) as container:
+        yield VideoFile(container)
+
+
+def video_info(path) -> dict:
+    """``{"fps", "frames", "width", "height", "duration"}`` of a video's first video stream."""
+    with open_video(path) as video:
+        return video.info
+
+
+def iter_video_frames(path, fps: float | None = None) -> Iterator[tuple[float, "object"]]:
+    """Decode a video and yield ``(time_s, PIL.Image)`` for frames sampled at ``fps``
+    (:meth:`VideoFile.frames`: the sampling rule)."""
+    with open_video(path) as video:
+        yield from video.frames(fps)
 
 
 def sampled_fps(source_fps: float | None, fps: float | None) -> float | None:
