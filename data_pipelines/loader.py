@@ -187,13 +187,24 @@ def read_shard(url: str, skips: SkipLog, count: bool = True) -> list[tuple[np.nd
     return samples
 
 
+def choose_canvas(shape, canvases) -> tuple[int, int, int] | None:
+    """The canvas a sample of token shape ``(T, H, W)`` is bucketed into: the fitting canvas closest in
+    aspect ratio to the sample (larger one on a tie); None when it fits none (too small)."""
+    T, H, W = shape
+    fits = [c for c in canvases if c[0] <= T and c[1] <= H and c[2] <= W]
+    if not fits:
+        return None
+    aspect = np.log(H / W)
+    return min(fits, key=lambda c: (abs(np.log(c[1] / c[2]) - aspect), -c[0] * c[1] * c[2]))
+
+
 def usable_samples(url: str, spec: LoaderSpec, skips: SkipLog, count: bool = True):
     """The samples of one shard whose tokens fit the vocabulary and some canvas, as (tokens, meta,
     key); the others are skipped (and counted) by reason."""
     for tokens, meta, key in read_shard(url, skips, count):
         if int(tokens.min()) < 0 or int(tokens.max()) >= spec.vocab_size:
             skips.skip("token_out_of_range", url, key, f"vocab_size={spec.vocab_size}", count)
-        elif _choose_canvas(tokens.shape, spec.canvases) is None:
+        elif choose_canvas(tokens.shape, spec.canvases) is None:
             skips.skip("too_small", url, key, f"{tokens.shape} < every canvas", count)
         else:
             yield tokens, meta, key
@@ -208,16 +219,6 @@ def full_batches(buckets: dict, batch_size: int) -> list[tuple]:
 
 # ----------------------------------------------------------------------------------------------
 # One stream
-
-
-def _choose_canvas(shape, canvases) -> tuple[int, int, int] | None:
-    """The fitting canvas closest in aspect ratio to the sample (larger one on a tie)."""
-    T, H, W = shape
-    fits = [c for c in canvases if c[0] <= T and c[1] <= H and c[2] <= W]
-    if not fits:
-        return None
-    aspect = np.log(H / W)
-    return min(fits, key=lambda c: (abs(np.log(c[1] / c[2]) - aspect), -c[0] * c[1] * c[2]))
 
 
 def _aligned_offset(rng: np.random.Generator, slack: int, patch: int) -> int:
@@ -250,7 +251,7 @@ class TokenStream:
                 break
         buckets: dict[tuple, list[int]] = {c: [] for c in spec.canvases}
         for i in rng.permutation(len(samples)):
-            buckets[_choose_canvas(samples[i][0].shape, spec.canvases)].append(int(i))
+            buckets[choose_canvas(samples[i][0].shape, spec.canvases)].append(int(i))
         batches = full_batches(buckets, spec.batch_size)
         return samples, [batches[i] for i in rng.permutation(len(batches))]
 

@@ -40,8 +40,7 @@ import torch.nn.functional as F
 
 from nuwa_ds.files import fsync_dir, fsync_file, write_atomic
 from nuwa_ds.preemption import REQUEUE_EXIT_CODE, Faults, StopRequest
-from nuwa_ds.tokenizer.media import (DEMO_PICTURES, IMAGE_SUFFIXES, demo_pictures, from_uint8, open_rgb,
-                                     save_png)
+from nuwa_ds.tokenizer.media import DEMO_PICTURES, IMAGE_SUFFIXES, demo_pictures, from_uint8, save_png
 from nuwa_ds.tokenizer.vqgan import CONFIG_FILE, WEIGHTS_FILE, VQConfig, VQTokenizer, psnr, resolve_device
 
 

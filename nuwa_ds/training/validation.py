@@ -18,7 +18,6 @@ loss-curve picture at the end (docs/decisions.md, "Validation (issue 13)").
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -29,7 +28,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from data_pipelines.loader import (LoaderSpec, TokenStream, _choose_canvas, check_shards, expand_shards, full_batches,
+from data_pipelines.loader import (LoaderSpec, TokenStream, check_shards, choose_canvas, expand_shards, full_batches,
                                    usable_samples)
 from data_pipelines.synthetic import SyntheticLoader
 from nuwa_ds.training import distributed as D
@@ -85,7 +84,7 @@ def _shard_batches(data_cfg, model_cfg, micro_batch_size: int, count: int, text_
     # shards in a seeded order, read until enough full batches are pooled (same on every rank)
     for u in rng.permutation(len(urls)):
         for sample in usable_samples(urls[int(u)], spec, stream.skips):
-            buckets[_choose_canvas(sample[0].shape, spec.canvases)].append(len(samples))
+            buckets[choose_canvas(sample[0].shape, spec.canvases)].append(len(samples))
             samples.append(sample)
         if sum(len(b) // B for b in buckets.values()) >= count:
             break
