@@ -23,10 +23,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nuwa_ds.export import resolve_vq_tokenizer
 from nuwa_ds.model import GenerationConfig, NuwaInfinity
 from nuwa_ds.model.generation import estimate_generation_memory
-from nuwa_ds.model.persistence import load_config_json
+from nuwa_ds.model_dir import VQ_POINTER, load_config_json, resolve_vq_tokenizer
 from nuwa_ds.tokenizer import VQTokenizer, load_image, save_media
 
 TASKS = ("unconditional", "text2image", "outpaint", "animate", "text2video")
@@ -176,7 +175,7 @@ def run(args) -> int:
     cfg = load_config_json(args.model_dir)
     tok_dir = resolve_vq_tokenizer(args.model_dir, args.tokenizer)
     if tok_dir is None or not Path(tok_dir).exists():
-        raise ValueError(f"{args.model_dir} names no VQ tokenizer (tokenizer.json) and --tokenizer was not given "
+        raise ValueError(f"{args.model_dir} names no VQ tokenizer ({VQ_POINTER}) and --tokenizer was not given "
                          f"(or {tok_dir} is missing): pass --tokenizer DIR (or a taming .ckpt)")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))

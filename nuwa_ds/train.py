@@ -42,8 +42,9 @@ from nuwa_ds.cli import main as cli_main
 from nuwa_ds.config import RunConfig
 from nuwa_ds.model import NuwaInfinity
 from nuwa_ds.model.flops import peak_flops, train_flops_per_token
-from nuwa_ds.model.persistence import INDEX, WEIGHTS, read_weights
+from nuwa_ds.model.persistence import TEXT_TOKENIZER
 from nuwa_ds.model.text import check_text_length
+from nuwa_ds.model_dir import load_initial_weights
 from nuwa_ds.preemption import (DIVERGED_EXIT_CODE, REQUEUE_EXIT_CODE, Faults, StopRequest, block_stop_signals,
                                 leave_requeue_marker, restore_signal_mask)
 from nuwa_ds.training import checkpoint as C
@@ -145,22 +146,6 @@ def preflight(cfg: RunConfig, dist: D.DistEnv, device_kind: str, resume: Optiona
 
 # ----------------------------------------------------------------------------------------------
 # The model and its weights
-
-
-def load_initial_weights(model, path: str):
-    """train.init_from: an exported / save_pretrained directory, or a (ZeRO) checkpoint of a run."""
-    source = Path(path)
-    if (source / WEIGHTS).is_file() or (source / INDEX).is_file():
-        state = read_weights(source)
-    else:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        info = C.resolve_resume(str(source), source)
-        state = get_fp32_state_dict_from_zero_checkpoint(str(info.path.parent), tag=info.tag)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"train.init_from={path}: weights do not fit this model (missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]})")
 
 
 def build_model(cfg: RunConfig):
@@ -341,7 +326,7 @@ class Trainer:
         if self.text_tokenizer is not None:
             # the caption tokenizer travels with the run: export takes it from here, so the export
             # needs nothing from train.text_encoder_path (its weights are in the checkpoint already)
-            self.text_tokenizer.save_pretrained(str(self.run_dir / "text_tokenizer"))
+            self.text_tokenizer.save_pretrained(str(self.run_dir / TEXT_TOKENIZER))
 
     def resume(self, logger: RunLogger):
         """Engine, loader and RNG states from the checkpoint preflight chose (if any)."""

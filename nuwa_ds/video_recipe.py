@@ -233,8 +233,8 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
     import torch
 
     from data_pipelines.prepare import prepare_shards
-    from nuwa_ds.export import export_checkpoint
     from nuwa_ds.model import GenerationConfig, NuwaInfinity
+    from nuwa_ds.model_dir import export_checkpoint
     from nuwa_ds.text_encoder import make_text_encoder
     from nuwa_ds.tokenizer import train_tokenizer
     from nuwa_ds.train import train

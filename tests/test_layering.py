@@ -44,6 +44,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("run config and the package's names", ["nuwa_ds.config", "nuwa_ds"]),
     ("data", ["data_pipelines", "data_pipelines.*"]),
     ("training system", ["nuwa_ds.training", "nuwa_ds.training.*"]),
+    ("the model directory: save, load, export from a checkpoint, its VQ tokenizer", ["nuwa_ds.model_dir"]),
     ("commands", ["nuwa_ds.cli", "nuwa_ds.train", "nuwa_ds.export", "nuwa_ds.generate", "nuwa_ds.evaluate",
                   "nuwa_ds.text_encoder"]),
     ("applications", ["nuwa_ds.recipe_common", "nuwa_ds.recipe", "nuwa_ds.video_recipe", "nuwa_ds.demo",

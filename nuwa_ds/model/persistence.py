@@ -1,5 +1,8 @@
-"""save_pretrained / from_pretrained: ``model.safetensors`` (sharded above a size limit, with an
-index) + ``config.json`` (+ the text tokenizer's files). No pickle, no DeepSpeed."""
+"""save_pretrained / from_pretrained: the model's own files in a model directory, ``model.safetensors``
+(sharded above a size limit, with an index) + ``config.json`` (+ the text tokenizer's files). No pickle,
+no DeepSpeed. The directory as a whole (the VQ tokenizer it names, export from a ZeRO checkpoint) is
+``nuwa_ds/model_dir.py``'s; this part sits in the model so that ``NuwaInfinity`` saves and loads itself
+without the layers above (docs/design.md, "9. Interfaces and the model directory")."""
 
 from __future__ import annotations
 
@@ -13,6 +16,11 @@ from nuwa_ds.model.config import NuwaConfig
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
+SHARDS = "model-*-of-*.safetensors"
+"""The names of the weight shards (ours and ``zero_to_fp32``'s), as a glob pattern."""
+CONFIG = "config.json"
+TEXT_TOKENIZER = "text_tokenizer"
+"""The caption tokenizer's folder (Hugging Face files), when the model has a text encoder."""
 
 
 def write_weights(state: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int = 5 * 2**30):
@@ -45,18 +53,33 @@ def write_weights(state: dict[str, torch.Tensor], directory: Path, max_shard_byt
     (directory / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
 
 
+def has_weights(directory: Path) -> bool:
+    return (directory / WEIGHTS).is_file() or (directory / INDEX).is_file()
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The safetensors files holding ``directory``'s weights: the one file, or the index's shards."""
+    if (directory / WEIGHTS).is_file():
+        return [directory / WEIGHTS]
+    if (directory / INDEX).is_file():
+        index = json.loads((directory / INDEX).read_text())
+        return [directory / fname for fname in sorted(set(index["weight_map"].values()))]
+    raise FileNotFoundError(f"no {WEIGHTS} or {INDEX} in {directory}")
+
+
+def remove_weights(directory: Path):
+    """Delete every weight file of ``directory`` (before writing new ones, so no shard of older ones stays)."""
+    for stale in [directory / WEIGHTS, directory / INDEX, *directory.glob(SHARDS)]:
+        stale.unlink(missing_ok=True)
+
+
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    if (directory / WEIGHTS).is_file():
-        return load_file(str(directory / WEIGHTS))
-    if (directory / INDEX).is_file():
-        index = json.loads((directory / INDEX).read_text())
-        state = {}
-        for fname in sorted(set(index["weight_map"].values())):
-            state.update(load_file(str(directory / fname)))
-        return state
-    raise FileNotFoundError(f"no {WEIGHTS} or {INDEX} in {directory}")
+    state = {}
+    for path in weight_files(directory):
+        state.update(load_file(str(path)))
+    return state
 
 
 def save_pretrained(model, directory, dtype: Optional[torch.dtype] = None):
@@ -65,13 +88,13 @@ def save_pretrained(model, directory, dtype: Optional[torch.dtype] = None):
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu()
              for k, v in model.state_dict().items()}
     write_weights(state, directory)
-    model.config.to_json(directory / "config.json")
+    model.config.to_json(directory / CONFIG)
     if model.text_tokenizer is not None:
-        model.text_tokenizer.save_pretrained(str(directory / "text_tokenizer"))
+        model.text_tokenizer.save_pretrained(str(directory / TEXT_TOKENIZER))
 
 
 def load_config_json(directory) -> NuwaConfig:
-    path = Path(directory) / "config.json"
+    path = Path(directory) / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: not a NUWA model directory")
     return NuwaConfig.from_dict(json.loads(path.read_text()))
@@ -91,10 +114,10 @@ def load_pretrained(cls, directory, device="cpu", dtype: Optional[torch.dtype] =
         raise ValueError(f"weights in {directory} do not match the config: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
-    if (directory / "text_tokenizer").is_dir():
+    if (directory / TEXT_TOKENIZER).is_dir():
         import transformers
 
-        model.text_tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory / "text_tokenizer"),
+        model.text_tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory / TEXT_TOKENIZER),
                                                                           local_files_only=True)
         model.text_tokenizer.padding_side = "right"
     return model.eval()
