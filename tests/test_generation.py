@@ -16,10 +16,13 @@ def test_pool_slots_do_not_grow_with_canvas_width():
     P = model.config.patch_size
     stats = []
     for width in (20, 40):
-        tokens = model.generate((1, 2 * P, width * P), order="right", config=GenerationConfig(seed=1))
+        result = model.generate((1, 2 * P, width * P), order="right", config=GenerationConfig(seed=1),
+                                return_result=True)
+        tokens = result.tokens
         assert tokens.shape == (1, 1, 2 * P, width * P)
         assert tokens.min() >= 0 and tokens.max() < model.config.vocab_size
-        stats.append(model.last_generation_stats)
+        assert model.last_generation_stats == result.stats  # kept for callers written before return_result
+        stats.append(result.stats)
     assert stats[0]["slots_per_canvas"] == stats[1]["slots_per_canvas"] <= 2 * 2 + 1
     assert stats[0]["peak_slots_in_use"] == stats[1]["peak_slots_in_use"] == stats[1]["slots_per_canvas"]
     assert all(s["slots_in_use_at_end"] == 0 for s in stats)  # every slot freed

@@ -268,125 +268,196 @@ def _check_prompt(model, prompt, prompt_mask, batch_size, shape, device):
     return prompt.to(device).long().masked_fill(~mask, 0), mask
 
 
+@dataclass
+class _Shared:
+    """What every step of one generation reads: its settings, the pool, and the canvas being written."""
+
+    model: torch.nn.Module
+    config: GenerationConfig
+    pool: RotatingPool
+    backend: str
+    own_offset: int
+    order_id: int
+    max_context: int
+    text: Optional[_TextCache]
+    guided: bool
+    """Classifier-free guidance: internal rows B..2B-1 are the same canvases without their text."""
+    canvas: torch.Tensor  # [B, N, n] tokens, written as they are decoded
+    prompt: Optional[torch.Tensor]  # [B, N, n] given tokens (zero elsewhere)
+    mask: Optional[torch.Tensor]  # [B, N, n] where they are given
+    logits: Optional[torch.Tensor]  # [B, N, n, K] when asked for
+
+
+@dataclass
+class _StepRows:
+    """The internal rows of one schedule step, example-major: (example row, patch) pairs and their slots."""
+
+    example: torch.Tensor  # [R] internal example row (with guidance 0..2B-1)
+    patch: torch.Tensor  # [R] canonical patch
+    canvas_row: torch.Tensor  # [R] the canvas row it writes (example % B)
+    slots: torch.Tensor  # [R] its pool slot
+    ctx_slots: torch.Tensor  # [R, C] the slots of its context patches (-1: none)
+    ctx_offset: torch.Tensor  # [R, C] their offset ids
+    width: int  # patches in the step
+
+
+class _Generation:
+    """One generation: the canvas and its pool, where each patch lives in it, the token steppers."""
+
+    def __init__(self, model, shape, order: str, batch_size: int, prompt, prompt_mask, text,
+                 config: GenerationConfig, return_logits: bool, rows):
+        cfg = model.config
+        config.validate()
+        self.shape = shape = tuple(int(s) for s in shape)
+        pshape = patch_canvas(shape, cfg.patch_size)  # ValueError before any allocation
+        order_id = O.check_order(order)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        param = next(model.parameters())
+        self.device, self.dtype = device, dtype = param.device, param.dtype
+        prompt, mask = _check_prompt(model, prompt, prompt_mask, batch_size, shape, device)
+        self.table = table = O.context_table(pshape, order, cfg.extents)
+        self.batch_size, self.P, self.n = batch_size, cfg.patch_size, cfg.tokens_per_patch
+        N = table.num_patches
+
+        text_cache, guided = _text_cache(model, text, batch_size, device, config)
+        self.rows_b = 2 * batch_size if guided else batch_size
+        self.schedule = table.steps(config.wavefront)
+        self.slots_per_canvas = table.slots_needed(config.wavefront)
+        pool = RotatingPool(cfg, self.rows_b * self.slots_per_canvas, device, dtype)
+        _, self.free_after = table.lifetimes(config.wavefront)  # step after which a patch's slot is freed
+        self.has_consumer = (table.last_consumer != table.position).to(device)
+
+        prompt_p = to_patches(prompt, self.P) if prompt is not None else None
+        canvas = prompt_p.clone() if prompt_p is not None else torch.zeros(batch_size, N, self.n, dtype=torch.long,
+                                                                             device=device)
+        logits = (torch.empty(batch_size, N, self.n, cfg.vocab_size, dtype=torch.float32, device=device)
+                  if return_logits else None)
+        self.shared = _Shared(model=model, config=config, pool=pool, backend=model.attention_backend(device),
+                              own_offset=O.own_offset_id(cfg.extents), order_id=order_id,
+                              max_context=table.max_context, text=text_cache, guided=guided, canvas=canvas,
+                              prompt=prompt_p, mask=to_patches(mask, self.P) if mask is not None else None,
+                              logits=logits)
+
+        self.slot_of = torch.full((self.rows_b, N), -1, dtype=torch.long, device=device)
+        self.to_free: dict[int, list[int]] = {}  # step -> slots freed after it
+        self.token_rotation = model.token_rotation(pshape, device)  # [N, n, rope_dims/2] x2, or None
+        self.frame_of = torch.arange(pshape[0], device=device).repeat_interleave(pshape[1] * pshape[2])
+        self.top = model.patch_rows(rows, batch_size, device)  # [B] or None (no row embedding)
+        self.row_in_canvas = torch.arange(pshape[1], device=device).repeat_interleave(pshape[2]).repeat(pshape[0])
+        self.ctx_index, self.ctx_offset = table.ctx_index.to(device), table.ctx_offset.to(device)
+        self.use_graph = device.type == "cuda" and config.cuda_graph
+        self.steppers: dict[int, TokenStep] = {}  # by rows decoded together (one CUDA graph each)
+        self.decoded = 0
+
+    def place(self, patches: torch.Tensor) -> _StepRows:
+        """1. A free pool slot per (example, patch) of the step."""
+        patches, device = patches.to(self.device), self.device
+        width = patches.numel()
+        example = torch.arange(self.rows_b, device=device).repeat_interleave(width)
+        patch = patches.repeat(self.rows_b)
+        slots = torch.tensor(self.shared.pool.acquire(example.numel()), device=device)
+        self.slot_of[example, patch] = slots
+        for slot, p in zip(slots.tolist(), patch.tolist()):
+            self.to_free.setdefault(int(self.free_after[p]), []).append(slot)
+        ctx_index = self.ctx_index[patch]
+        ctx_slots = torch.where(ctx_index >= 0, self.slot_of[example.unsqueeze(1), ctx_index.clamp(min=0)], ctx_index)
+        return _StepRows(example=example, patch=patch, canvas_row=example % self.batch_size, slots=slots,
+                         ctx_slots=ctx_slots, ctx_offset=self.ctx_offset[patch], width=width)
+
+    def _patch_rows(self, rows: _StepRows, sel: torch.Tensor) -> Optional[torch.Tensor]:
+        """The absolute patch row of the selected rows (models with ``row_embedding``), else None."""
+        return None if self.top is None else self.top[rows.canvas_row[sel]] + self.row_in_canvas[rows.patch[sel]]
+
+    def decode(self, rows: _StepRows):
+        """2. The local stack decodes the patches that have tokens to sample (or logits to report)."""
+        shared, B = self.shared, self.batch_size
+        need = torch.ones(rows.example.numel(), dtype=torch.bool, device=self.device)
+        if shared.mask is not None and shared.logits is None:
+            need = ~shared.mask[rows.canvas_row, rows.patch].all(dim=1)
+        if not bool(need.any()):
+            return
+        sel = need.nonzero().squeeze(1)
+        if shared.guided:  # decode a pair (conditional, unconditional) together or not at all
+            sel = sel[sel < rows.width * B]
+            sel = torch.cat([sel, sel + rows.width * B])
+        half = sel[: sel.numel() // 2] if shared.guided else sel
+        if sel.numel() not in self.steppers:
+            self.steppers[sel.numel()] = TokenStep(shared, sel.numel())
+        stepper = self.steppers[sel.numel()]
+        stepper.load(slots=rows.slots[sel], ctx_slots=rows.ctx_slots[sel], ctx_offset=rows.ctx_offset[sel],
+                     text_rows=rows.example[sel], frame=self.frame_of[rows.patch[sel]], b=rows.canvas_row[half],
+                     p=rows.patch[half], patch_rows=self._patch_rows(rows, sel),
+                     rotation=rope_.select(self.token_rotation, rows.patch[sel], 0))
+        stepper.run_patch(self.n, use_graph=self.use_graph)
+        self.decoded += int(sel.numel()) // (2 if shared.guided else 1)
+
+    def feed_pool(self, rows: _StepRows):
+        """3. The global stack on the finished patches that someone will read: their global K/V and the
+        context K/V each local layer will read from them go into their slots."""
+        shared = self.shared
+        run = self.has_consumer[rows.patch]
+        if not bool(run.any()):
+            return
+        sel = run.nonzero().squeeze(1)
+        slots = rows.slots[sel]
+        if shared.text is not None:
+            shared.text.rows = rows.example[sel]
+        rotation = rope_.select(self.token_rotation, rows.patch[sel], 0)
+        layout = GlobalStepLayout(shared.pool, slots, rows.ctx_slots[sel], rows.ctx_offset[sel], shared.own_offset,
+                                  shared.backend, shared.text, rotation)
+        model = shared.model
+        states = model.global_model(shared.canvas[rows.canvas_row[sel], rows.patch[sel]], layout,
+                                    self._patch_rows(rows, sel))  # [R, n, d_global]
+        for i, block in enumerate(model.local_model.blocks):
+            ck, cv = block.context_kv(states)
+            ck = rope_.apply_rotation(ck, rotation)  # rotated once, where it is written
+            shared.pool.context_kv[slots, i, 0] = ck.transpose(1, 2)
+            shared.pool.context_kv[slots, i, 1] = cv.transpose(1, 2)
+
+    def release(self, step: int):
+        """4. Free the slots whose last consumer was in this step."""
+        self.shared.pool.release(self.to_free.pop(step, []))
+
+    def result(self) -> GenerationResult:
+        shared, pool = self.shared, self.shared.pool
+        tokens = from_patches(shared.canvas, self.shape, self.P)
+        logits = from_patches(shared.logits, self.shape, self.P) if shared.logits is not None else None
+        stats = dict(steps=len(self.schedule), patches=self.table.num_patches, decoded_patches=self.decoded,
+                     slots_per_canvas=self.slots_per_canvas, pool_slots=pool.num_slots,
+                     peak_slots_in_use=pool.peak_in_use, slots_in_use_at_end=pool.in_use,
+                     pool_bytes=pool.num_slots * RotatingPool.bytes_per_slot(shared.model.config, self.dtype))
+        return GenerationResult(tokens, logits, stats)
+
+
+def _text_cache(model, text, batch_size: int, device, config: GenerationConfig) -> tuple[Optional[_TextCache], bool]:
+    """The captions' encoder states, shared by every step, and whether guidance is on (then the rows
+    B..2B-1 are the same canvases with the empty caption)."""
+    text_ctx = model.encode_text(text, batch_size, device)
+    guided = text_ctx is not None and config.cfg_scale is not None and config.cfg_scale != 1.0
+    if text_ctx is None:
+        return None, guided
+    states, length = text_ctx
+    if guided:
+        states, length = torch.cat([states, states]), torch.cat([length, torch.zeros_like(length)])
+    return _TextCache(states, length), guided
+
+
 @torch.no_grad()  # (not inference_mode: the kernels' tables track in-place refills by version counter)
 def run_generation(model, shape, order: str, batch_size: int, prompt=None, prompt_mask=None, text=None,
                    config: Optional[GenerationConfig] = None, return_logits: bool = False,
                    progress: Optional[Callable[[int], None]] = None, rows=None) -> GenerationResult:
-    cfg = model.config
-    config = config or GenerationConfig()
-    config.validate()
-    shape = tuple(int(s) for s in shape)
-    pshape = patch_canvas(shape, cfg.patch_size)  # ValueError before any allocation
-    order_id = O.check_order(order)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    param = next(model.parameters())
-    device, dtype = param.device, param.dtype
-    prompt, mask = _check_prompt(model, prompt, prompt_mask, batch_size, shape, device)
-    table = O.context_table(pshape, order, cfg.extents)
-    N, n, P = table.num_patches, cfg.tokens_per_patch, cfg.patch_size
-    backend = model.attention_backend(device)
-    own_offset = O.own_offset_id(cfg.extents)
-
-    # classifier-free guidance: rows B..2B-1 are the same canvases without text
-    text_ctx = model.encode_text(text, batch_size, device)
-    guided = text_ctx is not None and config.cfg_scale is not None and config.cfg_scale != 1.0
-    rows_b = 2 * batch_size if guided else batch_size
-    text_cache = None
-    if text_ctx is not None:
-        states, length = text_ctx
-        if guided:
-            states, length = torch.cat([states, states]), torch.cat([length, torch.zeros_like(length)])
-        text_cache = _TextCache(states, length)
-
-    schedule = table.steps(config.wavefront)
-    slots_per_canvas = table.slots_needed(config.wavefront)
-    pool = RotatingPool(cfg, rows_b * slots_per_canvas, device, dtype)
-    _, free_after = table.lifetimes(config.wavefront)  # step after which a patch's slot is freed
-    has_consumer = (table.last_consumer != table.position).to(device)
-
-    prompt_p = to_patches(prompt, P) if prompt is not None else None
-    canvas = prompt_p.clone() if prompt_p is not None else torch.zeros(batch_size, N, n, dtype=torch.long,
-                                                                         device=device)
-    mask_p = to_patches(mask, P) if mask is not None else None
-    logits_out = (torch.empty(batch_size, N, n, cfg.vocab_size, dtype=torch.float32, device=device)
-                  if return_logits else None)
-    slot_of = torch.full((rows_b, N), -1, dtype=torch.long, device=device)
-    token_rotation = model.token_rotation(pshape, device)  # [N, n, rope_dims/2] x2, or None
-    frame_of = torch.arange(pshape[0], device=device).repeat_interleave(pshape[1] * pshape[2])
-    top = model.patch_rows(rows, batch_size, device)  # [B] or None (no row embedding)
-    row_in_canvas = torch.arange(pshape[1], device=device).repeat_interleave(pshape[2]).repeat(pshape[0])
-    ctx_index, ctx_offset = table.ctx_index.to(device), table.ctx_offset.to(device)
-    live: dict[int, list[int]] = {}
-    decoded = 0
-    use_graph = device.type == "cuda" and config.cuda_graph
-    steppers: dict[int, TokenStep] = {}  # by rows decoded together (one CUDA graph each)
-
-    for step, patches in enumerate(schedule):
-        patches = patches.to(device)
-        w = patches.numel()
-        rb = torch.arange(rows_b, device=device).repeat_interleave(w)  # internal row -> example row
-        rp = patches.repeat(rows_b)  # internal row -> canonical patch
-        slots = torch.tensor(pool.acquire(rb.numel()), device=device)
-        slot_of[rb, rp] = slots
-        for s_, p_ in zip(slots.tolist(), rp.tolist()):
-            live.setdefault(int(free_after[p_]), []).append(s_)
-        cidx = ctx_index[rp]
-        ctx_slots = torch.where(cidx >= 0, slot_of[rb.unsqueeze(1), cidx.clamp(min=0)], cidx)
-        coff = ctx_offset[rp]
-        if text_cache is not None:
-            text_cache.rows = rb
-        canon = rb % batch_size  # canvas row of each internal row
-
-        # 1. local decode of the patches that have tokens to sample (or logits to report)
-        need = torch.ones(rb.numel(), dtype=torch.bool, device=device)
-        if mask_p is not None and not return_logits:
-            need = ~mask_p[canon, rp].all(dim=1)
-        if bool(need.any()):
-            sel = need.nonzero().squeeze(1)
-            if guided:  # decode a pair (conditional, unconditional) together or not at all
-                sel = sel[sel < w * batch_size]
-                sel = torch.cat([sel, sel + w * batch_size])
-            half = sel[: sel.numel() // 2] if guided else sel
-            if sel.numel() not in steppers:
-                steppers[sel.numel()] = TokenStep(model, pool, sel.numel(), table.max_context, own_offset, backend,
-                                                  text_cache, order_id, config, guided, canvas, prompt_p, mask_p,
-                                                  logits_out)
-            stepper = steppers[sel.numel()]
-            patch_rows = None if top is None else top[canon[sel]] + row_in_canvas[rp[sel]]
-            stepper.load(slots[sel], ctx_slots[sel], coff[sel], rb[sel], frame_of[rp[sel]], canon[half], rp[half],
-                         patch_rows, rope_.select(token_rotation, rp[sel], 0))
-            stepper.run_patch(n, use_graph=use_graph)
-            decoded += int(sel.numel()) // (2 if guided else 1)
-
-        # 2. global stack on the finished patches that someone will read
-        run = has_consumer[rp]
-        if bool(run.any()):
-            sel = run.nonzero().squeeze(1)
-            if text_cache is not None:
-                text_cache.rows = rb[sel]
-            rotation = rope_.select(token_rotation, rp[sel], 0)
-            layout = GlobalStepLayout(pool, slots[sel], ctx_slots[sel], coff[sel], own_offset, backend, text_cache,
-                                      rotation)
-            patch_rows = None if top is None else top[canon[sel]] + row_in_canvas[rp[sel]]
-            states = model.global_model(canvas[canon[sel], rp[sel]], layout, patch_rows)  # [R, n, d_global]
-            for i, block in enumerate(model.local_model.blocks):
-                ck, cv = block.context_kv(states)
-                ck = rope_.apply_rotation(ck, rotation)  # rotated once, where it is written
-                pool.context_kv[slots[sel], i, 0] = ck.transpose(1, 2)
-                pool.context_kv[slots[sel], i, 1] = cv.transpose(1, 2)
-
-        # 3. free the slots whose last consumer was in this step
-        pool.release(live.pop(step, []))
+    """The four steps of the module docstring for each step of the schedule; see ``NuwaInfinity.generate``."""
+    generation = _Generation(model, shape, order, batch_size, prompt, prompt_mask, text,
+                             config or GenerationConfig(), return_logits, rows)
+    for step, patches in enumerate(generation.schedule):
+        step_rows = generation.place(patches)
+        generation.decode(step_rows)
+        generation.feed_pool(step_rows)
+        generation.release(step)
         if progress is not None:
-            progress(w)
-
-    tokens = from_patches(canvas, shape, P)
-    logits = from_patches(logits_out, shape, P) if logits_out is not None else None
-    stats = dict(steps=len(schedule), patches=N, decoded_patches=decoded, slots_per_canvas=slots_per_canvas,
-                 pool_slots=pool.num_slots, peak_slots_in_use=pool.peak_in_use, slots_in_use_at_end=pool.in_use,
-                 pool_bytes=pool.num_slots * RotatingPool.bytes_per_slot(cfg, dtype))
-    return GenerationResult(tokens, logits, stats)
+            progress(step_rows.width)
+    return generation.result()
 
 
 class TokenStep:
@@ -399,14 +470,16 @@ class TokenStep:
     ``b``/``p`` are the canvas row and canonical patch of the first ``half`` rows.
     """
 
-    def __init__(self, model, pool, rows: int, max_context: int, own_offset, backend, text_cache, order_id,
-                 config, guided, canvas, prompt_p, mask_p, logits_out):
-        self.model, self.config, self.guided = model, config, guided
-        self.canvas, self.prompt_p, self.mask_p, self.logits_out = canvas, prompt_p, mask_p, logits_out
-        self.text_cache, self.order_id = text_cache, order_id
-        device = canvas.device
+    def __init__(self, shared: _Shared, rows: int):
+        model = shared.model
+        self.model, self.config, self.guided = model, shared.config, shared.guided
+        self.canvas, self.prompt_p, self.mask_p = shared.canvas, shared.prompt, shared.mask
+        self.logits_out = shared.logits
+        self.text_cache, self.order_id = shared.text, shared.order_id
+        device = shared.canvas.device
         long = dict(dtype=torch.long, device=device)
-        self.half = half = rows // 2 if guided else rows
+        max_context = shared.max_context
+        self.half = half = rows // 2 if shared.guided else rows
         self.slots, self.text_rows = torch.zeros(rows, **long), torch.zeros(rows, **long)
         self.ctx_slots, self.ctx_offset = torch.zeros(rows, max_context, **long), torch.zeros(rows, max_context, **long)
         self.b, self.p = torch.zeros(half, **long), torch.zeros(half, **long)
@@ -419,8 +492,8 @@ class TokenStep:
         cfg = model.config
         self.rotation = (tuple(torch.zeros(rows, cfg.tokens_per_patch, cfg.rope_dims // 2, device=device)
                                for _ in range(2)) if cfg.rope_dims else None)
-        self.layout = DecodeStepLayout(pool, self.slots, self.ctx_slots, self.ctx_offset, own_offset, backend,
-                                       text_cache, self.rotation)
+        self.layout = DecodeStepLayout(shared.pool, self.slots, self.ctx_slots, self.ctx_offset, shared.own_offset,
+                                       shared.backend, shared.text, self.rotation)
         self.layout.position = self.position
         self.graph = None
 

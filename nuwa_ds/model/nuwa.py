@@ -351,14 +351,15 @@ class NuwaInfinity(nn.Module):
 
     @torch.no_grad()
     def generate(self, shape, order: str = "down", batch_size: int = 1, prompt=None, prompt_mask=None, text=None,
-                 config=None, progress=None, rows=None) -> torch.Tensor:
+                 config=None, progress=None, rows=None, return_result: bool = False):
         """Sample a token canvas [B, T, H, W] of ``shape`` (T, H, W) tokens through the rotating pool.
         ``prompt`` tokens are kept (not sampled) where ``prompt_mask`` is true; ``rows`` (models with
-        ``row_embedding``): the patch row of the canvas top in the training pictures' frame (default 0)."""
+        ``row_embedding``): the patch row of the canvas top in the training pictures' frame (default 0).
+        With ``return_result`` the ``GenerationResult`` (tokens and the pool's statistics), else the tokens."""
         result = run_generation(self, shape, order, batch_size, prompt=prompt, prompt_mask=prompt_mask, text=text,
                                 config=config or GenerationConfig(), progress=progress, rows=rows)
-        self.last_generation_stats = result.stats
-        return result.tokens
+        self.last_generation_stats = result.stats  # for callers written before return_result; prefer it
+        return result if return_result else result.tokens
 
     # -- persistence --------------------------------------------------------------------------------
 
