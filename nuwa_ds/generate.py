@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from nuwa_ds.model import GenerationConfig, NuwaInfinity
-from nuwa_ds.model.generation import estimate_generation_memory
+from nuwa_ds.model.generation import GenerationResult, estimate_generation_memory
 from nuwa_ds.model_dir import VQ_POINTER, load_config_json, resolve_vq_tokenizer
 from nuwa_ds.tokenizer import VQTokenizer, load_image, save_media
 
@@ -169,25 +171,45 @@ def build_prompt(task, image, tokenizer, canvas_px, frames, direction, batch, f)
     return prompt, mask
 
 
-def run(args) -> int:
-    from tqdm import tqdm
+@dataclass
+class Plan:
+    """What one ``nuwa-ds generate`` makes, settled from the arguments before anything large is allocated."""
 
-    cfg = load_config_json(args.model_dir)
-    tok_dir = resolve_vq_tokenizer(args.model_dir, args.tokenizer)
+    task: str
+    video: bool
+    frames: int
+    size_px: tuple[int, int]  # (W, H)
+    order: str
+    shape: tuple[int, int, int]  # tokens (T, H, W)
+    f: int  # the VQ tokenizer's downsampling: pixels per token
+    unit: int  # pixels per patch
+    guided: bool  # classifier-free guidance: every canvas decoded with and without its caption
+    image: Optional[torch.Tensor]  # the given picture (outpaint, animate), [3, h, w] in [-1, 1]
+
+
+def pick_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    """--device and --dtype: the GPU when there is one, bf16 on it and fp32 on the CPU."""
+    chosen = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if device == "auto" else device))
+    return chosen, {"bf16": torch.bfloat16, "fp32": torch.float32}.get(dtype) or \
+        (torch.bfloat16 if chosen.type == "cuda" else torch.float32)
+
+
+def load_vq_tokenizer(model_dir, override: Optional[str], cfg, device) -> VQTokenizer:
+    """The VQ tokenizer the model names (or --tokenizer), checked against the model's vocabulary."""
+    tok_dir = resolve_vq_tokenizer(model_dir, override)
     if tok_dir is None or not Path(tok_dir).exists():
-        raise ValueError(f"{args.model_dir} names no VQ tokenizer ({VQ_POINTER}) and --tokenizer was not given "
+        raise ValueError(f"{model_dir} names no VQ tokenizer ({VQ_POINTER}) and --tokenizer was not given "
                          f"(or {tok_dir} is missing): pass --tokenizer DIR (or a taming .ckpt)")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(args.dtype) or \
-        (torch.bfloat16 if device.type == "cuda" else torch.float32)
     tokenizer = (VQTokenizer.from_taming_checkpoint(tok_dir, device=device) if Path(tok_dir).is_file()
                  else VQTokenizer.from_pretrained(tok_dir, device=device))
     if tokenizer.codebook_size != cfg.vocab_size:
         raise ValueError(f"tokenizer {tok_dir} has {tokenizer.codebook_size} codes, the model {cfg.vocab_size}")
-    f = tokenizer.downsample
-    unit = f * cfg.patch_size
+    return tokenizer
 
+
+def check_task(args, cfg) -> tuple[bool, int]:
+    """The task's inputs are there; returns (video, frames)."""
     task = args.task
     video = task in ("animate", "text2video")
     frames = args.frames if args.frames is not None else (4 if video else 1)
@@ -202,10 +224,14 @@ def run(args) -> int:
             raise FileNotFoundError(f"--input {args.input} not found")
     if args.prompt and cfg.text_encoder is None:
         raise ValueError(f"{args.model_dir} has no text encoder: --prompt cannot be used with this model")
-    image = load_image(args.input) if args.input else None
+    return video, frames
+
+
+def canvas_size(args, image: Optional[torch.Tensor], unit: int) -> tuple[int, int]:
+    """(W, H) in pixels: --size, or for outpaint the input grown by half in --direction, or 4 x 4 patches."""
     if args.size:
         W, H = parse_size(args.size)
-    elif task == "outpaint":
+    elif args.task == "outpaint":
         _, ih, iw = image.shape
         W, H = (round(iw * 1.5 / unit) * unit, round(ih / unit) * unit) if args.direction in ("left", "right") else \
             (round(iw / unit) * unit, round(ih * 1.5 / unit) * unit)
@@ -213,58 +239,95 @@ def run(args) -> int:
     else:
         W = H = 4 * unit
     check_pixel_size(W, H, unit)
+    return W, H
+
+
+def plan_generation(args, cfg, f: int) -> Plan:
+    video, frames = check_task(args, cfg)
+    unit = f * cfg.patch_size
+    image = load_image(args.input) if args.input else None
+    W, H = canvas_size(args, image, unit)
     if args.top < 0 or args.top % unit:
         raise ValueError(f"--top {args.top}: must be a non-negative multiple of the patch ({unit} px)")
-    order = args.order or task_order(task, args.direction, W, H)
-    shape = (frames, H // f, W // f)
     guided = bool(args.prompt) and args.cfg_scale is not None and args.cfg_scale != 1.0
-    backend = "triton" if device.type == "cuda" else "reference"
+    return Plan(task=args.task, video=video, frames=frames, size_px=(W, H),
+                order=args.order or task_order(args.task, args.direction, W, H), shape=(frames, H // f, W // f),
+                f=f, unit=unit, guided=guided, image=image)
 
-    need = estimate_generation_memory(cfg, shape, order, args.batch, args.wavefront, guided, dtype, backend)
+
+def check_memory(cfg, plan: Plan, args, device: torch.device, dtype: torch.dtype):
+    """Print the estimate; refuse, naming the largest canvas that fits, when it exceeds the budget."""
+    backend = "triton" if device.type == "cuda" else "reference"
+    need = estimate_generation_memory(cfg, plan.shape, plan.order, args.batch, args.wavefront, plan.guided, dtype,
+                                      backend)
     budget = int(args.max_memory_gb * 2**30) if args.max_memory_gb is not None else free_memory_bytes(device)
-    print(f"canvas {W}x{H} px x {frames} frame(s) = {shape[1]}x{shape[2]} tokens/frame, order {order}; "
-          f"estimated pool {need['pool'] / 2**20:.1f} MiB ({need['slots_per_canvas']} slots/canvas) + activations "
-          f"{need['activations'] / 2**20:.1f} MiB; available {budget / 2**20:.0f} MiB")
+    W, H = plan.size_px
+    print(f"canvas {W}x{H} px x {plan.frames} frame(s) = {plan.shape[1]}x{plan.shape[2]} tokens/frame, order "
+          f"{plan.order}; estimated pool {need['pool'] / 2**20:.1f} MiB ({need['slots_per_canvas']} slots/canvas) + "
+          f"activations {need['activations'] / 2**20:.1f} MiB; available {budget / 2**20:.0f} MiB")
     if need["total"] > budget:
-        best = largest_fitting(cfg, shape, order, args.batch, args.wavefront, guided, dtype, backend, budget)
-        hint = (f"the largest that fits is {best[2] * f}x{best[1] * f} px" if best else
+        best = largest_fitting(cfg, plan.shape, plan.order, args.batch, args.wavefront, plan.guided, dtype, backend,
+                               budget)
+        hint = (f"the largest that fits is {best[2] * plan.f}x{best[1] * plan.f} px" if best else
                 "not even one patch along the growing side fits; lower --batch or free memory")
         raise ValueError(f"this generation needs about {need['total'] / 2**20:.0f} MiB beyond the weights but only "
                          f"{budget / 2**20:.0f} MiB is available: {hint}")
 
-    model = NuwaInfinity.from_pretrained(args.model_dir, device=device, dtype=dtype)
+
+def sample_canvas(model, tokenizer, plan: Plan, args, device: torch.device) -> tuple[GenerationResult, float]:
+    """The token canvases [B, T, H, W] with the pool's statistics, and the seconds they took."""
+    from tqdm import tqdm
+
     prompt = mask = None
-    if image is not None:
-        prompt, mask = build_prompt(task, image, tokenizer, (W, H), frames, args.direction, args.batch, f)
+    if plan.image is not None:
+        prompt, mask = build_prompt(plan.task, plan.image, tokenizer, plan.size_px, plan.frames, args.direction,
+                                    args.batch, plan.f)
         prompt, mask = prompt.to(device), mask.to(device)
     text = [args.prompt] * args.batch if args.prompt else None
     gen = GenerationConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                            cfg_scale=args.cfg_scale, seed=args.seed, wavefront=args.wavefront)
-    total = shape[0] * (shape[1] // cfg.patch_size) * (shape[2] // cfg.patch_size)  # patches per canvas
+    P = model.config.patch_size
+    total = plan.shape[0] * (plan.shape[1] // P) * (plan.shape[2] // P)  # patches per canvas
     start = time.perf_counter()
     with tqdm(total=total, unit="patch", desc="generating") as bar:
-        tokens = model.generate(shape, order=order, batch_size=args.batch, prompt=prompt, prompt_mask=mask,
-                                text=text, config=gen, progress=bar.update, rows=args.top // unit)
+        result = model.generate(plan.shape, order=plan.order, batch_size=args.batch, prompt=prompt, prompt_mask=mask,
+                                text=text, config=gen, progress=bar.update, rows=args.top // plan.unit,
+                                return_result=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    stats = model.last_generation_stats
+    return result, time.perf_counter() - start
 
+
+def write_media(tokens: torch.Tensor, tokenizer, plan: Plan, args, device: torch.device) -> list[str]:
+    """Decode each canvas to --out (``_b`` before the suffix for a batch), with --save-tokens its .npy."""
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not video and out.suffix.lower() in (".gif", ".mp4"):
+    if not plan.video and out.suffix.lower() in (".gif", ".mp4"):
         raise ValueError(f"--out {out}: a single image is written as .png")
     written = []
     for b in range(args.batch):
-        pixels = torch.cat([tokenizer.decode_tiled(tokens[b, t : t + 1].to(device)) for t in range(frames)])
+        pixels = torch.cat([tokenizer.decode_tiled(tokens[b, t : t + 1].to(device)) for t in range(plan.frames)])
         target = out if args.batch == 1 else out.with_name(f"{out.stem}_{b}{out.suffix}")
         written.append(str(save_media(pixels.float().cpu(), target, fps=args.fps)))
         if args.save_tokens:
             import numpy as np
 
             np.save(target.with_suffix(".npy"), tokens[b].cpu().numpy().astype(np.int16))
-    summary = {"task": task, "order": order, "size_px": [W, H], "top_px": args.top, "frames": frames,
-               "tokens": list(tokens.shape),
+    return written
+
+
+def run(args) -> int:
+    cfg = load_config_json(args.model_dir)
+    device, dtype = pick_device(args.device, args.dtype)
+    tokenizer = load_vq_tokenizer(args.model_dir, args.tokenizer, cfg, device)
+    plan = plan_generation(args, cfg, tokenizer.downsample)
+    check_memory(cfg, plan, args, device, dtype)
+    model = NuwaInfinity.from_pretrained(args.model_dir, device=device, dtype=dtype)
+    result, seconds = sample_canvas(model, tokenizer, plan, args, device)
+    tokens, stats = result.tokens, result.stats
+    written = write_media(tokens, tokenizer, plan, args, device)
+    summary = {"task": plan.task, "order": plan.order, "size_px": list(plan.size_px), "top_px": args.top,
+               "frames": plan.frames, "tokens": list(tokens.shape),
                "seconds": round(seconds, 3), "ms_per_token": 1000 * seconds / tokens.numel(), "files": written,
                **{k: stats[k] for k in ("steps", "patches", "slots_per_canvas", "peak_slots_in_use")}}
     print(json.dumps(summary))
