@@ -8,6 +8,9 @@ from model_helpers import tiny_model, write_tiny_text_encoder
 from nuwa_ds import GenerationConfig
 from nuwa_ds.model.generation import keyed_uniform, run_generation, sample_tokens
 
+# decoding loops of tiny ops: one intra-op thread (conftest.one_torch_thread says why)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 GREEDY = GenerationConfig(temperature=0.0)
 
 
