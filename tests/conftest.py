@@ -19,6 +19,20 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Token-by-token decoding is thousands of small ops: on a CPU one intra-op thread is as fast as two
+    when the machine is idle, and when the other core is busy each op waits for the descheduled second
+    thread (nuwa_ds.recipe measured 4 s vs ~100 s). Measured here, tests/test_generation.py + test_rope.py
+    on a busy 2-core machine: 404 s on 2 threads, 31 s on 1. The ranks the tests launch run on one thread
+    already (OMP_NUM_THREADS=1 in test_train_utils.clean_env). Module scope: the modules' shared fixtures
+    (the memorised grid, the generate CLI's model) run under it too."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -12,7 +12,8 @@ from model_helpers import tiny_model, write_tiny_text_encoder
 from nuwa_ds.cli import main
 from nuwa_ds.tokenizer import VQConfig, VQTokenizer, demo_pictures, from_uint8, save_png
 
-pytestmark = pytest.mark.slow
+# decoding loops of tiny ops: one intra-op thread (conftest.one_torch_thread says why)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

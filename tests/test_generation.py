@@ -8,6 +8,9 @@ from model_helpers import tiny_model, write_tiny_text_encoder
 from nuwa_ds import GenerationConfig
 from nuwa_ds.model.generation import keyed_uniform, run_generation, sample_tokens
 
+# decoding loops of tiny ops: one intra-op thread (conftest.one_torch_thread says why)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 GREEDY = GenerationConfig(temperature=0.0)
 
 
@@ -29,12 +32,16 @@ def test_pool_slots_do_not_grow_with_canvas_width():
     assert stats[1]["patches"] == 80
 
 
-def _memorise(grid: torch.Tensor, orders, steps: int = 300):
+def _memorise(grid: torch.Tensor, orders, steps: int = 300, stop_below: float = 0.01):
+    """Train until the teacher-forced loss is below ``stop_below`` (measured: ~130 of the 300 steps;
+    the tests assert < 0.05 and, what matters, that greedy generation gives the grid back)."""
     model = tiny_model(seed=3).train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     batch = grid.expand(len(orders), *grid.shape[1:])
     for _ in range(steps):
         loss = model(batch, order=list(orders), return_logits=False).loss
+        if float(loss.detach()) < stop_below:
+            break
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -10,6 +10,9 @@ from nuwa_ds import NuwaInfinity
 from nuwa_ds.model import ORDERS, context_table
 from nuwa_ds.model.nuwa import to_patches
 
+# teacher-forced decoding loops of tiny ops: one intra-op thread (conftest.one_torch_thread says why)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def text_dir(tmp_path_factory):

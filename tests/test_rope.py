@@ -9,6 +9,9 @@ from nuwa_ds.config import ConfigError, NuwaConfig
 from nuwa_ds.model import ORDERS
 from nuwa_ds.model.rope import apply_rotation, patch_token_coordinates, rotation
 
+# decoding loops of tiny ops: one intra-op thread (conftest.one_torch_thread says why)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def test_rotated_dot_products_depend_only_on_the_offset():
     torch.manual_seed(0)
