@@ -26,9 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from nuwa_ds.model import GenerationConfig, NuwaInfinity
+from nuwa_ds.model.attention import resolve_backend
 from nuwa_ds.model.generation import GenerationResult, estimate_generation_memory
 from nuwa_ds.model_dir import VQ_POINTER, load_config_json, resolve_vq_tokenizer
-from nuwa_ds.tokenizer import VQTokenizer, load_image, save_media
+from nuwa_ds.tokenizer import VQTokenizer, load_image, resolve_device, save_media
 
 TASKS = ("unconditional", "text2image", "outpaint", "animate", "text2video")
 
@@ -188,9 +189,9 @@ class Plan:
 
 
 def pick_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    """--device and --dtype: the GPU when there is one, bf16 on it and fp32 on the CPU."""
-    chosen = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if device == "auto" else device))
+    """--device and --dtype: the GPU when there is one, bf16 on it and fp32 on the CPU ('cuda' without a
+    GPU is a clear error)."""
+    chosen = resolve_device(device)
     return chosen, {"bf16": torch.bfloat16, "fp32": torch.float32}.get(dtype) or \
         (torch.bfloat16 if chosen.type == "cuda" else torch.float32)
 
@@ -257,7 +258,7 @@ def plan_generation(args, cfg, f: int) -> Plan:
 
 def check_memory(cfg, plan: Plan, args, device: torch.device, dtype: torch.dtype):
     """Print the estimate; refuse, naming the largest canvas that fits, when it exceeds the budget."""
-    backend = "triton" if device.type == "cuda" else "reference"
+    backend = resolve_backend(cfg.attn_backend, device)  # the backend the model will run
     need = estimate_generation_memory(cfg, plan.shape, plan.order, args.batch, args.wavefront, plan.guided, dtype,
                                       backend)
     budget = int(args.max_memory_gb * 2**30) if args.max_memory_gb is not None else free_memory_bytes(device)

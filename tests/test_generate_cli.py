@@ -94,3 +94,9 @@ def test_refuses_what_does_not_fit_and_names_the_largest(model_dir, tmp_path, ca
 def test_bad_arguments_fail_clearly(model_dir, tmp_path, capsys, args, message):
     assert generate(model_dir, *args, "--out", str(tmp_path / "x.png")) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU that is not there")
+def test_cuda_without_a_gpu_fails_clearly(model_dir, tmp_path, capsys):
+    assert generate(model_dir, "--device", "cuda", "--out", str(tmp_path / "x.png")) == 2
+    assert "no CUDA GPU is visible" in capsys.readouterr().err
