@@ -214,7 +214,8 @@ def test_a_lost_node_fails_the_run_and_the_requeued_job_resumes_on_the_nodes_lef
     assert re.search(r"ranks exited with status [1-9]", first_run), first_run[-4000:]
     assert f"Node failure on {node}" in first_run, first_run[-4000:]     # srun names the lost node
     assert "training failed (status" in first_run or "SIGTERM from Slurm" in first_run, first_run[-4000:]
-    assert "Connection closed by peer" in first_run       # the survivor's collective failed at once
+    # the survivor's collective failed at once (gloo reads EOF or ECONNRESET, depending on when the peer died)
+    assert re.search(r"Connection (closed|reset) by peer", first_run), first_run[-4000:]
     for pid in (r["pid"] for r in events(run_dir, "start")[0]["ranks"]):
         assert not os.path.exists(f"/proc/{pid}") or "nuwa_ds" not in open(f"/proc/{pid}/cmdline").read()
     # the requeued job ran on the two nodes left and resumed from the last checkpoint completed before the loss
