@@ -249,7 +249,8 @@ def test_stop_signals_at_random_moments_of_two_ranks_with_workers(tmp_path, zygo
     assert codes == [0, 0], reference.tails()
     (expected,) = segments(reference_dir)
     assert sorted(expected) == list(range(1, STEPS + 1))
-    # a fraction of the start-up is aimed at; of fresh and forked ranks the last such trial's
+    # a start-up trial signals within a fraction of the start-up, as long as the last start-up trial of the
+    # same kind of launch (fresh or forked) took; the reference run's until there is one
     startup_s = dict.fromkeys((True, False), events(reference_dir, "start")[0]["time"] - reference.started)
 
     run_dir, step, strict, lags, summary, timeline = tmp_path / "run", 0, 0, [], [], []
