@@ -20,7 +20,7 @@ every row; rows ``real_a`` (floor), ``recon`` (VQ floor), ``random_tokens`` (cei
 row: mean over the first and the last quarter of its indices, their ratio, and the last quarter over
 the mean of the recon row.
 
-Temporal: per clip, the phase-correlation shifts of consecutive frames (``temporal.clip_shifts``);
+Temporal: per clip, the shifts of consecutive frames by block matching (``temporal.clip_shifts``);
 per set, speed, direction, jitter and frame-to-frame differences; every set's speed error and
 frame-difference ratio against the real clips; with ``paired``, per-clip shift errors and whether
 the first frame was kept.
@@ -461,7 +461,7 @@ def format_video_report(report: dict) -> list[str]:
             lines.append(f"  {'':<14} by frame: {curve}")
     if "temporal" in report:
         t = report["temporal"]
-        lines.append("Temporal (phase correlation between consecutive frames; dx > 0: content moves right):")
+        lines.append("Temporal (block matching between consecutive frames; dx > 0: content moves right):")
         for name, m in t["sets"].items():
             lines.append(f"  {name:<14} speed {m['speed']:6.3f} px/frame  right {m['right']:4.2f}  "
                          f"jitter {m['jitter']:6.3f}  frame diff {m['frame_diff']:6.2f} (aligned "
