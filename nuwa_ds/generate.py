@@ -225,13 +225,33 @@ def load_vq_tokenizer(model_dir, override: Optional[str], cfg, device) -> VQToke
     return tokenizer
 
 
+def task_frames(opts) -> tuple[bool, int]:
+    """(video, frames): whether the task makes videos, and the frames of each canvas (--frames, or 4 for
+    a video and 1 for a picture)."""
+    video = opts.task in ("animate", "text2video")
+    frames = opts.frames if opts.frames is not None else (4 if video else 1)
+    if frames < 1 or (video and frames < 2):
+        raise ValueError(f"--frames {frames}: {opts.task} needs at least 2 frames" if video else
+                         "--frames must be >= 1")
+    return video, frames
+
+
+def check_out(opts):
+    """--out names a file of a kind the canvases can be written as; checked before any work."""
+    suffix = Path(opts.out).suffix.lower()
+    _, frames = task_frames(opts)
+    if suffix not in (".png", ".gif", ".mp4"):
+        raise ValueError(f"--out {opts.out}: write .png (images), .gif or .mp4 (videos)")
+    if frames == 1 and suffix != ".png":
+        raise ValueError(f"--out {opts.out}: a single image is written as .png")
+    if frames > 1 and suffix == ".png":
+        raise ValueError(f"--out {opts.out}: {frames} frames are written as .gif or .mp4")
+
+
 def check_task(opts, cfg) -> tuple[bool, int]:
     """The task's inputs are there; returns (video, frames)."""
     task = opts.task
-    video = task in ("animate", "text2video")
-    frames = opts.frames if opts.frames is not None else (4 if video else 1)
-    if frames < 1 or (video and frames < 2):
-        raise ValueError(f"--frames {frames}: {task} needs at least 2 frames" if video else "--frames must be >= 1")
+    video, frames = task_frames(opts)
     if task in ("text2image", "text2video") and not opts.prompt:
         raise ValueError(f"--task {task} needs --prompt TEXT")
     if task in ("outpaint", "animate"):
@@ -266,7 +286,7 @@ def plan_generation(opts, cfg, f: int) -> Plan:
     W, H = canvas_size(opts, image, unit)
     if opts.top < 0 or opts.top % unit:
         raise ValueError(f"--top {opts.top}: must be a non-negative multiple of the patch ({unit} px)")
-    guided = bool(opts.prompt) and opts.sampling.cfg_scale is not None and opts.sampling.cfg_scale != 1.0
+    guided = opts.sampling.uses_guidance(bool(opts.prompt))  # check_task: a prompt means a text encoder
     return Plan(task=opts.task, video=video, frames=frames, size_px=(W, H),
                 order=opts.order or task_order(opts.task, opts.direction, W, H), shape=(frames, H // f, W // f),
                 f=f, unit=unit, guided=guided, image=image)
@@ -315,10 +335,8 @@ def sample_canvas(model, tokenizer, plan: Plan, opts, device: torch.device) -> t
 
 def write_media(tokens: torch.Tensor, tokenizer, plan: Plan, opts, device: torch.device) -> list[str]:
     """Decode each canvas to --out (``_b`` before the suffix for a batch), with --save-tokens its .npy."""
-    out = Path(opts.out)
+    out = Path(opts.out)  # its suffix was checked before the generation (check_out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not plan.video and out.suffix.lower() in (".gif", ".mp4"):
-        raise ValueError(f"--out {out}: a single image is written as .png")
     written = []
     for b in range(opts.batch):
         pixels = torch.cat([tokenizer.decode_tiled(tokens[b, t : t + 1].to(device)) for t in range(plan.frames)])
@@ -333,6 +351,7 @@ def write_media(tokens: torch.Tensor, tokenizer, plan: Plan, opts, device: torch
 
 def run(args) -> int:
     opts = GenerateOptions.from_args(args)
+    check_out(opts)  # before anything is loaded: a bad name must not cost a generation
     cfg = load_config_json(opts.model_dir)
     device, dtype = pick_device(opts.device, opts.dtype)
     tokenizer = load_vq_tokenizer(opts.model_dir, opts.tokenizer, cfg, device)

@@ -47,6 +47,11 @@ class GenerationConfig(ConfigBase):
     cuda_graph: bool = True
     """On CUDA, capture the token step in a CUDA graph (one per number of rows) and replay it."""
 
+    def uses_guidance(self, has_text: bool) -> bool:
+        """Whether classifier-free guidance runs: a caption and a scale other than None or 1 (then every
+        canvas is decoded twice, with its caption and with the empty one)."""
+        return has_text and self.cfg_scale is not None and self.cfg_scale != 1.0
+
     def validate(self):
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
@@ -437,7 +442,7 @@ def _text_cache(model, text, batch_size: int, device, config: GenerationConfig) 
     """The captions' encoder states, shared by every step, and whether guidance is on (then the rows
     B..2B-1 are the same canvases with the empty caption)."""
     text_ctx = model.encode_text(text, batch_size, device)
-    guided = text_ctx is not None and config.cfg_scale is not None and config.cfg_scale != 1.0
+    guided = config.uses_guidance(text_ctx is not None)
     if text_ctx is None:
         return None, guided
     states, length = text_ctx
