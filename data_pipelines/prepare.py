@@ -40,7 +40,7 @@ import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -49,6 +49,7 @@ import torch
 
 from data_pipelines.samples import encode_sample
 from data_pipelines.sources import Captions, Source, _kind, iter_sources, open_source_image
+from nuwa_ds.config_base import ConfigBase, cli
 from nuwa_ds.tokenizer import VQTokenizer, resolve_device
 from nuwa_ds.tokenizer.media import open_video, sampled_fps
 
@@ -61,7 +62,9 @@ hold: left out of the settings fingerprint, so a run may resume with other value
 
 
 @dataclass
-class PrepareOptions:
+class PrepareOptions(ConfigBase):
+    """How :func:`prepare_shards` cuts and writes; ``nuwa-ds prepare`` takes each field as a flag."""
+
     image_size: int = 256
     """Short side in pixels after resizing (0: keep the native size)."""
     patch_size: int = 16
@@ -720,52 +723,45 @@ def _finish(out_dir: Path, opts: PrepareOptions, state: dict, output: ShardOutpu
 # CLI
 
 
+@dataclass
+class PrepareCommand(ConfigBase):
+    """Everything ``nuwa-ds prepare`` is told; its flags are generated from these fields."""
+
+    inputs: list[str] = field(metadata=cli(positional=True))
+    """Folders of pictures and/or videos, .tar files of pictures, or files."""
+    out: str
+    """Output folder for the shards, manifest.json and prepare_state.json."""
+    tokenizer: Optional[str] = field(default=None, metadata=cli(one_of="tokenizer"))
+    """A tokenizer folder (nuwa-ds tokenizer-train / VQTokenizer.save_pretrained)."""
+    taming_ckpt: Optional[str] = field(default=None, metadata=cli(one_of="tokenizer"))
+    """A taming-transformers / latent-diffusion VQGAN .ckpt."""
+    taming_config: Optional[str] = None
+    """Its model .yaml or a preset name (default: inferred from the weights)."""
+    captions: Optional[str] = None
+    """CSV / TSV / JSONL with path and caption columns."""
+    device: str = "auto"
+    """auto (GPU when there is one), cpu or cuda."""
+    options: PrepareOptions = field(default_factory=PrepareOptions)
+    """How to cut and write: its fields are flags."""
+
+
 def add_arguments(parser: argparse.ArgumentParser):
-    defaults = PrepareOptions()
-    parser.add_argument("inputs", nargs="+", help="folders of pictures and/or videos, .tar files of pictures, or files")
-    parser.add_argument("--out", required=True, help="output folder for the shards, manifest.json and prepare_state.json")
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--tokenizer", help="a tokenizer folder (nuwa-ds tokenizer-train / VQTokenizer.save_pretrained)")
-    group.add_argument("--taming-ckpt", help="a taming-transformers / latent-diffusion VQGAN .ckpt")
-    parser.add_argument("--taming-config", default=None,
-                        help="its model .yaml or a preset name (default: inferred from the weights)")
-    parser.add_argument("--captions", default=None, help="CSV / TSV / JSONL with path and caption columns")
-    parser.add_argument("--image-size", type=int, default=defaults.image_size, help="short side in pixels (0: native)")
-    parser.add_argument("--patch-size", type=int, default=defaults.patch_size, help="model patch size in tokens")
-    parser.add_argument("--max-aspect", type=float, default=defaults.max_aspect,
-                        help="panoramas up to this long/short ratio stay whole")
-    parser.add_argument("--fps", type=float, default=defaults.fps, help="video frames sampled per second")
-    parser.add_argument("--clip-frames", type=int, default=defaults.clip_frames, help="frames per video sample")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="frames per tokenizer call")
-    parser.add_argument("--workers", type=int, default=defaults.workers,
-                        help="threads decoding pictures and short videos ahead of the tokenizer")
-    parser.add_argument("--shard-maxcount", type=int, default=defaults.shard_maxcount)
-    parser.add_argument("--shard-maxsize", type=float, default=defaults.shard_maxsize)
-    parser.add_argument("--prefix", default=defaults.prefix)
-    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction,
-                        help="share of the sources held out (by a hash of their path) in val-PREFIX-*.tar shards")
-    parser.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda")
-    parser.add_argument("--overwrite", action="store_true", help="replace shards of a different earlier run")
-    parser.add_argument("--no-progress", action="store_true")
+    PrepareCommand.add_flags(parser)
 
 
 def run(args) -> int:
-    if args.taming_ckpt:
-        tokenizer = VQTokenizer.from_taming_checkpoint(args.taming_ckpt, args.taming_config)
+    command = PrepareCommand.from_args(args)
+    if command.taming_ckpt:
+        tokenizer = VQTokenizer.from_taming_checkpoint(command.taming_ckpt, command.taming_config)
     else:
-        tokenizer = VQTokenizer.from_pretrained(args.tokenizer)
-    opts = PrepareOptions(image_size=args.image_size, patch_size=args.patch_size, max_aspect=args.max_aspect,
-                          fps=args.fps, clip_frames=args.clip_frames, batch_size=args.batch_size,
-                          workers=args.workers, shard_maxcount=args.shard_maxcount, shard_maxsize=args.shard_maxsize,
-                          prefix=args.prefix, progress=not args.no_progress, overwrite=args.overwrite,
-                          val_fraction=args.val_fraction)
-    manifest = prepare_shards(args.inputs, args.out, tokenizer, captions=args.captions, device=args.device,
-                              options=opts)
+        tokenizer = VQTokenizer.from_pretrained(command.tokenizer)
+    manifest = prepare_shards(command.inputs, command.out, tokenizer, captions=command.captions,
+                              device=command.device, options=command.options)
     counts = manifest["counts"]
     print(f"{manifest['num_samples']} samples in {manifest['num_shards']} shards; "
           f"images {counts.get('images', 0)}, videos {counts.get('videos', 0)}, "
           f"skipped {sum(v for k, v in counts.items() if k.startswith('skipped_'))}")
-    print(f"data.shards={Path(args.out) / manifest['shards']}")
+    print(f"data.shards={Path(command.out) / manifest['shards']}")
     if manifest.get("val_shards"):
-        print(f"data.val_shards={Path(args.out) / manifest['val_shards']} ({manifest['val_samples']} held out)")
+        print(f"data.val_shards={Path(command.out) / manifest['val_shards']} ({manifest['val_samples']} held out)")
     return 0

@@ -9,12 +9,16 @@ twice and writes the gradient once, in the logits' own dtype and buffer:
     pass 1: per-lane online max / sum of exp over the vocabulary -> lse; loss = lse - x[target]
     pass 2: g = exp(x - lse) * scale, minus scale at the target, stored over x
 
-Reference: ``reference_cross_entropy``. Test: ``tests/test_kernels_cross_entropy.py``.
+In the Triton tutorials' manner this file holds the kernel, its launcher, the torch reference
+(``reference_cross_entropy``) and the benchmark entry (``benchmark``) that ``nuwa-ds bench kernels``
+finds here. Test: ``tests/test_kernels_cross_entropy.py``.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from typing import Callable, Optional
 
 import torch
 import triton
@@ -77,3 +81,44 @@ def reference_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, scale: 
     grad = torch.softmax(x, dim=-1) * scale
     grad[torch.arange(x.shape[0], device=x.device), targets.long()] -= scale
     return loss, grad
+
+
+# ----------------------------------------------------------------------------------------------
+# Benchmark: ``nuwa-ds bench kernels`` calls every kernels/ module's ``benchmark``
+
+BENCH_SHAPES = {"cuda": ((4096, 16384), (16384, 16384), (16384, 1024)), "cpu": ((6, 300),)}
+"""(rows, vocabulary) per device: a head chunk of nuwa-350m's 16384-code vocabulary at the default
+``loss_chunk_tokens`` and four times that, and a small vocabulary; on CPU (the interpreter) one odd
+shape, for correctness only."""
+
+
+def benchmark(device: str = "cuda", measure: Optional[Callable] = None,
+              dtype: Optional[torch.dtype] = None) -> list[dict]:
+    """Rows of the kernel beside its reference's torch ops (which also materialise the gradient), after
+    a correctness gate on a fresh copy of the same logits. ``measure(fn) -> milliseconds`` (default:
+    one wall-clock call). Memory-bound: ``gbps`` counts the logits read twice and written once."""
+    measure = measure or _wall_ms
+    dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
+    rows = []
+    for R, V in BENCH_SHAPES["cuda" if device == "cuda" else "cpu"]:
+        gen = torch.Generator(device=device).manual_seed(0)
+        logits = torch.randn(R, V, device=device, dtype=dtype, generator=gen) * 4
+        targets = torch.randint(0, V, (R,), device=device, generator=gen)
+        ref_loss, ref_grad = reference_cross_entropy(logits, targets, 1.0 / R)
+        check = logits.clone()
+        loss = cross_entropy_grad_(check, targets, 1.0 / R)
+        error = max(float((x.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
+                    for x, ref in ((loss, ref_loss), (check, ref_grad)))
+        ms = measure(lambda: cross_entropy_grad_(logits, targets, 1.0 / R))  # in place: its cost does not
+        ref_ms = measure(lambda: reference_cross_entropy(logits, targets, 1.0 / R))  # depend on the values
+        row = dict(kernel="cross_entropy", case=f"{R}x{V}", dtype=str(dtype).replace("torch.", ""), ms=ms,
+                   gbps=3 * logits.numel() * logits.element_size() / ms / 1e6, ref_ms=ref_ms, x_ref=ref_ms / ms,
+                   worst_rel_error=error, ok=error < (2e-2 if dtype == torch.bfloat16 else 1e-5))
+        rows.append(row)
+    return rows
+
+
+def _wall_ms(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return 1000 * (time.perf_counter() - start)

@@ -1,6 +1,9 @@
 """The config system's machinery: dataclass <-> dict with type checks, JSON round-trip and ``a.b=value``
 overrides, shared by every config dataclass (the model's :class:`~nuwa_ds.model.config.NuwaConfig`, the
-tokenizer's ``VQConfig``, the run's ``DataConfig`` / ``TrainConfig`` / ``RunConfig`` in ``nuwa_ds.config``).
+tokenizer's ``VQConfig``, the run's ``DataConfig`` / ``TrainConfig`` / ``RunConfig`` in ``nuwa_ds.config``),
+and command-line flags generated from a dataclass's fields (:meth:`ConfigBase.add_flags` /
+:meth:`ConfigBase.from_args`, see "Command-line flags" below), so a command's options live in one
+dataclass with their defaults and docstrings.
 
 Loading is strict: an unknown key or a value of the wrong type raises :class:`ConfigError` (a
 ``ValueError``) naming the key and what was expected, so a typo never silently trains the wrong model.
@@ -9,8 +12,13 @@ Standard library only: the bottom layer of ``nuwa_ds`` (docs/design.md, "11. Lay
 
 from __future__ import annotations
 
+import argparse
+import ast
 import dataclasses
+import functools
+import inspect
 import json
+import textwrap
 import types
 import typing
 from pathlib import Path
@@ -157,8 +165,155 @@ def _parse_scalar(text: str, tp, key: str):
     return parsed
 
 
+# ----------------------------------------------------------------------------------------------
+# Command-line flags from fields.
+#
+# Each field of a dataclass is one flag: ``--field-name``, its help the field's docstring, its type
+# from the annotation (``Optional[X]`` -> X, ``tuple[int, ...]`` / ``list[X]`` -> one or more values,
+# ``tuple[int, int]`` -> two, ``Literal[...]`` -> choices, ``bool`` -> ``--x / --no-x``), its default
+# the dataclass's. A field of dataclass type adds the fields of that dataclass, unprefixed, with the
+# defaults of its default instance (so a command may default ``wavefront`` otherwise than the library).
+# What argparse needs beyond that is said in the field's metadata, ``field(metadata=cli(...))``.
+
+
+def cli(*, help: str | None = None, flag: str | None = None, metavar: str | None = None, type=None,
+        choices=None, positional: bool = False, negative: tuple[str, str] | None = None,
+        one_of: str | None = None, skip: bool = False) -> dict:
+    """Field metadata for :func:`add_flags`. ``help``: instead of the docstring; ``flag``: another
+    name than ``--field-name``; ``type``: a function parsing the text (e.g. ``N|all``); ``positional``:
+    an argument, not an option; ``negative=(flag, help)``: a bool's second flag that sets it false,
+    instead of ``--no-x``; ``one_of``: fields sharing the name are exclusive and one is required;
+    ``skip``: not on the command line."""
+    given = dict(help=help, flag=flag, metavar=metavar, type=type, choices=choices, positional=positional,
+                 negative=negative, one_of=one_of, skip=skip)
+    return {"cli": {k: v for k, v in given.items() if v not in (None, False)}}
+
+
+@functools.lru_cache(maxsize=None)
+def field_docs(cls) -> dict[str, str]:
+    """The docstring under each field of a dataclass (the string right after ``name: type = ...``)."""
+    docs = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):  # no source (e.g. defined in an interactive session)
+            continue
+        body = tree.body[0].body
+        for stmt, after in zip(body, body[1:]):
+            if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and isinstance(after, ast.Expr)
+                    and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+                docs[stmt.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
+    return docs
+
+
+def _field_default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _without_none(tp):
+    """``Optional[X]`` -> X (other annotations unchanged)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(inner) == 1:
+            return inner[0]
+    return tp
+
+
+def _flag_kwargs(tp, meta: dict) -> dict:
+    """argparse's ``type`` / ``nargs`` / ``choices`` for one annotation."""
+    tp = _without_none(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        kwargs = dict(type=type(args[0]), choices=args)
+    elif origin in (tuple, list):
+        many = origin is list or (len(args) == 2 and args[1] is Ellipsis)
+        kwargs = dict(type=args[0] if args else str, nargs="+" if many else len(args))
+    elif tp in (int, float, str):
+        kwargs = dict(type=tp)
+    else:
+        kwargs = {}
+    for key in ("type", "choices", "metavar"):
+        if key in meta:
+            kwargs[key] = meta[key]
+    if "type" not in kwargs:
+        raise TypeError(f"no command-line type for {tp!r}: give field(metadata=cli(type=...))")
+    return kwargs
+
+
+def add_flags(parser: argparse.ArgumentParser, cls, defaults: dict | None = None) -> None:
+    """Add a flag (or argument) per field of the dataclass ``cls`` to ``parser`` (rules above)."""
+    docs, hints, groups = field_docs(cls), typing.get_type_hints(cls), {}
+    for f in dataclasses.fields(cls):
+        meta = f.metadata.get("cli", {})
+        if meta.get("skip"):
+            continue
+        default = _field_default(f) if defaults is None else defaults.get(f.name, dataclasses.MISSING)
+        if dataclasses.is_dataclass(hints[f.name]):
+            add_flags(parser, hints[f.name], {} if default is dataclasses.MISSING else
+                      {g.name: getattr(default, g.name) for g in dataclasses.fields(default)})
+            continue
+        help_text = meta.get("help") or docs.get(f.name, "").replace("%", "%%") or None
+        if meta.get("positional"):
+            kwargs = _flag_kwargs(hints[f.name], meta)
+            if default is not dataclasses.MISSING:  # an optional argument: none or more values
+                kwargs.update(default=default, nargs="*" if kwargs.get("nargs") == "+" else "?")
+            parser.add_argument(f.name, help=help_text, **kwargs)
+            continue
+        name = meta.get("flag") or "--" + f.name.replace("_", "-")
+        required = default is dataclasses.MISSING
+        target = parser
+        if "one_of" in meta:  # e.g. prepare's --tokenizer | --taming-ckpt: exactly one of them
+            if meta["one_of"] not in groups:
+                groups[meta["one_of"]] = parser.add_mutually_exclusive_group(required=True)
+            target, required, default = groups[meta["one_of"]], False, None
+        if _without_none(hints[f.name]) is bool and "negative" in meta:
+            negative, negative_help = meta["negative"]
+            said = " (default)"  # said on the flag that matches the default, as a bool's --x / --no-x cannot
+            pair = parser.add_mutually_exclusive_group()
+            pair.add_argument(name, dest=f.name, action="store_true", default=default,
+                              help=help_text and help_text + said * (default is True))
+            pair.add_argument(negative, dest=f.name, action="store_false",
+                              help=negative_help + said * (default is False))
+        elif _without_none(hints[f.name]) is bool:
+            target.add_argument(name, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                                required=required, help=help_text)
+        else:
+            target.add_argument(name, dest=f.name, default=None if required else default, required=required,
+                                help=help_text, **_flag_kwargs(hints[f.name], meta))
+
+
+def from_args(cls, namespace: argparse.Namespace, defaults=None):
+    """The dataclass ``cls`` from a namespace parsed with :func:`add_flags`'s flags (checked and
+    validated as a loaded config is); skipped fields keep their defaults."""
+    hints, data = typing.get_type_hints(cls), {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            data[f.name] = from_args(hints[f.name], namespace, _field_default(f))
+        elif not f.metadata.get("cli", {}).get("skip"):
+            data[f.name] = getattr(namespace, f.name)
+        elif defaults is not None:
+            data[f.name] = getattr(defaults, f.name)
+    return _from_dict(cls, data)
+
+
 class ConfigBase:
-    """Mixin: JSON round-trip and overrides for the config dataclasses."""
+    """Mixin: JSON round-trip, overrides and command-line flags for the config dataclasses."""
+
+    @classmethod
+    def add_flags(cls, parser: argparse.ArgumentParser) -> None:
+        """One flag per field (see :func:`add_flags`)."""
+        add_flags(parser, cls)
+
+    @classmethod
+    def from_args(cls, namespace: argparse.Namespace):
+        """This dataclass from the parsed flags (see :func:`from_args`)."""
+        return from_args(cls, namespace)
 
     def to_dict(self) -> dict:
         return _to_dict(self)

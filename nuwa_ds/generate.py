@@ -18,58 +18,74 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 
+from nuwa_ds.config_base import ConfigBase, cli
 from nuwa_ds.model import GenerationConfig, NuwaInfinity
+from nuwa_ds.model.geometry import ORDERS
 from nuwa_ds.model.attention import resolve_backend
 from nuwa_ds.model.generation import GenerationResult, estimate_generation_memory
 from nuwa_ds.model_dir import VQ_POINTER, load_config_json, resolve_vq_tokenizer
 from nuwa_ds.tokenizer import VQTokenizer, load_image, resolve_device, save_media
 
-TASKS = ("unconditional", "text2image", "outpaint", "animate", "text2video")
+Task = Literal["unconditional", "text2image", "outpaint", "animate", "text2video"]
+TASKS = typing.get_args(Task)
+
+
+@dataclass
+class GenerateOptions(ConfigBase):
+    """Everything ``nuwa-ds generate`` is told; its flags are generated from these fields."""
+
+    model_dir: str = field(metadata=cli(positional=True))
+    """Exported model directory (model.safetensors + config.json)."""
+    task: Task = "unconditional"
+    """What to generate: unconditional (--size), text2image (--prompt), outpaint (--input, --direction),
+    animate (--input, --frames) or text2video (--prompt, --frames)."""
+    size: Optional[str] = None
+    """WxH in pixels, multiples of the patch in pixels (default: 4x4 patches; for outpaint the input
+    grown by half in --direction)."""
+    frames: Optional[int] = None
+    """Frames (video tasks; default 4)."""
+    direction: Literal["left", "right", "up", "down"] = "right"
+    """Outpaint: the direction the canvas grows."""
+    input: Optional[str] = None
+    """Outpaint: the picture to extend; animate: the first frame."""
+    prompt: Optional[str] = None
+    """Text for text2image / text2video."""
+    order: Optional[Literal[ORDERS]] = None
+    """Override the task's generation order."""
+    top: int = field(default=0, metadata=cli(metavar="PX"))
+    """Where the canvas's top lies in the training pictures, in pixels from their top (a multiple of
+    the patch in pixels); read by models trained with model.row_embedding (e.g. 448 for a strip at the
+    horizon of 1024-pixel-tall landscape views)."""
+    sampling: GenerationConfig = field(default_factory=lambda: GenerationConfig(wavefront=True))
+    """How tokens are drawn: its fields are flags; the command decodes wavefronts by default (same result)."""
+    batch: int = 1
+    """Canvases generated together."""
+    out: str = "outputs/generated.png"
+    """.png (images), .gif or .mp4 (videos); a batch writes NAME_0.png, NAME_1.png..."""
+    fps: float = 8.0
+    """Frames per second of a .gif / .mp4."""
+    tokenizer: Optional[str] = None
+    """VQ tokenizer directory or taming .ckpt (default: the model's reference)."""
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    """Where to run (auto: the GPU when there is one)."""
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    """Model dtype (auto: bf16 on GPU, fp32 on CPU)."""
+    max_memory_gb: Optional[float] = None
+    """Memory the generation may use beyond the weights (default: what is free)."""
+    save_tokens: bool = False
+    """Also write the token canvas as .npy."""
 
 
 def add_arguments(parser):
-    parser.add_argument("model_dir", help="exported model directory (model.safetensors + config.json)")
-    parser.add_argument("--task", default="unconditional", choices=TASKS)
-    parser.add_argument("--size", default=None, help="WxH in pixels, multiples of the patch in pixels "
-                        "(default: 4x4 patches; for outpaint the input grown by half in --direction)")
-    parser.add_argument("--frames", type=int, default=None, help="frames (video tasks; default 4)")
-    parser.add_argument("--direction", default="right", choices=("left", "right", "up", "down"),
-                        help="outpaint: the direction the canvas grows")
-    parser.add_argument("--input", default=None, help="outpaint: the picture to extend; animate: the first frame")
-    parser.add_argument("--prompt", default=None, help="text for text2image / text2video")
-    parser.add_argument("--order", default=None, choices=("down", "up", "right", "left"),
-                        help="override the task's generation order")
-    parser.add_argument("--top", type=int, default=0, metavar="PX",
-                        help="where the canvas's top lies in the training pictures, in pixels from their top (a "
-                             "multiple of the patch in pixels); read by models trained with model.row_embedding "
-                             "(e.g. 448 for a strip at the horizon of 1024-pixel-tall landscape views)")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
-    parser.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (text)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch", type=int, default=1, help="canvases generated together")
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--wavefront", dest="wavefront", action="store_true", default=True,
-                      help="decode every patch whose context is finished together (default; same result)")
-    mode.add_argument("--sequential", dest="wavefront", action="store_false", help="one patch at a time")
-    parser.add_argument("--out", default="outputs/generated.png", help=".png (images), .gif or .mp4 (videos)")
-    parser.add_argument("--fps", type=float, default=8.0)
-    parser.add_argument("--tokenizer", default=None,
-                        help="VQ tokenizer directory or taming .ckpt (default: the model's reference)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
-    parser.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"),
-                        help="model dtype (auto: bf16 on GPU, fp32 on CPU)")
-    parser.add_argument("--max-memory-gb", type=float, default=None,
-                        help="memory the generation may use beyond the weights (default: what is free)")
-    parser.add_argument("--save-tokens", action="store_true", help="also write the token canvas as .npy")
+    GenerateOptions.add_flags(parser)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -209,32 +225,52 @@ def load_vq_tokenizer(model_dir, override: Optional[str], cfg, device) -> VQToke
     return tokenizer
 
 
-def check_task(args, cfg) -> tuple[bool, int]:
-    """The task's inputs are there; returns (video, frames)."""
-    task = args.task
-    video = task in ("animate", "text2video")
-    frames = args.frames if args.frames is not None else (4 if video else 1)
+def task_frames(opts) -> tuple[bool, int]:
+    """(video, frames): whether the task makes videos, and the frames of each canvas (--frames, or 4 for
+    a video and 1 for a picture)."""
+    video = opts.task in ("animate", "text2video")
+    frames = opts.frames if opts.frames is not None else (4 if video else 1)
     if frames < 1 or (video and frames < 2):
-        raise ValueError(f"--frames {frames}: {task} needs at least 2 frames" if video else "--frames must be >= 1")
-    if task in ("text2image", "text2video") and not args.prompt:
-        raise ValueError(f"--task {task} needs --prompt TEXT")
-    if task in ("outpaint", "animate"):
-        if not args.input:
-            raise ValueError(f"--task {task} needs --input IMAGE")
-        if not Path(args.input).is_file():
-            raise FileNotFoundError(f"--input {args.input} not found")
-    if args.prompt and cfg.text_encoder is None:
-        raise ValueError(f"{args.model_dir} has no text encoder: --prompt cannot be used with this model")
+        raise ValueError(f"--frames {frames}: {opts.task} needs at least 2 frames" if video else
+                         "--frames must be >= 1")
     return video, frames
 
 
-def canvas_size(args, image: Optional[torch.Tensor], unit: int) -> tuple[int, int]:
+def check_out(opts):
+    """--out names a file of a kind the canvases can be written as; checked before any work."""
+    suffix = Path(opts.out).suffix.lower()
+    _, frames = task_frames(opts)
+    if suffix not in (".png", ".gif", ".mp4"):
+        raise ValueError(f"--out {opts.out}: write .png (images), .gif or .mp4 (videos)")
+    if frames == 1 and suffix != ".png":
+        raise ValueError(f"--out {opts.out}: a single image is written as .png")
+    if frames > 1 and suffix == ".png":
+        raise ValueError(f"--out {opts.out}: {frames} frames are written as .gif or .mp4")
+
+
+def check_task(opts, cfg) -> tuple[bool, int]:
+    """The task's inputs are there; returns (video, frames)."""
+    task = opts.task
+    video, frames = task_frames(opts)
+    if task in ("text2image", "text2video") and not opts.prompt:
+        raise ValueError(f"--task {task} needs --prompt TEXT")
+    if task in ("outpaint", "animate"):
+        if not opts.input:
+            raise ValueError(f"--task {task} needs --input IMAGE")
+        if not Path(opts.input).is_file():
+            raise FileNotFoundError(f"--input {opts.input} not found")
+    if opts.prompt and cfg.text_encoder is None:
+        raise ValueError(f"{opts.model_dir} has no text encoder: --prompt cannot be used with this model")
+    return video, frames
+
+
+def canvas_size(opts, image: Optional[torch.Tensor], unit: int) -> tuple[int, int]:
     """(W, H) in pixels: --size, or for outpaint the input grown by half in --direction, or 4 x 4 patches."""
-    if args.size:
-        W, H = parse_size(args.size)
-    elif args.task == "outpaint":
+    if opts.size:
+        W, H = parse_size(opts.size)
+    elif opts.task == "outpaint":
         _, ih, iw = image.shape
-        W, H = (round(iw * 1.5 / unit) * unit, round(ih / unit) * unit) if args.direction in ("left", "right") else \
+        W, H = (round(iw * 1.5 / unit) * unit, round(ih / unit) * unit) if opts.direction in ("left", "right") else \
             (round(iw / unit) * unit, round(ih * 1.5 / unit) * unit)
         W, H = max(W, 2 * unit), max(H, unit)
     else:
@@ -243,74 +279,70 @@ def canvas_size(args, image: Optional[torch.Tensor], unit: int) -> tuple[int, in
     return W, H
 
 
-def plan_generation(args, cfg, f: int) -> Plan:
-    video, frames = check_task(args, cfg)
+def plan_generation(opts, cfg, f: int) -> Plan:
+    video, frames = check_task(opts, cfg)
     unit = f * cfg.patch_size
-    image = load_image(args.input) if args.input else None
-    W, H = canvas_size(args, image, unit)
-    if args.top < 0 or args.top % unit:
-        raise ValueError(f"--top {args.top}: must be a non-negative multiple of the patch ({unit} px)")
-    guided = bool(args.prompt) and args.cfg_scale is not None and args.cfg_scale != 1.0
-    return Plan(task=args.task, video=video, frames=frames, size_px=(W, H),
-                order=args.order or task_order(args.task, args.direction, W, H), shape=(frames, H // f, W // f),
+    image = load_image(opts.input) if opts.input else None
+    W, H = canvas_size(opts, image, unit)
+    if opts.top < 0 or opts.top % unit:
+        raise ValueError(f"--top {opts.top}: must be a non-negative multiple of the patch ({unit} px)")
+    guided = opts.sampling.uses_guidance(bool(opts.prompt))  # check_task: a prompt means a text encoder
+    return Plan(task=opts.task, video=video, frames=frames, size_px=(W, H),
+                order=opts.order or task_order(opts.task, opts.direction, W, H), shape=(frames, H // f, W // f),
                 f=f, unit=unit, guided=guided, image=image)
 
 
-def check_memory(cfg, plan: Plan, args, device: torch.device, dtype: torch.dtype):
+def check_memory(cfg, plan: Plan, opts, device: torch.device, dtype: torch.dtype):
     """Print the estimate; refuse, naming the largest canvas that fits, when it exceeds the budget."""
     backend = resolve_backend(cfg.attn_backend, device)  # the backend the model will run
-    need = estimate_generation_memory(cfg, plan.shape, plan.order, args.batch, args.wavefront, plan.guided, dtype,
-                                      backend)
-    budget = int(args.max_memory_gb * 2**30) if args.max_memory_gb is not None else free_memory_bytes(device)
+    need = estimate_generation_memory(cfg, plan.shape, plan.order, opts.batch, opts.sampling.wavefront, plan.guided,
+                                      dtype, backend)
+    budget = int(opts.max_memory_gb * 2**30) if opts.max_memory_gb is not None else free_memory_bytes(device)
     W, H = plan.size_px
     print(f"canvas {W}x{H} px x {plan.frames} frame(s) = {plan.shape[1]}x{plan.shape[2]} tokens/frame, order "
           f"{plan.order}; estimated pool {need['pool'] / 2**20:.1f} MiB ({need['slots_per_canvas']} slots/canvas) + "
           f"activations {need['activations'] / 2**20:.1f} MiB; available {budget / 2**20:.0f} MiB")
     if need["total"] > budget:
-        best = largest_fitting(cfg, plan.shape, plan.order, args.batch, args.wavefront, plan.guided, dtype, backend,
-                               budget)
+        best = largest_fitting(cfg, plan.shape, plan.order, opts.batch, opts.sampling.wavefront, plan.guided, dtype,
+                               backend, budget)
         hint = (f"the largest that fits is {best[2] * plan.f}x{best[1] * plan.f} px" if best else
                 "not even one patch along the growing side fits; lower --batch or free memory")
         raise ValueError(f"this generation needs about {need['total'] / 2**20:.0f} MiB beyond the weights but only "
                          f"{budget / 2**20:.0f} MiB is available: {hint}")
 
 
-def sample_canvas(model, tokenizer, plan: Plan, args, device: torch.device) -> tuple[GenerationResult, float]:
+def sample_canvas(model, tokenizer, plan: Plan, opts, device: torch.device) -> tuple[GenerationResult, float]:
     """The token canvases [B, T, H, W] with the pool's statistics, and the seconds they took."""
     from tqdm import tqdm
 
     prompt = mask = None
     if plan.image is not None:
-        prompt, mask = build_prompt(plan.task, plan.image, tokenizer, plan.size_px, plan.frames, args.direction,
-                                    args.batch, plan.f)
+        prompt, mask = build_prompt(plan.task, plan.image, tokenizer, plan.size_px, plan.frames, opts.direction,
+                                    opts.batch, plan.f)
         prompt, mask = prompt.to(device), mask.to(device)
-    text = [args.prompt] * args.batch if args.prompt else None
-    gen = GenerationConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                           cfg_scale=args.cfg_scale, seed=args.seed, wavefront=args.wavefront)
+    text = [opts.prompt] * opts.batch if opts.prompt else None
     P = model.config.patch_size
     total = plan.shape[0] * (plan.shape[1] // P) * (plan.shape[2] // P)  # patches per canvas
     start = time.perf_counter()
     with tqdm(total=total, unit="patch", desc="generating") as bar:
-        result = model.generate(plan.shape, order=plan.order, batch_size=args.batch, prompt=prompt, prompt_mask=mask,
-                                text=text, config=gen, progress=bar.update, rows=args.top // plan.unit,
+        result = model.generate(plan.shape, order=plan.order, batch_size=opts.batch, prompt=prompt, prompt_mask=mask,
+                                text=text, config=opts.sampling, progress=bar.update, rows=opts.top // plan.unit,
                                 return_result=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return result, time.perf_counter() - start
 
 
-def write_media(tokens: torch.Tensor, tokenizer, plan: Plan, args, device: torch.device) -> list[str]:
+def write_media(tokens: torch.Tensor, tokenizer, plan: Plan, opts, device: torch.device) -> list[str]:
     """Decode each canvas to --out (``_b`` before the suffix for a batch), with --save-tokens its .npy."""
-    out = Path(args.out)
+    out = Path(opts.out)  # its suffix was checked before the generation (check_out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not plan.video and out.suffix.lower() in (".gif", ".mp4"):
-        raise ValueError(f"--out {out}: a single image is written as .png")
     written = []
-    for b in range(args.batch):
+    for b in range(opts.batch):
         pixels = torch.cat([tokenizer.decode_tiled(tokens[b, t : t + 1].to(device)) for t in range(plan.frames)])
-        target = out if args.batch == 1 else out.with_name(f"{out.stem}_{b}{out.suffix}")
-        written.append(str(save_media(pixels.float().cpu(), target, fps=args.fps)))
-        if args.save_tokens:
+        target = out if opts.batch == 1 else out.with_name(f"{out.stem}_{b}{out.suffix}")
+        written.append(str(save_media(pixels.float().cpu(), target, fps=opts.fps)))
+        if opts.save_tokens:
             import numpy as np
 
             np.save(target.with_suffix(".npy"), tokens[b].cpu().numpy().astype(np.int16))
@@ -318,16 +350,18 @@ def write_media(tokens: torch.Tensor, tokenizer, plan: Plan, args, device: torch
 
 
 def run(args) -> int:
-    cfg = load_config_json(args.model_dir)
-    device, dtype = pick_device(args.device, args.dtype)
-    tokenizer = load_vq_tokenizer(args.model_dir, args.tokenizer, cfg, device)
-    plan = plan_generation(args, cfg, tokenizer.downsample)
-    check_memory(cfg, plan, args, device, dtype)
-    model = NuwaInfinity.from_pretrained(args.model_dir, device=device, dtype=dtype)
-    result, seconds = sample_canvas(model, tokenizer, plan, args, device)
+    opts = GenerateOptions.from_args(args)
+    check_out(opts)  # before anything is loaded: a bad name must not cost a generation
+    cfg = load_config_json(opts.model_dir)
+    device, dtype = pick_device(opts.device, opts.dtype)
+    tokenizer = load_vq_tokenizer(opts.model_dir, opts.tokenizer, cfg, device)
+    plan = plan_generation(opts, cfg, tokenizer.downsample)
+    check_memory(cfg, plan, opts, device, dtype)
+    model = NuwaInfinity.from_pretrained(opts.model_dir, device=device, dtype=dtype)
+    result, seconds = sample_canvas(model, tokenizer, plan, opts, device)
     tokens, stats = result.tokens, result.stats
-    written = write_media(tokens, tokenizer, plan, args, device)
-    summary = {"task": plan.task, "order": plan.order, "size_px": list(plan.size_px), "top_px": args.top,
+    written = write_media(tokens, tokenizer, plan, opts, device)
+    summary = {"task": plan.task, "order": plan.order, "size_px": list(plan.size_px), "top_px": opts.top,
                "frames": plan.frames, "tokens": list(tokens.shape),
                "seconds": round(seconds, 3), "ms_per_token": 1000 * seconds / tokens.numel(), "files": written,
                **{k: stats[k] for k in ("steps", "patches", "slots_per_canvas", "peak_slots_in_use")}}

@@ -92,7 +92,8 @@ def test_refuses_what_does_not_fit_and_names_the_largest(model_dir, tmp_path, ca
     (["--task", "text2video", "--prompt", "x", "--frames", "1"], "at least 2 frames"),
 ])
 def test_bad_arguments_fail_clearly(model_dir, tmp_path, capsys, args, message):
-    assert generate(model_dir, *args, "--out", str(tmp_path / "x.png")) == 2
+    out = "x.gif" if {"animate", "text2video"} & set(args) else "x.png"  # a file the canvas can be written as
+    assert generate(model_dir, *args, "--out", str(tmp_path / out)) == 2
     assert message in capsys.readouterr().err
 
 
@@ -100,3 +101,17 @@ def test_bad_arguments_fail_clearly(model_dir, tmp_path, capsys, args, message):
 def test_cuda_without_a_gpu_fails_clearly(model_dir, tmp_path, capsys):
     assert generate(model_dir, "--device", "cuda", "--out", str(tmp_path / "x.png")) == 2
     assert "no CUDA GPU is visible" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, out, message", [
+    ([], "x.jpg", "write .png (images), .gif or .mp4 (videos)"),
+    ([], "x.gif", "a single image is written as .png"),
+    (["--task", "text2video", "--prompt", "waves", "--frames", "2"], "x.png", "2 frames are written as .gif or .mp4"),
+    (["--frames", "3"], "x.png", "3 frames are written as .gif or .mp4"),
+])
+def test_bad_out_suffix_fails_before_any_work(tmp_path, capsys, args, out, message):
+    # a model directory that does not exist: any work before the check would fail on it instead
+    rc = main(["generate", str(tmp_path / "no-model"), *args, "--out", str(tmp_path / out)])
+    captured = capsys.readouterr()
+    assert rc == 2 and message in captured.err
+    assert "no-model" not in captured.err and captured.out == "" and not (tmp_path / out).exists()

@@ -24,7 +24,6 @@ def test_pool_slots_do_not_grow_with_canvas_width():
         tokens = result.tokens
         assert tokens.shape == (1, 1, 2 * P, width * P)
         assert tokens.min() >= 0 and tokens.max() < model.config.vocab_size
-        assert model.last_generation_stats == result.stats  # kept for callers written before return_result
         stats.append(result.stats)
     assert stats[0]["slots_per_canvas"] == stats[1]["slots_per_canvas"] <= 2 * 2 + 1
     assert stats[0]["peak_slots_in_use"] == stats[1]["peak_slots_in_use"] == stats[1]["slots_per_canvas"]
@@ -69,10 +68,12 @@ def test_outpainting_right_half_from_left_half(memorised):
     model, grid, _ = memorised
     mask = torch.zeros_like(grid, dtype=torch.bool)
     mask[..., :8] = True  # left half given
-    out = model.generate((1, 8, 16), order="right", prompt=grid, prompt_mask=mask, config=GREEDY)
+    result = model.generate((1, 8, 16), order="right", prompt=grid, prompt_mask=mask, config=GREEDY,
+                            return_result=True)
+    out = result.tokens
     assert torch.equal(out[..., :8], grid[..., :8])  # prompt kept
     assert (out[..., 8:] == grid[..., 8:]).float().mean() >= 0.95
-    assert model.last_generation_stats["decoded_patches"] == 4  # the 4 given patches were not decoded
+    assert result.stats["decoded_patches"] == 4  # the 4 given patches were not decoded
 
 
 @pytest.mark.parametrize("order, given", [("left", (slice(None), slice(8, 16))),   # extend left
@@ -83,10 +84,10 @@ def test_outpainting_keeps_prompt_in_every_direction(order, given):
     prompt = torch.randint(0, 256, (2, 1, 8, 16))
     mask = torch.zeros_like(prompt, dtype=torch.bool)
     mask[:, :, given[0], given[1]] = True
-    out = model.generate((1, 8, 16), order=order, batch_size=2, prompt=prompt, prompt_mask=mask,
-                         config=GenerationConfig(seed=4))
-    assert torch.equal(out[mask], prompt[mask])
-    assert model.last_generation_stats["decoded_patches"] == 2 * 4  # only the missing half was sampled
+    result = model.generate((1, 8, 16), order=order, batch_size=2, prompt=prompt, prompt_mask=mask,
+                            config=GenerationConfig(seed=4), return_result=True)
+    assert torch.equal(result.tokens[mask], prompt[mask])
+    assert result.stats["decoded_patches"] == 2 * 4  # only the missing half was sampled
 
 
 def test_animation_first_frame_given():
@@ -162,10 +163,11 @@ def test_classifier_free_guidance_runs_and_changes_samples(tmp_path):
     model = tiny_model().attach_text_encoder(write_tiny_text_encoder(tmp_path / "t5"))
     base = GenerationConfig(seed=3, temperature=1.0)
     plain = model.generate((1, 8, 8), batch_size=2, text=["a cat", "a dog"], config=base)
-    guided = model.generate((1, 8, 8), batch_size=2, text=["a cat", "a dog"],
-                            config=GenerationConfig(seed=3, temperature=1.0, cfg_scale=3.0))
+    result = model.generate((1, 8, 8), batch_size=2, text=["a cat", "a dog"],
+                            config=GenerationConfig(seed=3, temperature=1.0, cfg_scale=3.0), return_result=True)
+    guided = result.tokens
     assert guided.shape == plain.shape and not torch.equal(guided, plain)
-    assert model.last_generation_stats["pool_slots"] == 2 * 2 * model.last_generation_stats["slots_per_canvas"]
+    assert result.stats["pool_slots"] == 2 * 2 * result.stats["slots_per_canvas"]  # guided: twice the rows
 
 
 @pytest.mark.parametrize("bad", [dict(temperature=-1.0), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5)])
@@ -179,8 +181,9 @@ def test_canvas_150_patches_wide_keeps_the_pool_bounded():
     """docs/design.md, section 4: order right holds ~e_w + 1 columns of slots however wide the canvas."""
     model = tiny_model(extents=(0, 1, 1))
     P = model.config.patch_size
-    out = model.generate((1, 2 * P, 150 * P), order="right", config=GenerationConfig(seed=0, wavefront=True))
-    stats = model.last_generation_stats
+    result = model.generate((1, 2 * P, 150 * P), order="right", config=GenerationConfig(seed=0, wavefront=True),
+                            return_result=True)
+    out, stats = result.tokens, result.stats
     assert out.shape == (1, 1, 2 * P, 150 * P) and stats["patches"] == 300
     narrow = run_generation(model, (1, 2 * P, 10 * P), "right", 1, config=GenerationConfig(wavefront=True)).stats
     assert stats["slots_per_canvas"] == narrow["slots_per_canvas"] == stats["peak_slots_in_use"] <= 6

@@ -49,3 +49,14 @@ def test_model_loss_and_gradients_equal_with_the_fused_kernel():
         results.append((loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
     assert torch.allclose(results[0][0], results[1][0], rtol=1e-5)
     assert torch.allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-7)
+
+
+def test_benchmark_entry_is_found_and_gated_by_the_reference():
+    """The file's ``benchmark`` (kernel beside its reference) is what ``nuwa-ds bench kernels`` runs."""
+    from kernels import cross_entropy
+    from nuwa_ds.bench.kernels import kernel_benchmarks
+
+    assert kernel_benchmarks()["cross_entropy"] is cross_entropy.benchmark
+    rows = cross_entropy.benchmark(device=DEVICE)  # on CPU one odd shape in the interpreter
+    assert [r["case"] for r in rows] == [f"{R}x{V}" for R, V in cross_entropy.BENCH_SHAPES[DEVICE]]
+    assert all(r["ok"] and r["ms"] > 0 and r["gbps"] > 0 for r in rows)

@@ -8,13 +8,16 @@ GPU (one process, side by side):
              FlexAttention with the same block mask and bias (compiled) and dense cuDNN SDPA causal
              over the whole sequence (what one runs without the NCP);
   * decode   TB/s of K/V read from pool slots, beside cuDNN SDPA decode on the same K/V laid out
-             contiguously and the GPU's copy bandwidth measured in the same run.
+             contiguously and the GPU's copy bandwidth measured in the same run;
+  * entries  the ``benchmark`` function of every kernels/ module that has one, found there (the
+             Triton tutorials' manner: kernel, reference and benchmark in one file; so far
+             ``cross_entropy``: GB/s beside its torch reference, after a correctness gate).
 CPU (``--device cpu``): the kernels under the Triton interpreter on tiny shapes; correctness only,
 its times say nothing about a GPU.
 
 Settings (``--set key=value``): head_dims=[64,128], stacks=["local"], peers=true (or a list of case
 names that get peers), checks=true, decode_versions=false (time decode v1/v2 beside v3),
-decode_splits=[] (split counts to time for 64 decode rows),
+decode_splits=[] (split counts to time for 64 decode rows), entries=true (the kernel files' own entries),
 decode=true, sweep=[] (head dims whose tile alternatives to time), decode_sweep=false, cases="all" or a
 list of case names. Decode times are CUDA-graph replays (the GPU's time; ``eager_ms`` adds the host's).
 FLOP convention: fwd = 4 D H x attended pairs (a causal own block counts n(n+1)/2 pairs), fwd+bwd =
@@ -475,7 +478,7 @@ def check_decode(device, dtype, head_dim, splits) -> dict:
 
 def _settings(opts) -> dict:
     s = dict(head_dims=[64, 128], stacks=["local"], peers=True, checks=True, decode=True, sweep=[], decode_sweep=False,
-             decode_versions=False, decode_splits=[], cases="all")
+             decode_versions=False, decode_splits=[], cases="all", entries=True)
     s.update(opts.extra)
     return s
 
@@ -487,6 +490,33 @@ def _cases(settings) -> list[PatchCase]:
     if settings["cases"] != "all":
         cases = [c for c in cases if c.name in settings["cases"]]
     return cases
+
+
+def kernel_benchmarks() -> dict:
+    """``{module name: benchmark}`` for every kernels/ module with a ``benchmark(device, measure)`` entry
+    (rows with ``kernel``, ``case`` and ``ok``)."""
+    import importlib
+    import pkgutil
+
+    import kernels
+
+    found = {}
+    for info in pkgutil.iter_modules(kernels.__path__):
+        if not info.name.startswith("_"):
+            entry = getattr(importlib.import_module(f"kernels.{info.name}"), "benchmark", None)
+            if callable(entry):
+                found[info.name] = entry
+    return found
+
+
+def _run_entries(result: dict, device: str, measure=None):
+    """Each kernel file's own benchmark: its rows, and its correctness as a check."""
+    for name, entry in kernel_benchmarks().items():
+        for row in entry(device=device, measure=measure):
+            result["rows"].append(row)
+            result["checks"].append(dict(kernel=row["kernel"], case=row["case"], ok=row["ok"],
+                                         worst_rel_error=row["worst_rel_error"]))
+            _progress(name, row)
 
 
 def _progress(kind: str, row: dict):
@@ -540,10 +570,13 @@ def _run_cuda(opts) -> dict:
         for row in sweep_tiles(PatchCase("4x4", (1, 4, 4), 8, (0, 1, 1), d, "local"), measure):
             result["sweep"].append(row)
             _progress("sweep", row)
+    if settings["entries"]:
+        _run_entries(result, "cuda", measure)
     result["ok"] = all(c["ok"] for c in result["checks"])
     result["metrics"] = ["fwd_ms", "fwd_tflops", "fwdbwd_ms", "fwdbwd_tflops", "flex_fwd_ms", "flex_fwdbwd_ms",
                          "flex_fwdbwd_tflops", "cudnn_fwd_ms", "cudnn_fwdbwd_ms", "cudnn_fwdbwd_tflops", "x_flex",
-                         "x_cudnn", "ms", "tbps", "eager_ms", "cudnn_ms", "cudnn_tbps", "copy_tbps"]
+                         "x_cudnn", "ms", "tbps", "eager_ms", "cudnn_ms", "cudnn_tbps", "copy_tbps", "gbps", "ref_ms",
+                         "x_ref"]
     result["required"] = ["kernel", "case"]
     if not result["ok"]:
         print("[kernels] CORRECTNESS CHECKS FAILED: timings of wrong kernels are not results", flush=True)
@@ -568,6 +601,7 @@ def _run_cpu(opts) -> dict:
     result["rows"].append(dict(kernel="pool_decode_attention", case=check["case"],
                                interpreter_s=time.perf_counter() - start, worst_rel_error=check["worst_rel_error"],
                                ok=check["ok"]))
+    _run_entries(result, "cpu")  # each on one small odd shape: its ms are the interpreter's
     result["ok"] = all(c["ok"] for c in result["checks"])
     result["metrics"] = ["interpreter_s"]
     result["required"] = ["kernel", "case", "ok"]

@@ -21,6 +21,7 @@ from typing import Callable, Optional
 
 import torch
 
+from nuwa_ds.config_base import ConfigBase, cli
 from nuwa_ds.model import orders as O
 from nuwa_ds.model import rope as rope_
 from nuwa_ds.model.attention import TextContext, patch_attention, pool_decode_attention
@@ -28,7 +29,9 @@ from nuwa_ds.model.geometry import from_patches, patch_canvas, to_patches
 
 
 @dataclass
-class GenerationConfig:
+class GenerationConfig(ConfigBase):
+    """How tokens are drawn; ``nuwa-ds generate`` takes each field as a flag (``--top-k``...)."""
+
     temperature: float = 1.0
     """Softmax temperature; 0 means greedy (argmax)."""
     top_k: Optional[int] = None
@@ -39,10 +42,15 @@ class GenerationConfig:
     """Classifier-free guidance scale for text; None or 1 disables the unconditional rows."""
     seed: int = 0
     """Seed of the per-(example, patch, token) random numbers."""
-    wavefront: bool = False
+    wavefront: bool = field(default=False, metadata=cli(negative=("--sequential", "One patch at a time.")))
     """Decode every patch whose context is finished together (same canvas, fewer steps)."""
     cuda_graph: bool = True
     """On CUDA, capture the token step in a CUDA graph (one per number of rows) and replay it."""
+
+    def uses_guidance(self, has_text: bool) -> bool:
+        """Whether classifier-free guidance runs: a caption and a scale other than None or 1 (then every
+        canvas is decoded twice, with its caption and with the empty one)."""
+        return has_text and self.cfg_scale is not None and self.cfg_scale != 1.0
 
     def validate(self):
         if self.temperature < 0:
@@ -434,7 +442,7 @@ def _text_cache(model, text, batch_size: int, device, config: GenerationConfig) 
     """The captions' encoder states, shared by every step, and whether guidance is on (then the rows
     B..2B-1 are the same canvases with the empty caption)."""
     text_ctx = model.encode_text(text, batch_size, device)
-    guided = text_ctx is not None and config.cfg_scale is not None and config.cfg_scale != 1.0
+    guided = config.uses_guidance(text_ctx is not None)
     if text_ctx is None:
         return None, guided
     states, length = text_ctx

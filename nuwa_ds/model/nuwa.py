@@ -358,7 +358,6 @@ class NuwaInfinity(nn.Module):
         With ``return_result`` the ``GenerationResult`` (tokens and the pool's statistics), else the tokens."""
         result = run_generation(self, shape, order, batch_size, prompt=prompt, prompt_mask=prompt_mask, text=text,
                                 config=config or GenerationConfig(), progress=progress, rows=rows)
-        self.last_generation_stats = result.stats  # for callers written before return_result; prefer it
         return result if return_result else result.tokens
 
     # -- persistence --------------------------------------------------------------------------------

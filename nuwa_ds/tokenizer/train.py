@@ -31,21 +31,34 @@ import sys
 import time
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nuwa_ds.config_base import ConfigBase, cli
 from nuwa_ds.files import fsync_dir, fsync_file, write_atomic
 from nuwa_ds.preemption import REQUEUE_EXIT_CODE, Faults, StopRequest
 from nuwa_ds.tokenizer.media import DEMO_PICTURES, IMAGE_SUFFIXES, demo_pictures, from_uint8, save_png
 from nuwa_ds.tokenizer.vqgan import CONFIG_FILE, WEIGHTS_FILE, VQConfig, VQTokenizer, psnr, resolve_device
 
 
+def _eval_count(text: str) -> int | None:
+    """``--eval-pictures``: a positive number, or 'all' (None)."""
+    if text.strip().lower() == "all":
+        return None
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'all', got {text!r}")
+    return value
+
+
 @dataclass
-class TrainOptions:
+class TrainOptions(ConfigBase):
+    """How :func:`train_tokenizer` trains; ``nuwa-ds tokenizer-train`` takes each field as a flag."""
+
     steps: int = 600
     """Optimizer steps (the time limit may stop training earlier)."""
     batch_size: int = 16
@@ -66,28 +79,35 @@ class TrainOptions:
     on a vector of the batch (a mean-relative threshold acts as fast with any codebook size)."""
     seed: int = 0
     """Initialisation and crop sampling seed."""
-    time_limit: float | None = None
+    time_limit: float | None = field(default=None, metadata=cli(metavar="SECONDS", help=(
+        "budget of the whole command, counted from its start (imports included): loading the pictures, "
+        "training, the final save and the evaluation. Training stops early enough for the save and the "
+        "estimated evaluation (timed on one picture before training; at most half the budget is reserved for "
+        "it) to fit; the evaluation stops before a batch that would overrun and metrics.json says how many "
+        "pictures it covered. At least one step and one evaluation batch always run, so a budget shorter than "
+        "that is exceeded by them. Default: no limit (all --steps)")))
     """Budget in seconds of the whole call (loading, training, saving, evaluation): training stops
     early enough for the final save and the estimated evaluation to fit, and the evaluation stops
     when the budget runs out (at most half the budget is reserved for it; at least one step and one
     evaluation batch always run). None: all steps, the whole evaluation sample."""
-    save_every: int = 0
+    save_every: int = field(default=0, metadata=cli(metavar="STEPS"))
     """With an output directory: save the tokenizer every this many steps (0: off)."""
-    save_every_seconds: float | None = 300.0
+    save_every_seconds: float | None = field(default=300.0, metadata=cli(metavar="SECONDS"))
     """With an output directory: save the tokenizer when this many seconds passed since the last
     save (None / 0: off). Saves are atomic; the final save happens before the evaluation anyway."""
-    eval_pictures: int | None = 64
-    """Pictures in the final evaluation: a seeded random sample of this many (None: every picture)."""
+    eval_pictures: int | None = field(default=64, metadata=cli(type=_eval_count, metavar="N|all"))
+    """Pictures in the final evaluation: a seeded random sample of this many (None, 'all' on the command
+    line: every picture)."""
     eval_batch_size: int = 16
     """Pictures of one size per evaluation batch (also capped at ~1M pixels per batch)."""
     progress: bool | None = None
     """Evaluation progress bar (tqdm); None: when stderr is a terminal."""
     log_every: int = 100
     """Steps between progress lines (0: quiet)."""
-    data_workers: int | None = None
+    data_workers: int | None = field(default=None, metadata=cli(metavar="N"))
     """Threads decoding and cropping pictures ahead of the training step (and reading headers,
     decoding evaluation pictures); None: min(8, CPUs). The results do not depend on it."""
-    picture_cache_mb: float = 1024.0
+    picture_cache_mb: float = field(default=1024.0, metadata=cli(metavar="MB"))
     """Decoded pictures, at the crop scales, kept in memory (least recently used out first; 0: none):
     0.34 MB for a 256x256 picture at all three. Memory does not grow with the number of pictures
     beyond this; a cache that holds them all makes a crop a copy."""
@@ -936,75 +956,43 @@ def _side_by_side(pairs, height: int = 192) -> torch.Tensor:
 # CLI
 
 
+@dataclass
+class TokenizerTrainCommand(ConfigBase):
+    """Everything ``nuwa-ds tokenizer-train`` is told; its flags are generated from these fields."""
+
+    out: str
+    """Directory for tokenizer.safetensors + tokenizer_config.json."""
+    images: str = field(default="demo", metadata=cli(help=(
+        "a folder of pictures, or 'demo' for the photographs shipped with scikit-image "
+        f"({', '.join(DEMO_PICTURES)})")))
+    preset: str = "demo-f8"
+    """Architecture preset (VQConfig.preset names)."""
+    codebook_size: int | None = None
+    """Number of codes (default: the preset's)."""
+    device: str = "auto"
+    """auto (GPU when there is one), cpu or cuda."""
+    training: TrainOptions = field(default_factory=TrainOptions)
+    """How to train: its fields are flags."""
+
+
 def add_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("--images", default="demo",
-                        help="a folder of pictures, or 'demo' for the photographs shipped with scikit-image "
-                             f"({', '.join(DEMO_PICTURES)})")
-    parser.add_argument("--out", required=True, help="directory for tokenizer.safetensors + tokenizer_config.json")
-    parser.add_argument("--preset", default="demo-f8", help="architecture preset (VQConfig.preset names)")
-    parser.add_argument("--codebook-size", type=int, default=None, help="number of codes (default: the preset's)")
-    parser.add_argument("--steps", type=int, default=TrainOptions.steps)
-    parser.add_argument("--batch-size", type=int, default=TrainOptions.batch_size)
-    parser.add_argument("--crop", type=int, default=TrainOptions.crop)
-    parser.add_argument("--lr", type=float, default=TrainOptions.lr)
-    parser.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
-                        help="budget of the whole command, counted from its start (imports included): loading "
-                             "the pictures, training, the final save and the evaluation. Training stops early "
-                             "enough for the save and the estimated evaluation (timed on one picture before "
-                             "training; at most half the budget is reserved for it) to fit; the evaluation "
-                             "stops before a batch that would overrun and metrics.json says how many pictures "
-                             "it covered. At least one step and one evaluation batch always run, so a budget "
-                             "shorter than that is exceeded by them. Default: no limit (all --steps)")
-    parser.add_argument("--save-every", type=int, default=TrainOptions.save_every, metavar="STEPS",
-                        help="also save the tokenizer every this many steps (default: 0, off)")
-    parser.add_argument("--save-every-seconds", type=float, default=TrainOptions.save_every_seconds,
-                        metavar="SECONDS",
-                        help="also save the tokenizer when this many seconds passed since the last save "
-                             f"(default: {TrainOptions.save_every_seconds:g}; 0: off). Every save is atomic, and "
-                             "the tokenizer is always saved before the evaluation starts")
-    parser.add_argument("--eval-pictures", type=_eval_count, default=TrainOptions.eval_pictures, metavar="N|all",
-                        help="pictures for the final reconstruction PSNR: a random sample of N (seeded by "
-                             f"--seed; default: {TrainOptions.eval_pictures}), or 'all'")
-    parser.add_argument("--eval-batch-size", type=int, default=TrainOptions.eval_batch_size,
-                        help="pictures of one size per evaluation batch (default: %(default)s)")
-    parser.add_argument("--data-workers", type=int, default=None, metavar="N",
-                        help="threads decoding and cropping pictures ahead of each training step "
-                             "(default: min(8, CPUs); the results do not depend on it)")
-    parser.add_argument("--picture-cache-mb", type=float, default=TrainOptions.picture_cache_mb, metavar="MB",
-                        help="decoded pictures (at the crop scales) kept in memory, least recently used out "
-                             "first (default: %(default)g; 0.34 MB per 256x256 picture; 0: decode every time)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="evaluation progress bar (default: when stderr is a terminal)")
+    TokenizerTrainCommand.add_flags(parser)
     parser.epilog = ("SIGUSR1, SIGTERM or a first Ctrl-C: the tokenizer is saved after the current step (or, "
                      f"during the evaluation, the metrics so far are written) and the command exits with "
                      f"{REQUEUE_EXIT_CODE}.")
 
 
-def _eval_count(text: str) -> int | None:
-    if text.strip().lower() == "all":
-        return None
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number or 'all', got {text!r}")
-    return value
-
-
 def run(args) -> int:
-    _, metrics = train_tokenizer(args.images, args.out, config=args.preset, codebook_size=args.codebook_size,
-                                 device=args.device, steps=args.steps, batch_size=args.batch_size, crop=args.crop,
-                                 lr=args.lr, time_limit=args.time_limit, seed=args.seed, save_every=args.save_every,
-                                 save_every_seconds=args.save_every_seconds, eval_pictures=args.eval_pictures,
-                                 eval_batch_size=args.eval_batch_size, progress=args.progress, stop_signals=True,
-                                 data_workers=args.data_workers, picture_cache_mb=args.picture_cache_mb,
-                                 started_at=getattr(args, "command_started", None))
+    command = TokenizerTrainCommand.from_args(args)
+    _, metrics = train_tokenizer(command.images, command.out, config=command.preset,
+                                 codebook_size=command.codebook_size, device=command.device, options=command.training,
+                                 stop_signals=True, started_at=getattr(args, "command_started", None))
     figures = (f"PSNR {metrics['psnr']:.2f} dB on {metrics['eval_pictures']} of {metrics['pictures_total']} pictures"
                if metrics["psnr"] is not None else "not evaluated")
     if metrics["eval_stopped_by"] not in ("done", None) and metrics["eval_pictures"]:
         figures += f" (evaluation stopped by {metrics['eval_stopped_by']})"
     usage = f", codebook usage {metrics['codebook_usage']:.0%}" if metrics["codebook_usage"] is not None else ""
-    print(f"tokenizer saved to {args.out}: {figures}{usage}, {metrics['steps']} steps in {metrics['seconds']:.0f}s "
+    print(f"tokenizer saved to {command.out}: {figures}{usage}, {metrics['steps']} steps in {metrics['seconds']:.0f}s "
           f"on {metrics['device']} (stopped by {metrics['stopped_by']}), {metrics['total_seconds']:.0f}s in all",
           flush=True)
     if metrics["signal"]:

@@ -1,0 +1,290 @@
+"""Command-line flags generated from a dataclass's fields (``nuwa_ds.config_base.add_flags``), and the
+commands whose options moved onto them: every flag the hand-written parser had still exists and parses
+every command line to the same values."""
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import pytest
+
+from nuwa_ds.config_base import ConfigBase, ConfigError, cli
+
+
+@dataclass
+class Inner(ConfigBase):
+    rate: float = 1.0
+    """A rate of 100%."""
+    fast: bool = field(default=False, metadata=cli(negative=("--slow", "Go slowly.")))
+    """Go fast."""
+
+
+@dataclass
+class Toy(ConfigBase):
+    path: str = field(metadata=cli(positional=True))
+    """Where."""
+    out: str
+    """Required: no default."""
+    count: Optional[int] = None
+    """How many (default: all)."""
+    mode: Literal["a", "b"] = "a"
+    """Which mode."""
+    shape: tuple[int, int, int] = (1, 2, 3)
+    """Three sizes."""
+    sizes: tuple[int, ...] = (4,)
+    """Any number of sizes."""
+    progress: Optional[bool] = None
+    """A bar."""
+    limit: Optional[int] = field(default=5, metadata=cli(type=lambda t: None if t == "all" else int(t),
+                                                         metavar="N|all"))
+    """A number or 'all'."""
+    hidden: int = field(default=7, metadata=cli(skip=True))
+    inner: Inner = field(default_factory=lambda: Inner(fast=True))
+    source: Optional[str] = field(default=None, metadata=cli(one_of="source"))
+    """One source."""
+    other: Optional[str] = field(default=None, metadata=cli(one_of="source", flag="--other-source"))
+    """The other source."""
+
+    def validate(self):
+        if self.count is not None and self.count < 0:
+            raise ConfigError("count must be >= 0")
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    Toy.add_flags(parser)
+    return parser, Toy.from_args(parser.parse_args(argv))
+
+
+def test_flags_follow_the_fields():
+    parser, toy = parse(["p", "--out", "o", "--source", "s"])
+    assert toy == Toy(path="p", out="o", source="s")  # every default is the dataclass's
+    assert toy.inner.fast is True  # a nested dataclass's defaults come from its default instance
+    _, toy = parse(["p", "--out", "o", "--other-source", "t", "--count", "3", "--mode", "b", "--shape", "5", "6", "7",
+                    "--sizes", "8", "9", "--no-progress", "--limit", "all", "--rate", "0.5", "--slow"])
+    assert (toy.count, toy.mode, toy.shape, toy.sizes, toy.progress, toy.limit) == (3, "b", (5, 6, 7), (8, 9), False,
+                                                                                      None)
+    assert toy.inner == Inner(rate=0.5, fast=False) and toy.other == "t" and toy.hidden == 7
+    text = parser.format_help()
+    assert "How many (default: all)." in text and "A rate of 100%." in text and "N|all" in text
+    assert "--hidden" not in text and "--fast" in text and "--progress, --no-progress" in text
+
+
+@pytest.mark.parametrize("argv", [
+    ["p", "--source", "s"],  # --out is required
+    ["p", "--out", "o"],  # one of --source / --other-source is required
+    ["p", "--out", "o", "--source", "s", "--other-source", "t"],  # not both
+    ["p", "--out", "o", "--source", "s", "--mode", "c"],  # not a choice
+    ["p", "--out", "o", "--source", "s", "--shape", "1", "2"],  # three values
+    ["p", "--out", "o", "--source", "s", "--fast", "--slow"],  # a pair is exclusive
+])
+def test_argparse_refuses(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse(argv)
+    assert exc.value.code == 2
+
+
+def test_the_dataclass_validates_what_was_parsed():
+    with pytest.raises(ConfigError, match="count must be >= 0"):
+        parse(["p", "--out", "o", "--source", "s", "--count", "-1"])
+
+
+# ----------------------------------------------------------------------------------------------
+# nuwa-ds generate: the parser written by hand before its options became GenerateOptions (frozen here)
+
+
+def old_generate_parser():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model_dir")
+    parser.add_argument("--task", default="unconditional",
+                        choices=("unconditional", "text2image", "outpaint", "animate", "text2video"))
+    parser.add_argument("--size", default=None)
+    parser.add_argument("--frames", type=int, default=None)
+    parser.add_argument("--direction", default="right", choices=("left", "right", "up", "down"))
+    parser.add_argument("--input", default=None)
+    parser.add_argument("--prompt", default=None)
+    parser.add_argument("--order", default=None, choices=("down", "up", "right", "left"))
+    parser.add_argument("--top", type=int, default=0, metavar="PX")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--cfg-scale", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=1)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--wavefront", dest="wavefront", action="store_true", default=True)
+    mode.add_argument("--sequential", dest="wavefront", action="store_false")
+    parser.add_argument("--out", default="outputs/generated.png")
+    parser.add_argument("--fps", type=float, default=8.0)
+    parser.add_argument("--tokenizer", default=None)
+    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    parser.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"))
+    parser.add_argument("--max-memory-gb", type=float, default=None)
+    parser.add_argument("--save-tokens", action="store_true")
+    return parser
+
+
+def new_generate_parser():
+    from nuwa_ds.generate import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser
+
+
+def flat(options) -> dict:
+    """A command's options under the old namespace's flat names (nested sections' fields at the top)."""
+    out = {}
+    for key, value in options.to_dict().items():
+        out.update(value if isinstance(value, dict) else {key: value})
+    return out
+
+
+def same_parse(old_parser, new_parser, command, argv, new_fields: dict):
+    """``argv`` gives the same values under both parsers; fields without an old flag keep ``new_fields``."""
+    old = vars(old_parser.parse_args(argv))
+    new = flat(command.from_args(new_parser.parse_args(argv)))
+    assert {k: new.pop(k) for k in new_fields} == new_fields
+    assert new == old
+
+
+@pytest.mark.parametrize("argv", [
+    ["m"],
+    ["m", "--task", "text2image", "--prompt", "a cup", "--cfg-scale", "2.0", "--size", "64x96", "--seed", "3"],
+    ["m", "--task", "outpaint", "--input", "x.png", "--direction", "left", "--size", "160x64", "--batch", "2",
+     "--save-tokens", "--out", "o/x.png"],
+    ["m", "--task", "animate", "--input", "x.png", "--frames", "3", "--fps", "4", "--out", "a.gif"],
+    ["m", "--sequential", "--order", "down", "--max-memory-gb", "0.002", "--top", "448"],
+    ["m", "--wavefront", "--temperature", "0", "--top-k", "50", "--top-p", "0.9", "--device", "cpu",
+     "--dtype", "fp32", "--tokenizer", "vq"],
+])
+def test_generate_parses_as_before(argv):
+    from nuwa_ds.generate import GenerateOptions
+
+    # --cuda-graph is new: the command captured CUDA graphs before too
+    same_parse(old_generate_parser(), new_generate_parser(), GenerateOptions, argv, {"cuda_graph": True})
+
+
+def keeps_every_flag(old, new):
+    for flag, action in old._option_string_actions.items():
+        assert flag in new._option_string_actions, flag
+        assert new._option_string_actions[flag].choices == action.choices, flag
+        assert new._option_string_actions[flag].required == action.required, flag
+
+
+def test_generate_keeps_every_flag_and_choice():
+    new = new_generate_parser()
+    keeps_every_flag(old_generate_parser(), new)
+    for argv in (["m", "--wavefront", "--sequential"], ["m", "--task", "paint"], ["m", "--frames", "x"]):
+        with pytest.raises(SystemExit):
+            new.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------
+# nuwa-ds tokenizer-train (TokenizerTrainCommand + TrainOptions) and nuwa-ds prepare (PrepareCommand +
+# PrepareOptions): the hand-written parsers, frozen
+
+
+def old_tokenizer_train_parser():
+    from nuwa_ds.tokenizer.train import _eval_count
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", default="demo")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--preset", default="demo-f8")
+    parser.add_argument("--codebook-size", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--crop", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--time-limit", type=float, default=None, metavar="SECONDS")
+    parser.add_argument("--save-every", type=int, default=0, metavar="STEPS")
+    parser.add_argument("--save-every-seconds", type=float, default=300.0, metavar="SECONDS")
+    parser.add_argument("--eval-pictures", type=_eval_count, default=64, metavar="N|all")
+    parser.add_argument("--eval-batch-size", type=int, default=16)
+    parser.add_argument("--data-workers", type=int, default=None, metavar="N")
+    parser.add_argument("--picture-cache-mb", type=float, default=1024.0, metavar="MB")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    return parser
+
+
+def old_prepare_parser():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("inputs", nargs="+")
+    parser.add_argument("--out", required=True)
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--tokenizer")
+    group.add_argument("--taming-ckpt")
+    parser.add_argument("--taming-config", default=None)
+    parser.add_argument("--captions", default=None)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--patch-size", type=int, default=16)
+    parser.add_argument("--max-aspect", type=float, default=20.0)
+    parser.add_argument("--fps", type=float, default=8.0)
+    parser.add_argument("--clip-frames", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--shard-maxcount", type=int, default=5000)
+    parser.add_argument("--shard-maxsize", type=float, default=1e9)
+    parser.add_argument("--prefix", default="shard")
+    parser.add_argument("--val-fraction", type=float, default=0.0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def new_parser(module: str):
+    import importlib
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(module).add_arguments(parser)
+    return parser
+
+
+@pytest.mark.parametrize("argv", [
+    ["--out", "t"],
+    ["--out", "t", "--images", "pics", "--preset", "taming-f16-1024", "--codebook-size", "256", "--steps", "20",
+     "--batch-size", "4", "--crop", "32", "--lr", "2e-3", "--time-limit", "60", "--seed", "1", "--device", "cpu"],
+    ["--out", "t", "--save-every", "5", "--save-every-seconds", "0", "--eval-pictures", "all", "--eval-batch-size",
+     "2", "--data-workers", "1", "--picture-cache-mb", "0", "--no-progress"],
+    ["--eval-pictures", "8", "--progress", "--out", "t"],
+])
+def test_tokenizer_train_parses_as_before(argv):
+    from nuwa_ds.tokenizer.train import TokenizerTrainCommand, TrainOptions
+
+    # the flags that are new keep TrainOptions' defaults, which the command used before too
+    defaults = TrainOptions()
+    new_fields = {k: getattr(defaults, k) for k in ("beta", "ema_decay", "ae_warmup_steps", "restart_threshold",
+                                                     "log_every")}
+    same_parse(old_tokenizer_train_parser(), new_parser("nuwa_ds.tokenizer.train"), TokenizerTrainCommand, argv,
+               new_fields)
+
+
+def test_tokenizer_train_keeps_every_flag():
+    keeps_every_flag(old_tokenizer_train_parser(), new_parser("nuwa_ds.tokenizer.train"))
+
+
+@pytest.mark.parametrize("argv", [
+    ["a", "--out", "o", "--tokenizer", "t"],
+    ["a", "b", "--out", "o", "--taming-ckpt", "x.ckpt", "--taming-config", "taming-f16-1024", "--captions", "c.csv",
+     "--image-size", "0", "--patch-size", "8", "--max-aspect", "4", "--fps", "2", "--clip-frames", "4",
+     "--batch-size", "8", "--workers", "1", "--shard-maxcount", "10", "--shard-maxsize", "1e6", "--prefix", "p",
+     "--val-fraction", "0.1", "--device", "cpu", "--overwrite", "--no-progress"],
+])
+def test_prepare_parses_as_before(argv):
+    from data_pipelines.prepare import PrepareCommand, PrepareOptions
+
+    old = vars(old_prepare_parser().parse_args(argv))
+    old["progress"] = not old.pop("no_progress")  # what run() made of --no-progress
+    new = flat(PrepareCommand.from_args(new_parser("data_pipelines.prepare").parse_args(argv)))
+    assert new.pop("video_ahead_pixels") == PrepareOptions.video_ahead_pixels  # a new flag, the old default
+    assert new == old
+
+
+def test_prepare_keeps_every_flag():
+    keeps_every_flag(old_prepare_parser(), new_parser("data_pipelines.prepare"))
+    with pytest.raises(SystemExit):  # one tokenizer, not both
+        new_parser("data_pipelines.prepare").parse_args(["a", "--out", "o", "--tokenizer", "t", "--taming-ckpt", "c"])
