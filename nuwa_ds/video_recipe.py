@@ -399,6 +399,8 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
 
     with Stage(report, "7 eval"):
         report["eval"] = evaluate(tokenizer, s, val_clips[: s.videos], val_specs, image_sets, t2v, anim, LV)
+        report["eval"]["per_frame_bits"] = per_frame_bits(model, tokenizer, val_clips[:, :T],
+                                                          [LV.caption(a) for a in val_attrs], val_specs)
         _sheet_gif([val_clips[0], t2v[0], anim[0], val_clips[1], t2v[1], anim[1]], out / "overview.gif", s.fps)
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     _write_report(out, report)
@@ -453,6 +455,37 @@ def evaluate(tokenizer, s: VideoRecipeSettings, real_clips: np.ndarray, specs: l
     return results
 
 
+def per_frame_bits(model, tokenizer, clips: np.ndarray, captions: list[str], specs: list, batch: int = 16) -> dict:
+    """Does the model use the frames before? Teacher-forced bits/token of held-out clips (the training
+    length, their captions) by frame index, for still and panning clips apart, and over the tokens that
+    repeat the previous frame's token at the same place (a model that reads the frame before predicts
+    those almost for free) vs the others; beside it how many tokens repeat."""
+    import torch
+
+    tokens = _encode_clips(tokenizer, clips)
+    device = next(model.parameters()).device
+    nll = []
+    with torch.no_grad():
+        for i in range(0, len(tokens), batch):
+            part = tokens[i:i + batch].to(device)
+            logits = model(part, order="down", text=captions[i:i + len(part)], return_loss=False).logits.float()
+            nll.append(torch.nn.functional.cross_entropy(logits.flatten(0, -2), part.flatten(), reduction="none")
+                       .view(part.shape).cpu() / math.log(2))
+    nll = torch.cat(nll)
+    still = torch.tensor([spec.pan == 0 for spec in specs[:len(tokens)]])
+    repeat = tokens[:, 1:] == tokens[:, :-1]
+
+    def by_frame(rows):
+        return [round(v, 3) for v in nll[rows].mean((0, 2, 3)).tolist()] if rows.any() else None
+
+    return {"clips": len(tokens), "still_clips": int(still.sum()),
+            "all": by_frame(torch.ones_like(still)), "still": by_frame(still), "panning": by_frame(~still),
+            "repeats_previous": {"share": float(repeat.float().mean()),
+                                 "share_still": float(repeat[still].float().mean()) if still.any() else None,
+                                 "bits_where_repeated": float(nll[:, 1:][repeat].mean()) if repeat.any() else None,
+                                 "bits_elsewhere": float(nll[:, 1:][~repeat].mean()) if (~repeat).any() else None}}
+
+
 def _print_summary(report: dict):
     ev, t = report.get("eval", {}), report.get("train", {})
     print("\n== summary ==")
@@ -473,4 +506,9 @@ def _print_summary(report: dict):
         if rows:
             print(f"{name} per-frame SWD last/first quarter: "
                   + ", ".join(f"{k} {v.get('last_over_first', float('nan')):.2f}" for k, v in rows.items()))
+    pf = ev.get("per_frame_bits")
+    if pf:
+        print(f"held-out bits/token by frame: still clips {pf['still']}, panning {pf['panning']}; "
+              f"where a token repeats the frame before {pf['repeats_previous']['bits_where_repeated']:.2f}, "
+              f"elsewhere {pf['repeats_previous']['bits_elsewhere']:.2f}")
     print(f"total {report.get('total_seconds')} s; stages {report.get('stage_seconds')}")
