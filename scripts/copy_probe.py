@@ -28,6 +28,8 @@ VARIANTS = {
     "gpu": GPU, "gpu_rope0": dict(GPU, rope_dims=0),
     "small": dict(d_global=64, n_global_layers=1, d_local=64, n_local_layers=1),
     "small_rope0": dict(d_global=64, n_global_layers=1, d_local=64, n_local_layers=1, rope_dims=0),
+    "small_rope_pi2": dict(d_global=64, n_global_layers=1, d_local=64, n_local_layers=1, rope_max_freq=1.5707963),
+    "gpu_rope_pi2": dict(GPU, rope_max_freq=1.5707963),
 }
 
 

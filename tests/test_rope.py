@@ -49,7 +49,7 @@ def text_dir(tmp_path_factory):
 @pytest.mark.parametrize("canvas, wavefront, with_text", [((1, 8, 12), False, False), ((1, 12, 8), True, True),
                                                           ((3, 8, 8), False, False)])
 def test_pooled_decoding_equals_parallel_forward_with_rope(order, canvas, wavefront, with_text, text_dir):
-    model = tiny_model(rope_dims=8, row_embedding=4)
+    model = tiny_model(rope_dims=8, row_embedding=4, rope_max_freq=1.5 if canvas[0] == 3 else 1.0)
     text = None
     if with_text:
         model.attach_text_encoder(text_dir)
@@ -84,3 +84,15 @@ def test_rotation_is_applied_in_both_stacks():
 def test_bad_rope_dims_are_refused(dims):
     with pytest.raises(ConfigError, match="rope_dims"):
         NuwaConfig.preset("tiny", rope_dims=dims).validate()
+
+
+def test_the_highest_frequency_scales_every_angle():
+    coords = torch.tensor([[0, 0], [1, 0], [0, 3]])
+    cos1, sin1 = rotation(coords, 8, 100.0)
+    cos2, sin2 = rotation(coords, 8, 100.0, max_freq=torch.pi / 2)
+    angles1, angles2 = torch.atan2(sin1, cos1), torch.atan2(sin2, cos2)
+    assert torch.allclose(angles2[1, 0], torch.tensor(torch.pi / 2))  # one row down, top frequency
+    assert torch.allclose(angles2[:2], angles1[:2] * torch.pi / 2, atol=1e-6)  # small angles: no wrap
+    for bad in (0.0, -1.0, 3.2):
+        with pytest.raises(ConfigError, match="rope_max_freq"):
+            NuwaConfig.preset("tiny", rope_dims=8, rope_max_freq=bad).validate()

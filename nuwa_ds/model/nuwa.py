@@ -286,7 +286,7 @@ class NuwaInfinity(nn.Module):
         if not cfg.rope_dims:
             return None
         coords = rope_.patch_token_coordinates(pshape, cfg.patch_size, device)
-        return rope_.rotation(coords, cfg.rope_dims, cfg.rope_base)
+        return rope_.rotation(coords, cfg.rope_dims, cfg.rope_base, cfg.rope_max_freq)
 
     # -- training forward -------------------------------------------------------------------------
 
