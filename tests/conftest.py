@@ -9,6 +9,10 @@ if shutil.which("nvidia-smi") is None:  # CPU machine: CPU DeepSpeed, Triton ker
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # under `pytest -n 2` (scripts/test.sh) each worker owns one of the two cores: one intra-op thread, in
+    # the worker and in the programs it starts (a second thread waits on the busy core; see one_torch_thread)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -33,7 +37,30 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+# Under `pytest -n 2 --dist loadgroup` (scripts/test.sh) a group runs whole on one worker. A group is a test
+# module, except modules that share what a session makes once (zero_runs, the trained demo tokenizer): they
+# are one group. The two Slurm modules each bring up a cluster of their own (own config, ports, job ids). The
+# groups that take longest start first, so that no worker is left alone with a long one at the end
+# (docs/decisions.md, "CI under 10 minutes").
+SHARED_GROUPS = {"test_train_ranks": "zero_runs", "test_export": "zero_runs", "test_validation": "zero_runs",
+                 "test_data": "demo_tokenizer", "test_tokenizer": "demo_tokenizer"}
+LONGEST_FIRST = ["zero_runs", "test_slurm_multinode", "test_stop_stress", "test_slurm", "demo_tokenizer",
+                 "test_video_recipe", "test_demo", "test_recipe", "test_samples", "test_bench", "test_checkpoint_faults",
+                 "test_text_encoder", "test_preemption", "test_generation", "test_eval", "test_install"]
+
+
+def _group(item) -> str:
+    module = item.path.stem
+    return SHARED_GROUPS.get(module, module)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers' collection order is the order work is handed out
+        rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(_group(item), len(rank)))  # stable: a module keeps its order
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
