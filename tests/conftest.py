@@ -44,9 +44,9 @@ def one_torch_thread():
 # (docs/decisions.md, "CI under 10 minutes").
 SHARED_GROUPS = {"test_train_ranks": "zero_runs", "test_export": "zero_runs", "test_validation": "zero_runs",
                  "test_data": "demo_tokenizer", "test_tokenizer": "demo_tokenizer"}
-LONGEST_FIRST = ["zero_runs", "test_slurm_multinode", "test_stop_stress", "test_slurm", "demo_tokenizer",
-                 "test_video_recipe", "test_demo", "test_recipe", "test_samples", "test_bench", "test_checkpoint_faults",
-                 "test_text_encoder", "test_preemption", "test_generation", "test_eval", "test_install"]
+LONGEST_FIRST = ["demo_tokenizer", "zero_runs", "test_slurm_multinode", "test_stop_stress", "test_slurm", "test_demo",
+                 "test_recipe", "test_video_recipe", "test_checkpoint_faults", "test_samples", "test_generation",
+                 "test_bench", "test_preemption", "test_text_encoder", "test_train_bench", "test_eval", "test_install"]
 
 
 def _group(item) -> str:
