@@ -7,4 +7,4 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/setup_env.sh"
 cd "$root"
 export DS_ACCELERATOR=cpu TRITON_INTERPRET=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONWARNINGS=ignore::FutureWarning
-python -m pytest -q -ra --durations=15 "$@"
+python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q -ra --durations=15 "$@"

@@ -15,7 +15,9 @@ pytestmark = pytest.mark.slow
 def test_demo_runs_the_whole_path_on_landscapes(tmp_path):
     out = tmp_path / "demo"
     # tokenizer_steps: the demo's tokenizer is only checked for a PSNR (> 0); 2 steps train, save and evaluate
-    sets = ["train_strips=24", "train_worlds=24", "val_strips=8", "tokenizer_steps=2", "eval_every=5", "workers=2"]
+    # micro_batch: the model is only checked for finite validation bits; 2 canvases a step, not 8
+    sets = ["train_strips=24", "train_worlds=24", "val_strips=8", "tokenizer_steps=2", "eval_every=5", "micro_batch=2",
+            "workers=2"]
     cmd = [sys.executable, "-m", "nuwa_ds.cli", "demo", "--out", str(out), "--steps", "10",
            "--tokenizer-seconds", "30"] + [a for s in sets for a in ("--set", s)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

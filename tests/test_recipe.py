@@ -15,8 +15,9 @@ def test_recipe_runs_every_stage_and_reports_floors(tmp_path):
     out = tmp_path / "recipe"
     # tokenizer_steps: nothing here scores the tokenizer (the floors and ceilings below are real vs real /
     # shuffled / noise; position losses only need bits); 2 steps still train, save, evaluate and tokenize
+    # micro_batch: nothing here scores the model (10 steps stay inside the warm-up); 2 canvases a step, not 8
     sets = ["train_strips=24", "train_worlds=24", "val_strips=8", "tokenizer_steps=2", "train_steps=10",
-            "eval_every=5", "workers=2"]
+            "eval_every=5", "micro_batch=2", "workers=2"]
     cmd = [sys.executable, "-m", "nuwa_ds.cli", "recipe", "landscapes", "--preset", "cpu", "--out", str(out),
            "--device", "cpu"] + [a for s in sets for a in ("--set", s)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import made_once, shared_dir
 from nuwa_ds.tokenizer import (VQConfig, VQTokenizer, demo_pictures, from_uint8, load_image, psnr, resolve_device,
                                save_gif, save_mp4, save_png, to_uint8)
 
@@ -224,13 +225,15 @@ TRAIN_STEPS = 150  # a quarter of the demo's training; the demo's own PSNR is in
 
 
 def trained_demo_tokenizer(tmp_path_factory) -> tuple[VQTokenizer, dict]:
-    cache = tmp_path_factory.getbasetemp() / "demo_tokenizer"
-    if (cache / "metrics.json").is_file():
-        return VQTokenizer.from_pretrained(cache), json.loads((cache / "metrics.json").read_text())
-    from nuwa_ds.tokenizer.train import train_tokenizer
+    """Trained once per run (by one xdist worker), shared with tests/test_data.py."""
+    cache = shared_dir(tmp_path_factory) / "demo_tokenizer"
+    with made_once(cache) as todo:
+        if todo:
+            from nuwa_ds.tokenizer.train import train_tokenizer
 
-    return train_tokenizer("demo", cache, codebook_size=256, device="cpu", steps=TRAIN_STEPS, batch_size=8,
-                           log_every=0)
+            return train_tokenizer("demo", cache, codebook_size=256, device="cpu", steps=TRAIN_STEPS, batch_size=8,
+                                   log_every=0)
+    return VQTokenizer.from_pretrained(cache), json.loads((cache / "metrics.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +255,7 @@ def test_training_learns_to_reconstruct_the_photographs(demo_tokenizer, tmp_path
     # 150 steps reach 16.7-18.4 dB over seeds (untrained: ~10 dB); the 600-step demo run ~24 dB
     assert metrics["psnr"] > 15.0 and metrics["psnr"] > np.mean(before) + 5.0, (metrics["psnr"], before)
     assert metrics["codebook_usage"] > 0.5  # dead codes are restarted
-    assert (tmp_path_factory.getbasetemp() / "demo_tokenizer" / "reconstruction.png").is_file()
+    assert (shared_dir(tmp_path_factory) / "demo_tokenizer" / "reconstruction.png").is_file()
 
 
 @pytest.mark.slow

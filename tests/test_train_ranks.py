@@ -3,12 +3,11 @@ after SIGKILL."""
 
 from __future__ import annotations
 
-import os
 import signal
 
 import pytest
 
-from test_train_utils import (TWO_RANK_LAUNCHERS, TWO_RANK_STEPS, events, logged_step, run, segments, start,
+from test_train_utils import (TWO_RANK_LAUNCHERS, TWO_RANK_STEPS, events, kill_run, logged_step, run, segments, start,
                               train_cmd, wait_for)
 
 pytestmark = pytest.mark.slow
@@ -45,7 +44,7 @@ def test_exact_resume_after_sigkill(zero_runs, tmp_path):
     cmd = train_cmd(2, run_dir, "train.ds_config=zero2", *STEPS)
     proc = start(cmd, log, NUWA_FAULT_PAUSE_AT_STEP=6)  # checkpoint at 4, killed after step 6
     wait_for(lambda: logged_step(run_dir, 6)() and "pausing after step 6" in log.read_text(), proc, log)
-    os.killpg(proc.pid, signal.SIGKILL)
+    kill_run(proc)  # torchrun and its ranks
     assert proc.wait(timeout=30) == -signal.SIGKILL
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000004"
 

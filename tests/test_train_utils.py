@@ -52,12 +52,46 @@ def start(cmd: list[str], log: Path, **env) -> subprocess.Popen:
                             start_new_session=True)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children first listed, from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        ppid = int(text[text.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def kill_run(proc: subprocess.Popen) -> None:
+    """SIGKILL a launch and every process of it: its group, and the ranks below it, which torchrun starts
+    in sessions of their own (killing only torchrun's group leaves them running, orphaned, on the run's
+    directory: paused ones wake after 120 s and train on)."""
+    below = descendants(proc.pid)
+    try:
+        os.killpg(proc.pid, 9)
+    except ProcessLookupError:
+        pass
+    for pid in below:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+
+
 def run(cmd: list[str], log: Path, timeout: float = 240, **env) -> int:
     proc = start(cmd, log, **env)
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
+        kill_run(proc)
         raise AssertionError(f"timed out; log:\n{log.read_text()[-3000:]}") from None
 
 

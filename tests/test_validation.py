@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import signal
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from data_pipelines import build_loader
 from data_pipelines.loader import SkipLog, read_shard
 from nuwa_ds.config import ConfigError, DataConfig, NuwaConfig, RunConfig
 from nuwa_ds.training.validation import build_val_batches, model_inputs, plot_loss_curve, read_curves
-from test_train_utils import (TWO_RANK_STEPS, events, logged_step, records, run, segments, start, train_cmd,
+from test_train_utils import (TWO_RANK_STEPS, events, kill_run, logged_step, records, run, segments, start, train_cmd,
                               wait_for, write_token_shards)
 
 TINY = NuwaConfig.preset("tiny")  # vocab 256, patch 4
@@ -198,7 +197,7 @@ def test_val_loss_exact_across_sigkill_and_resume_zero3(zero_runs, tmp_path):
     cmd = train_cmd(2, run_dir, *args)
     proc = start(cmd, log, NUWA_FAULT_PAUSE_AT_STEP=6)
     wait_for(lambda: logged_step(run_dir, 6)() and "pausing after step 6" in log.read_text(), proc, log)
-    os.killpg(proc.pid, signal.SIGKILL)
+    kill_run(proc)  # torchrun and its ranks
     assert proc.wait(timeout=30) == -signal.SIGKILL
     assert run(cmd + ["--resume", "auto"], tmp_path / "resumed.txt") == 0, (tmp_path / "resumed.txt").read_text()[-3000:]
     starts = [i for i, r in enumerate(records(run_dir)) if r.get("event") == "start"]

@@ -16,9 +16,10 @@ pytestmark = pytest.mark.slow
 def test_video_recipe_runs_every_stage_and_reports_floors(tmp_path):
     out = tmp_path / "video-recipe"
     # tokenizer / text encoder steps: neither is scored here (the export must carry the encoder it was
-    # given, whatever its training); 2 steps each still train, save and evaluate them
+    # given, whatever its training); 2 steps each still train, save and evaluate them. micro_batch: nothing
+    # scores the model (10 steps stay inside the warm-up); 2 clips a step, not 8
     sets = ["train_clips=24", "val_clips=4", "videos=4", "image_prompts=4", "tokenizer_clips=8",
-            "tokenizer_steps=2", "text_mlm_steps=2", "train_steps=10", "eval_every=5", "workers=2",
+            "tokenizer_steps=2", "text_mlm_steps=2", "train_steps=10", "eval_every=5", "micro_batch=2", "workers=2",
             "cfg_scales=[1, 3]"]
     cmd = [sys.executable, "-m", "nuwa_ds.cli", "recipe", "landscape-videos", "--preset", "cpu", "--out", str(out),
            "--device", "cpu"] + [a for s in sets for a in ("--set", s)]
