@@ -399,8 +399,7 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
 
     with Stage(report, "7 eval"):
         report["eval"] = evaluate(tokenizer, s, val_clips[: s.videos], val_specs, image_sets, t2v, anim, LV)
-        report["eval"]["per_frame_bits"] = per_frame_bits(model, tokenizer, val_clips[:, :T],
-                                                          [LV.caption(a) for a in val_attrs], val_specs)
+        report["eval"]["per_frame_bits"] = per_frame_bits(model, tokenizer, val_clips[:, :T], val_captions, val_specs)
         _sheet_gif([val_clips[0], t2v[0], anim[0], val_clips[1], t2v[1], anim[1]], out / "overview.gif", s.fps)
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     _write_report(out, report)
@@ -508,7 +507,7 @@ def _print_summary(report: dict):
                   + ", ".join(f"{k} {v.get('last_over_first', float('nan')):.2f}" for k, v in rows.items()))
     pf = ev.get("per_frame_bits")
     if pf:
+        rep = {k: "none" if v is None else f"{v:.2f}" for k, v in pf["repeats_previous"].items()}
         print(f"held-out bits/token by frame: still clips {pf['still']}, panning {pf['panning']}; "
-              f"where a token repeats the frame before {pf['repeats_previous']['bits_where_repeated']:.2f}, "
-              f"elsewhere {pf['repeats_previous']['bits_elsewhere']:.2f}")
+              f"where a token repeats the frame before {rep['bits_where_repeated']}, elsewhere {rep['bits_elsewhere']}")
     print(f"total {report.get('total_seconds')} s; stages {report.get('stage_seconds')}")

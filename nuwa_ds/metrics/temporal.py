@@ -4,9 +4,9 @@
 ``b``" by block matching over the whole frame: the shift ``s`` that minimises the variance of the
 difference ``b[p + s] - a[p]`` over the overlap of the two frames (a squared difference blind to a
 change of brightness), for every whole-pixel shift up to ``max_shift`` at once (FFT correlations: the
-cross term, each frame's sum and energy over the overlap), refined to a fraction of a pixel by one Gauss-Newton step on the overlap (Lucas &
-Kanade 1981). The frames are luma, blurred by a Gaussian of ``blur`` px (only where its whole
-neighbourhood lies inside the frame) and mean-removed.
+cross term, each frame's sum and energy over the overlap), refined to a fraction of a pixel by one
+Gauss-Newton step on the overlap (Lucas & Kanade 1981). The frames are luma, blurred by a Gaussian
+of ``blur`` px (only where its whole neighbourhood lies inside the frame) and mean-removed.
 
 Why not phase correlation (Kuglin & Hines 1975, what this module used first): it whitens the
 spectrum, so every frequency votes equally, and in frames decoded from tokens most frequencies carry
@@ -66,8 +66,8 @@ def _gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def _refine(before: float, centre: float, after: float) -> float:
-    """Offset of a parabola's vertex through three equally spaced samples, in [-0.5, 0.5] (the centre
-    is the extremum: a maximum for ``phase_correlation``, a minimum once the caller negates)."""
+    """Offset of a parabola's vertex through three equally spaced samples around a maximum, in
+    [-0.5, 0.5] (``phase_correlation``'s peak)."""
     denom = before - 2.0 * centre + after
     if denom >= 0.0:  # not a maximum (flat): no refinement
         return 0.0
@@ -170,10 +170,11 @@ def clip_shifts(frames: Sequence[np.ndarray], *, blur: float = DEFAULT_BLUR, max
         return np.array([phase_correlation(frames[t], frames[t + 1], w) for t in range(len(frames) - 1)])
     if method != "block":
         raise ValueError(f"method must be 'block' or 'phase', got {method!r}")
-    for frame in frames[1:]:
-        _check_pair(frames[0], frame)
-    matcher = _Matcher(*luma(frames[0]).shape, blur, max_shift)
-    prepared = [matcher.prepare(f) for f in frames]
+    lumas = [luma(f) for f in frames]  # each frame converted once
+    for frame in lumas[1:]:
+        _check_pair(lumas[0], frame)
+    matcher = _Matcher(*lumas[0].shape, blur, max_shift)
+    prepared = [matcher.prepare(f) for f in lumas]
     return np.array([matcher.shift(prepared[t], prepared[t + 1]) for t in range(len(frames) - 1)])
 
 

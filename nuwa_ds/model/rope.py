@@ -39,7 +39,8 @@ def patch_token_coordinates(pshape, P: int, device=None) -> torch.Tensor:
     return torch.stack([rows, cols], dim=-1)
 
 
-def rotation(coords: torch.Tensor, rope_dims: int, base: float, max_freq: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def rotation(coords: torch.Tensor, rope_dims: int, base: float,
+             max_freq: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """coords long [..., 2] (token row, column) -> (cos, sin) float32 [..., rope_dims / 2];
     frequencies ``max_freq * base ** (-j / (rope_dims / 4))`` radians per token."""
     quarter = rope_dims // 4
