@@ -113,7 +113,7 @@ setup_munge() {  # a munged of our own (own key, socket, pid and log): the syste
 
 write_conf() {
   local ncpu mem k
-  ncpu=${SLURM_CLUSTER_CPUS:-$(nproc)}
+  ncpu=${SLURM_CLUSTER_CPUS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}   # nproc alone answers OMP_NUM_THREADS
   mem=$(( $(slurmd -C | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p') * 9 / 10 ))
   mkdir -p "$BASE/state" "$BASE/spool"
   [ "${SLURM_CLEAN:-0}" = 1 ] && rm -rf "${BASE:?}/state/"* "${BASE:?}/spool/"*

@@ -78,10 +78,14 @@ setup_munge() {
 
 write_conf() {
   local ncpu mem
-  ncpu=$(nproc)
+  # the machine's CPUs: plain nproc answers OMP_NUM_THREADS when it is set (the test workers set it to 1, and a
+  # node of 1 CPU leaves `srun -n 2` pending for ever with Reason=PartitionConfig)
+  ncpu=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
   mem=$(( $(slurmd -C | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p') * 9 / 10 ))   # 90% of what slurmd sees
   mkdir -p /etc/slurm "$STATE" "$SPOOL" "$LOGDIR"
   [ "${SLURM_CLEAN:-0}" = 1 ] && rm -rf "${STATE:?}"/* "${SPOOL:?}"/*
+  local old=""
+  [ -f "$CONF" ] && old=$(cat "$CONF")
   cat > "$CONF" <<EOF
 # single-node CI cluster written by scripts/slurm_up.sh
 ClusterName=ci
@@ -113,6 +117,10 @@ NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$ncpu RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
   log "wrote $CONF (CPUs=$ncpu RealMemory=${mem}M)"
+  if [ -n "$old" ] && [ "$old" != "$(cat "$CONF")" ] && { alive /run/slurmctld.pid || alive /run/slurmd.pid; }; then
+    log "the configuration changed: restarting slurmctld and slurmd"   # a running daemon keeps its old node table
+    down
+  fi
 }
 
 start_daemons() {
