@@ -220,6 +220,15 @@ def text_readers(text_index32: torch.Tensor, num_text: int, text_bias_id: int):
     return cached_table((text_index32,), ("text_readers", num_text, text_bias_id), build)
 
 
+def check_aligned(aligned, bias: torch.Tensor):
+    """The aligned-token bias table, when given, is shaped, typed and placed like ``bias``."""
+    if aligned is None:
+        return
+    check_tensor("aligned_bias", aligned, 2, (torch.float32, torch.float16, torch.bfloat16), bias.device)
+    if aligned.shape != bias.shape:
+        raise ValueError(f"aligned_bias must be shaped like bias {tuple(bias.shape)}, got {tuple(aligned.shape)}")
+
+
 def check_text(text, R: int, H: int, D: int, dtype, device):
     """Shapes of a TextContext; its index/length values are checked once per tensor (cached)."""
     if text is None:

@@ -112,7 +112,8 @@ EXAMPLE_OWN_OFFSET, EXAMPLE_BIAS_COLUMNS = 4, 10
 
 
 def record_model_launches(dtype: torch.dtype, head_dim: int, n: int = 256) -> list:
-    """Launches of a training step (global + local stack, with text) and a decode step."""
+    """Launches of a training step (global + local stack, with text; with and without the aligned-token
+    bias) and a decode step."""
     # the kernels are defined when imported: here, after main() refused TRITON_INTERPRET
     import kernels.patch_attention as PA
     import kernels.pool_decode as PD
@@ -134,18 +135,20 @@ def record_model_launches(dtype: torch.dtype, head_dim: int, n: int = 256) -> li
         bias = torch.zeros(H, I)
         text = _Text(torch.randn(1, 77, H, D, dtype=dtype), torch.randn(1, 77, H, D, dtype=dtype),
                      torch.tensor([7]), torch.zeros(R, dtype=torch.long))
-        for causal, shared, with_text in ((False, True, True), (True, False, True), (True, False, False)):
+        for causal, shared, with_text, aligned in ((False, True, True, None), (True, False, True, None),
+                                                   (True, False, False, None), (False, True, True, bias),
+                                                   (True, False, True, bias)):
             ck, cv = (k, v) if shared else ctx
             p = PA._check(q, k, v, ck, cv, ctx_index, ctx_offset, own, bias, causal,
-                          text if with_text else None, None)
+                          text if with_text else None, None, aligned)
             tk, tv = (text.k, text.v) if with_text else (None, None)
-            out, lse = PA._forward(p, q, k, v, ck, cv, tk, tv, bias, store_lse=True)
-            PA._backward(p, out, q, k, v, ck, cv, tk, tv, bias, out, lse, needs=dict(ctx=True, text=True))
+            out, lse = PA._forward(p, q, k, v, ck, cv, tk, tv, bias, aligned, store_lse=True)
+            PA._backward(p, out, q, k, v, ck, cv, tk, tv, bias, aligned, out, lse, needs=dict(ctx=True, text=True))
         pool = torch.randn(8, 1, 2, H, n, D, dtype=dtype)
         pk, pv = pool[:, 0, 0].transpose(1, 2), pool[:, 0, 1].transpose(1, 2)
-        for splits in (1, 4):
-            PD.pool_decode_attention(q[:, 0], pk, pv, ctx_index, ctx_offset, pk, pv,
-                                     torch.arange(R), torch.full((R,), n), own, bias, text, num_splits=splits)
+        for splits, aligned in ((1, None), (4, None), (1, bias), (4, bias)):
+            PD.pool_decode_attention(q[:, 0], pk, pv, ctx_index, ctx_offset, pk, pv, torch.arange(R),
+                                     torch.full((R,), n), own, bias, text, num_splits=splits, aligned_bias=aligned)
     finally:
         for (module, name), fn in originals.items():
             setattr(module, name, fn)

@@ -6,8 +6,9 @@ Queries of patch row r attend, in one softmax, to
   * the context blocks ``ctx_k[j], ctx_v[j]`` for each j in ``ctx_index[r]`` (``m`` keys each, any
     strides: other rows of the batch in training, pool slots in generation; never gathered),
   * an optional text block (the valid prefix of a caption's keys),
-with ``bias[h, id]`` added to every logit of a block and scale 1/sqrt(D). The reference (ground
-truth) is ``nuwa_ds.model.attention.reference_patch_attention``.
+with ``bias[h, id]`` added to every logit of a block, optionally ``aligned[h, id]`` added to the
+logit of the key at the query's own index in each own/context block (``HAS_ALIGNED``), and scale
+1/sqrt(D). The reference (ground truth) is ``nuwa_ds.model.attention.reference_patch_attention``.
 
 Kernels (one program per (row, head, tile), flattened into a 1-D grid):
   ``_fwd_kernel``     one query tile; online softmax (base 2) over own tiles (first: every query
@@ -24,6 +25,8 @@ Versions (timings: docs/kernels.md):
       pipelines it across block boundaries; causal tiles split into unmasked + diagonal parts.
   v2  64-query tiles, 4 warps at D=64 (from an H100 sweep): fwd+bwd 2.14 -> 1.69 ms on 4x4 patches.
   v3  the same at D=128 (dK/dV 2 stages): backward 1.76 -> ~1.2 ms.
+  v4  the aligned-token bias (``model.aligned_bias``): one select per tile where a key's index in
+      its block equals the query's; its gradient is the per-tile sum of dS on that diagonal.
 """
 
 from __future__ import annotations
@@ -37,11 +40,22 @@ import triton
 import triton.language as tl
 
 from kernels._common import (INDEX_DTYPES, INTERPRET, LOG2E, MAX_HEAD_DIM, RCP_LN2, SUPPORTED_DTYPES, alloc_output,
-                             block_d, check_same, check_tensor, check_text, compact_context, device_function,
-                             dot_precision, load_tile, readers_table, text_readers)
+                             block_d, check_aligned, check_same, check_tensor, check_text, compact_context,
+                             device_function, dot_precision, load_tile, readers_table, text_readers)
 
 # ----------------------------------------------------------------------------------------------
 # Kernels
+
+
+@device_function
+def _tile_bias(b, a, rows, cols, HAS_ALIGNED: tl.constexpr):
+    """The bias of one tile: the block's scalar ``b``, plus ``a`` where rows[i] == cols[j] (a key at the
+    query's own index in its block) with the aligned bias; rows, cols index inside the blocks."""
+    if HAS_ALIGNED:  # one return: triton types every return statement, taken or not
+        tile = b + tl.where(rows[:, None] == cols[None, :], a, 0.0)
+    else:
+        tile = b
+    return tile
 
 
 @device_function
@@ -60,14 +74,14 @@ def _softmax_step(acc, m_i, l_i, q, k, v, bias2, qk_scale, valid, MASKED: tl.con
 
 @triton.jit
 def _fwd_kernel(
-    Q, K, V, CK, CV, TK, TV, Bias, CtxIdx, CtxBid, CtxCnt, TIdx, TLen, Out, Lse,
+    Q, K, V, CK, CV, TK, TV, Bias, Aligned, CtxIdx, CtxBid, CtxCnt, TIdx, TLen, Out, Lse,
     s_qr, s_qn, s_qh, s_qd, s_kr, s_kn, s_kh, s_kd, s_vr, s_vn, s_vh, s_vd,
     s_ckb, s_ckn, s_ckh, s_ckd, s_cvb, s_cvn, s_cvh, s_cvd,
     s_tkb, s_tkn, s_tkh, s_tkd, s_tvb, s_tvn, s_tvh, s_tvd,
-    s_or, s_on, s_oh, s_od, s_bh, C, H, own_bid, text_bid, qk_scale,
+    s_or, s_on, s_oh, s_od, s_bh, s_ah, C, H, own_bid, text_bid, qk_scale,
     N_Q: tl.constexpr, M_K: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_TEXT: tl.constexpr,
-    STORE_LSE: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+    HAS_ALIGNED: tl.constexpr, STORE_LSE: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     NUM_QT: tl.constexpr = (N_Q + BLOCK_M - 1) // BLOCK_M
     MASK_N: tl.constexpr = N_Q % BLOCK_N != 0
@@ -88,10 +102,12 @@ def _fwd_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     bias_h = Bias + h * s_bh
+    aligned_h = Aligned + h * s_ah
 
     # own block: keys [0, lo) are visible to every query of the tile, [lo, hi) need the causal mask
     k_own, v_own = K + r * s_kr + h * s_kh, V + r * s_vr + h * s_vh
     b_own = tl.load(bias_h + own_bid).to(tl.float32) * RCP_LN2
+    a_own = tl.load(aligned_h + own_bid).to(tl.float32) * RCP_LN2 if HAS_ALIGNED else 0.0
     if CAUSAL:
         lo = (q0 // BLOCK_N) * BLOCK_N
         hi = tl.minimum(q0 + BLOCK_M, N_Q)
@@ -102,13 +118,15 @@ def _fwd_kernel(
         keys = start + offs_n
         k = load_tile(k_own, keys, s_kn, offs_d, s_kd, N_Q, HEAD_DIM, MASK_N, MASK_D, UPCAST)
         v = load_tile(v_own, keys, s_vn, offs_d, s_vd, N_Q, HEAD_DIM, MASK_N, MASK_D, UPCAST)
-        acc, m_i, l_i = _softmax_step(acc, m_i, l_i, q, k, v, b_own, qk_scale, keys[None, :] < N_Q, MASK_N, DOT_PREC)
+        acc, m_i, l_i = _softmax_step(acc, m_i, l_i, q, k, v, _tile_bias(b_own, a_own, offs_m, keys, HAS_ALIGNED),
+                                      qk_scale, keys[None, :] < N_Q, MASK_N, DOT_PREC)
     for start in range(lo, hi, BLOCK_N):
         keys = start + offs_n
         k = load_tile(k_own, keys, s_kn, offs_d, s_kd, N_Q, HEAD_DIM, MASK_N, MASK_D, UPCAST)
         v = load_tile(v_own, keys, s_vn, offs_d, s_vd, N_Q, HEAD_DIM, MASK_N, MASK_D, UPCAST)
         valid = (keys[None, :] <= offs_m[:, None]) & (keys[None, :] < N_Q)
-        acc, m_i, l_i = _softmax_step(acc, m_i, l_i, q, k, v, b_own, qk_scale, valid, True, DOT_PREC)
+        acc, m_i, l_i = _softmax_step(acc, m_i, l_i, q, k, v, _tile_bias(b_own, a_own, offs_m, keys, HAS_ALIGNED),
+                                      qk_scale, valid, True, DOT_PREC)
 
     # context blocks: one flat loop over (entry, tile) so loads pipeline across blocks
     count = tl.load(CtxCnt + r)
@@ -116,7 +134,10 @@ def _fwd_kernel(
         e = it // CTX_TILES
         keys = (it % CTX_TILES) * BLOCK_N + offs_n
         blk = tl.load(CtxIdx + r * C + e).to(tl.int64)
-        b = tl.load(bias_h + tl.load(CtxBid + r * C + e)).to(tl.float32) * RCP_LN2
+        bid = tl.load(CtxBid + r * C + e)
+        b = tl.load(bias_h + bid).to(tl.float32) * RCP_LN2
+        if HAS_ALIGNED:
+            b = _tile_bias(b, tl.load(aligned_h + bid).to(tl.float32) * RCP_LN2, offs_m, keys, HAS_ALIGNED)
         k = load_tile(CK + blk * s_ckb + h * s_ckh, keys, s_ckn, offs_d, s_ckd, M_K, HEAD_DIM, MASK_M, MASK_D, UPCAST)
         v = load_tile(CV + blk * s_cvb + h * s_cvh, keys, s_cvn, offs_d, s_cvd, M_K, HEAD_DIM, MASK_M, MASK_D, UPCAST)
         acc, m_i, l_i = _softmax_step(acc, m_i, l_i, q, k, v, b, qk_scale, keys[None, :] < M_K, MASK_M, DOT_PREC)
@@ -143,7 +164,7 @@ def _fwd_kernel(
 
 @device_function
 def _dq_step(dq, q, do, k, v, lse, delta, bias2, qk_scale, valid, MASKED: tl.constexpr, DOT_PREC: tl.constexpr):
-    """dQ contribution of one key tile; also returns the tile's sum of dS (the bias gradient)."""
+    """dQ contribution of one key tile; also returns the tile's dS (its sums are the bias gradients)."""
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale + bias2
     p = tl.math.exp2(s - lse[:, None])
     if MASKED:
@@ -151,20 +172,30 @@ def _dq_step(dq, q, do, k, v, lse, delta, bias2, qk_scale, valid, MASKED: tl.con
     dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
     ds = p * (dp - delta[:, None])
     dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
-    return dq, tl.sum(tl.sum(ds, 1), 0)
+    return dq, ds
+
+
+@device_function
+def _store_bias_sums(ds, rows, cols, dbias, daligned, tile, HAS_ALIGNED: tl.constexpr):
+    """Store a tile's sum of dS (bias gradient) and, with the aligned bias, its sum over the keys at
+    the query's own index (rows[i] == cols[j])."""
+    tl.store(dbias + tile, tl.sum(tl.sum(ds, 1), 0))
+    if HAS_ALIGNED:
+        tl.store(daligned + tile, tl.sum(tl.sum(tl.where(rows[:, None] == cols[None, :], ds, 0.0), 1), 0))
 
 
 @triton.jit
 def _bwd_dq_kernel(
-    Q, K, V, CK, CV, TK, TV, Bias, CtxIdx, CtxBid, CtxCnt, TIdx, TLen, O, DO, Lse, Delta, DQ, DBias,
+    Q, K, V, CK, CV, TK, TV, Bias, Aligned, CtxIdx, CtxBid, CtxCnt, TIdx, TLen, O, DO, Lse, Delta, DQ, DBias,
+    DAligned,
     s_qr, s_qn, s_qh, s_qd, s_kr, s_kn, s_kh, s_kd, s_vr, s_vn, s_vh, s_vd,
     s_ckb, s_ckn, s_ckh, s_ckd, s_cvb, s_cvn, s_cvh, s_cvd,
     s_tkb, s_tkn, s_tkh, s_tkd, s_tvb, s_tvn, s_tvh, s_tvd,
     s_or, s_on, s_oh, s_od, s_dor, s_don, s_doh, s_dod, s_dqr, s_dqn, s_dqh, s_dqd,
-    s_bh, C, H, own_bid, text_bid, qk_scale, sm_scale, NUM_TILES,
+    s_bh, s_ah, C, H, own_bid, text_bid, qk_scale, sm_scale, NUM_TILES,
     N_Q: tl.constexpr, M_K: tl.constexpr, TEXT_TILES: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-    HAS_TEXT: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+    HAS_TEXT: tl.constexpr, HAS_ALIGNED: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     NUM_QT: tl.constexpr = (N_Q + BLOCK_M - 1) // BLOCK_M
     MASK_N: tl.constexpr = N_Q % BLOCK_N != 0
@@ -189,11 +220,15 @@ def _bwd_dq_kernel(
     lse = tl.load(Lse + row_stat, mask=offs_m < N_Q, other=float("inf"))  # padded rows: P = 0
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     bias_h = Bias + h * s_bh
-    # per key tile sums of dS: [R, H, NUM_QT, NUM_TILES], tiles = own, then context (entry-major), then text
+    aligned_h = Aligned + h * s_ah
+    # per key tile sums of dS: [R, H, NUM_QT, NUM_TILES], tiles = own, then context (entry-major), then text;
+    # DAligned the same for the aligned keys (own and context tiles only)
     dbias = DBias + ((r * H + h) * NUM_QT + qt) * NUM_TILES
+    daligned = DAligned + ((r * H + h) * NUM_QT + qt) * NUM_TILES
 
     k_own, v_own = K + r * s_kr + h * s_kh, V + r * s_vr + h * s_vh
     b_own = tl.load(bias_h + own_bid).to(tl.float32) * RCP_LN2
+    a_own = tl.load(aligned_h + own_bid).to(tl.float32) * RCP_LN2 if HAS_ALIGNED else 0.0
     if CAUSAL:
         lo = (q0 // BLOCK_N) * BLOCK_N
         hi = tl.minimum(q0 + BLOCK_M, N_Q)
@@ -204,26 +239,31 @@ def _bwd_dq_kernel(
         keys = start + offs_n
         k = load_tile(k_own, keys, s_kn, offs_d, s_kd, N_Q, HEAD_DIM, MASK_N, MASK_D, UPCAST)
         v = load_tile(v_own, keys, s_vn, offs_d, s_vd, N_Q, HEAD_DIM, MASK_N, MASK_D, UPCAST)
-        dq, ds_sum = _dq_step(dq, q, do, k, v, lse, delta, b_own, qk_scale, keys[None, :] < N_Q, MASK_N, DOT_PREC)
-        tl.store(dbias + start // BLOCK_N, ds_sum)
+        dq, ds = _dq_step(dq, q, do, k, v, lse, delta, _tile_bias(b_own, a_own, offs_m, keys, HAS_ALIGNED), qk_scale,
+                          keys[None, :] < N_Q, MASK_N, DOT_PREC)
+        _store_bias_sums(ds, offs_m, keys, dbias, daligned, start // BLOCK_N, HAS_ALIGNED)
     for start in range(lo, hi, BLOCK_N):
         keys = start + offs_n
         k = load_tile(k_own, keys, s_kn, offs_d, s_kd, N_Q, HEAD_DIM, MASK_N, MASK_D, UPCAST)
         v = load_tile(v_own, keys, s_vn, offs_d, s_vd, N_Q, HEAD_DIM, MASK_N, MASK_D, UPCAST)
         valid = (keys[None, :] <= offs_m[:, None]) & (keys[None, :] < N_Q)
-        dq, ds_sum = _dq_step(dq, q, do, k, v, lse, delta, b_own, qk_scale, valid, True, DOT_PREC)
-        tl.store(dbias + start // BLOCK_N, ds_sum)
+        dq, ds = _dq_step(dq, q, do, k, v, lse, delta, _tile_bias(b_own, a_own, offs_m, keys, HAS_ALIGNED), qk_scale,
+                          valid, True, DOT_PREC)
+        _store_bias_sums(ds, offs_m, keys, dbias, daligned, start // BLOCK_N, HAS_ALIGNED)
 
     count = tl.load(CtxCnt + r)
     for it in range(0, count * CTX_TILES):
         e = it // CTX_TILES
         keys = (it % CTX_TILES) * BLOCK_N + offs_n
         blk = tl.load(CtxIdx + r * C + e).to(tl.int64)
-        b = tl.load(bias_h + tl.load(CtxBid + r * C + e)).to(tl.float32) * RCP_LN2
+        bid = tl.load(CtxBid + r * C + e)
+        b = tl.load(bias_h + bid).to(tl.float32) * RCP_LN2
+        if HAS_ALIGNED:
+            b = _tile_bias(b, tl.load(aligned_h + bid).to(tl.float32) * RCP_LN2, offs_m, keys, HAS_ALIGNED)
         k = load_tile(CK + blk * s_ckb + h * s_ckh, keys, s_ckn, offs_d, s_ckd, M_K, HEAD_DIM, MASK_M, MASK_D, UPCAST)
         v = load_tile(CV + blk * s_cvb + h * s_cvh, keys, s_cvn, offs_d, s_cvd, M_K, HEAD_DIM, MASK_M, MASK_D, UPCAST)
-        dq, ds_sum = _dq_step(dq, q, do, k, v, lse, delta, b, qk_scale, keys[None, :] < M_K, MASK_M, DOT_PREC)
-        tl.store(dbias + OWN_TILES + it, ds_sum)
+        dq, ds = _dq_step(dq, q, do, k, v, lse, delta, b, qk_scale, keys[None, :] < M_K, MASK_M, DOT_PREC)
+        _store_bias_sums(ds, offs_m, keys, dbias, daligned, OWN_TILES + it, HAS_ALIGNED)
 
     if HAS_TEXT:
         t = tl.load(TIdx + r).to(tl.int64)
@@ -235,9 +275,8 @@ def _bwd_dq_kernel(
                           UPCAST)
             v = load_tile(TV + t * s_tvb + h * s_tvh, keys, s_tvn, offs_d, s_tvd, text_len, HEAD_DIM, True, MASK_D,
                           UPCAST)
-            dq, ds_sum = _dq_step(dq, q, do, k, v, lse, delta, b_text, qk_scale, keys[None, :] < text_len, True,
-                                  DOT_PREC)
-            tl.store(dbias + NUM_TILES - TEXT_TILES + start // BLOCK_N, ds_sum)
+            dq, ds = _dq_step(dq, q, do, k, v, lse, delta, b_text, qk_scale, keys[None, :] < text_len, True, DOT_PREC)
+            tl.store(dbias + NUM_TILES - TEXT_TILES + start // BLOCK_N, tl.sum(tl.sum(ds, 1), 0))
 
     dq_ptrs = DQ + r * s_dqr + h * s_dqh + offs_m[:, None] * s_dqn + offs_d[None, :] * s_dqd
     tl.store(dq_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty),
@@ -279,14 +318,15 @@ def _load_queries(Q, DO, Lse, Delta, row, h, H, offs_m, offs_d, s_qr, s_qn, s_qh
 
 @triton.jit
 def _bwd_dkv_kernel(
-    Q, DO, Lse, Delta, Bias, K, V, DK, DV, Readers, ReaderBid, ReaderCnt, KeyLen,
+    Q, DO, Lse, Delta, Bias, Aligned, K, V, DK, DV, Readers, ReaderBid, ReaderCnt, KeyLen,
     s_qr, s_qn, s_qh, s_qd, s_dor, s_don, s_doh, s_dod,
     s_kb, s_kn, s_kh, s_kd, s_vb, s_vn, s_vh, s_vd,
     s_dkb, s_dkn, s_dkh, s_dkd, s_dvb, s_dvn, s_dvh, s_dvd,
-    s_bh, s_readers, H, own_bid, qk_scale, sm_scale,
+    s_bh, s_ah, s_readers, H, own_bid, qk_scale, sm_scale,
     N_Q: tl.constexpr, KEYS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_OWN: tl.constexpr, CAUSAL: tl.constexpr,
-    HAS_KEY_LEN: tl.constexpr, MASK_KEYS: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+    HAS_KEY_LEN: tl.constexpr, MASK_KEYS: tl.constexpr, HAS_ALIGNED: tl.constexpr, UPCAST: tl.constexpr,
+    DOT_PREC: tl.constexpr,
 ):
     NUM_KT: tl.constexpr = (KEYS + BLOCK_N - 1) // BLOCK_N
     NUM_QT: tl.constexpr = (N_Q + BLOCK_M - 1) // BLOCK_M
@@ -310,9 +350,11 @@ def _bwd_dkv_kernel(
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     bias_h = Bias + h * s_bh
+    aligned_h = Aligned + h * s_ah
 
     if HAS_OWN:  # block ``blk`` is also row ``blk``'s own block
         b_own = tl.load(bias_h + own_bid).to(tl.float32) * RCP_LN2
+        a_own = tl.load(aligned_h + own_bid).to(tl.float32) * RCP_LN2 if HAS_ALIGNED else 0.0
         if CAUSAL:
             lo = (k0 // BLOCK_M) * BLOCK_M  # earlier query tiles see none of these keys
             mid = tl.minimum(((k0 + BLOCK_N + BLOCK_M - 1) // BLOCK_M) * BLOCK_M, NUM_QT * BLOCK_M)
@@ -323,21 +365,25 @@ def _bwd_dkv_kernel(
             offs = q0 + offs_m
             q, do, lse, delta = _load_queries(Q, DO, Lse, Delta, blk, h, H, offs, offs_d, s_qr, s_qn, s_qh, s_qd,
                                               s_dor, s_don, s_doh, s_dod, N_Q, HEAD_DIM, MASK_Q, MASK_D, UPCAST)
-            dk, dv = _dkv_step(dk, dv, k, v, q, do, lse, delta, b_own, qk_scale, offs[None, :] >= keys[:, None], True,
-                               DOT_PREC)
+            dk, dv = _dkv_step(dk, dv, k, v, q, do, lse, delta, _tile_bias(b_own, a_own, keys, offs, HAS_ALIGNED),
+                               qk_scale, offs[None, :] >= keys[:, None], True, DOT_PREC)
         for q0 in range(mid, N_Q, BLOCK_M):
             offs = q0 + offs_m
             q, do, lse, delta = _load_queries(Q, DO, Lse, Delta, blk, h, H, offs, offs_d, s_qr, s_qn, s_qh, s_qd,
                                               s_dor, s_don, s_doh, s_dod, N_Q, HEAD_DIM, MASK_Q, MASK_D, UPCAST)
-            dk, dv = _dkv_step(dk, dv, k, v, q, do, lse, delta, b_own, qk_scale, key_valid, False, DOT_PREC)
+            dk, dv = _dkv_step(dk, dv, k, v, q, do, lse, delta, _tile_bias(b_own, a_own, keys, offs, HAS_ALIGNED),
+                               qk_scale, key_valid, False, DOT_PREC)
 
     count = tl.load(ReaderCnt + blk)
     for it in range(0, count * NUM_QT):
         e = it // NUM_QT
         q0 = (it % NUM_QT) * BLOCK_M
         row = tl.load(Readers + blk * s_readers + e).to(tl.int64)
-        b = tl.load(bias_h + tl.load(ReaderBid + blk * s_readers + e)).to(tl.float32) * RCP_LN2
+        bid = tl.load(ReaderBid + blk * s_readers + e)
+        b = tl.load(bias_h + bid).to(tl.float32) * RCP_LN2
         offs = q0 + offs_m
+        if HAS_ALIGNED:
+            b = _tile_bias(b, tl.load(aligned_h + bid).to(tl.float32) * RCP_LN2, keys, offs, HAS_ALIGNED)
         q, do, lse, delta = _load_queries(Q, DO, Lse, Delta, row, h, H, offs, offs_d, s_qr, s_qn, s_qh, s_qd,
                                           s_dor, s_don, s_doh, s_dod, N_Q, HEAD_DIM, MASK_Q, MASK_D, UPCAST)
         dk, dv = _dkv_step(dk, dv, k, v, q, do, lse, delta, b, qk_scale, key_valid, HAS_KEY_LEN, DOT_PREC)
@@ -418,7 +464,7 @@ def _common_args(p: _Problem, D: int):
     return dict(HEAD_DIM=D, BLOCK_D=block_d(D), N_Q=p.n)
 
 
-def _forward(p: _Problem, q, k, v, ctx_k, ctx_v, text_k, text_v, bias, store_lse: bool):
+def _forward(p: _Problem, q, k, v, ctx_k, ctx_v, text_k, text_v, bias, aligned, store_lse: bool):
     """-> out [R, n, H, D] (q's dtype), lse [R, H, n] fp32 (base 2) or None."""
     R, n, H, D = q.shape
     out = alloc_output((R, n, H, D), q.dtype, q.device)
@@ -427,21 +473,23 @@ def _forward(p: _Problem, q, k, v, ctx_k, ctx_v, text_k, text_v, bias, store_lse
     has_text = text_k is not None
     tk, tv = (text_k, text_v) if has_text else (q, q)
     grid = (R * H * triton.cdiv(n, cfg.block_m),)
+    al = bias if aligned is None else aligned
     _fwd_kernel[grid](
-        q, k, v, ctx_k, ctx_v, tk, tv, bias, p.ctx_index, p.ctx_bias_id, p.ctx_count,
+        q, k, v, ctx_k, ctx_v, tk, tv, bias, al, p.ctx_index, p.ctx_bias_id, p.ctx_count,
         p.text_index if has_text else p.ctx_count, p.text_length if has_text else p.ctx_count, out, lse,
         *q.stride(), *k.stride(), *v.stride(), *ctx_k.stride(), *ctx_v.stride(), *tk.stride(), *tv.stride(),
-        *out.stride(), bias.stride(0), p.C, H, p.own_bid, p.text_bid, LOG2E / math.sqrt(D),
+        *out.stride(), bias.stride(0), al.stride(0), p.C, H, p.own_bid, p.text_bid, LOG2E / math.sqrt(D),
         M_K=p.m, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, CAUSAL=p.causal, HAS_TEXT=has_text,
-        STORE_LSE=store_lse, UPCAST=INTERPRET, DOT_PREC=dot_precision(q.dtype), **_common_args(p, D),
+        HAS_ALIGNED=aligned is not None, STORE_LSE=store_lse, UPCAST=INTERPRET, DOT_PREC=dot_precision(q.dtype), **_common_args(p, D),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, (lse if store_lse else None)
 
 
-def _backward(p: _Problem, grad_out, q, k, v, ctx_k, ctx_v, text_k, text_v, bias, out, lse, needs: dict):
-    """-> dict of gradients (dq, dk, dv, dck, dcv, dtk, dtv, dbias), each allocated once and written
-    once by exactly one program per element."""
+def _backward(p: _Problem, grad_out, q, k, v, ctx_k, ctx_v, text_k, text_v, bias, aligned, out, lse,
+              needs: dict):
+    """-> dict of gradients (dq, dk, dv, dck, dcv, dtk, dtv, dbias, daligned), each allocated once and
+    written once by exactly one program per element."""
     R, n, H, D = q.shape
     dev = q.device
     has_text = text_k is not None
@@ -458,20 +506,23 @@ def _backward(p: _Problem, grad_out, q, k, v, ctx_k, ctx_v, text_k, text_v, bias
     dq = alloc_output((R, n, H, D), q.dtype, dev)
     delta = alloc_output((R, H, n), torch.float32, dev)
     dbias_tiles = torch.zeros((R, H, num_qt, max(num_tiles, 1)), dtype=torch.float32, device=dev)
+    has_aligned = aligned is not None
+    al = aligned if has_aligned else bias
+    daligned_tiles = torch.zeros_like(dbias_tiles) if has_aligned else dbias_tiles
     _bwd_dq_kernel[(R * H * num_qt,)](
-        q, k, v, ctx_k, ctx_v, tk, tv, bias, p.ctx_index, p.ctx_bias_id, p.ctx_count,
+        q, k, v, ctx_k, ctx_v, tk, tv, bias, al, p.ctx_index, p.ctx_bias_id, p.ctx_count,
         p.text_index if has_text else p.ctx_count, p.text_length if has_text else p.ctx_count,
-        out, grad_out, lse, delta, dq, dbias_tiles,
+        out, grad_out, lse, delta, dq, dbias_tiles, daligned_tiles,
         *q.stride(), *k.stride(), *v.stride(), *ctx_k.stride(), *ctx_v.stride(), *tk.stride(), *tv.stride(),
-        *out.stride(), *grad_out.stride(), *dq.stride(), bias.stride(0), p.C, H, p.own_bid, p.text_bid,
-        LOG2E * scale, scale, dbias_tiles.shape[-1], M_K=p.m, TEXT_TILES=text_tiles, BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n, CAUSAL=p.causal, HAS_TEXT=has_text, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages, **common,
+        *out.stride(), *grad_out.stride(), *dq.stride(), bias.stride(0), al.stride(0), p.C, H, p.own_bid,
+        p.text_bid, LOG2E * scale, scale, dbias_tiles.shape[-1], M_K=p.m, TEXT_TILES=text_tiles,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, CAUSAL=p.causal, HAS_TEXT=has_text, HAS_ALIGNED=has_aligned,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
     )
 
     # 2. dK, dV: own blocks (+ context readers when the context is the rows' own K/V), context, text
     cfg = p.configs["dkv"]
-    dkv_args = (q, grad_out, lse, delta, bias)
+    dkv_args = (q, grad_out, lse, delta, bias, al)
     strides_qdo = (*q.stride(), *grad_out.stride())
 
     def dkv(src_k, src_v, num_blocks, keys, has_own, readers, key_len=None):
@@ -483,9 +534,10 @@ def _backward(p: _Problem, grad_out, q, k, v, ctx_k, ctx_v, text_k, text_v, bias
         _bwd_dkv_kernel[(num_blocks * H * triton.cdiv(keys, cfg.block_n),)](
             *dkv_args, src_k, src_v, gk, gv, rows, rbid, rcnt, key_len if key_len is not None else rcnt,
             *strides_qdo, *src_k.stride(), *src_v.stride(), *gk.stride(), *gv.stride(), bias.stride(0),
-            rows.stride(0), H, p.own_bid, LOG2E * scale, scale, KEYS=keys, BLOCK_M=cfg.block_m,
+            al.stride(0), rows.stride(0), H, p.own_bid, LOG2E * scale, scale, KEYS=keys, BLOCK_M=cfg.block_m,
             BLOCK_N=cfg.block_n, HAS_OWN=has_own, CAUSAL=p.causal, HAS_KEY_LEN=key_len is not None,
             MASK_KEYS=key_len is not None or keys % cfg.block_n != 0,
+            HAS_ALIGNED=has_aligned and key_len is None,  # text keys (key_len) have no aligned bias
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
         )
         return gk, gv
@@ -507,48 +559,54 @@ def _backward(p: _Problem, grad_out, q, k, v, ctx_k, ctx_v, text_k, text_v, bias
                                          key_len=p.text_length)
 
     # 3. bias: sum the per-tile dS sums into their blocks, then into bias columns
-    part = dbias_tiles.sum(2)  # [R, H, tiles]
-    own = part[:, :, :own_tiles].sum(-1, keepdim=True)  # [R, H, 1]
-    ctx_part = part[:, :, own_tiles:own_tiles + p.C * ctx_tiles].reshape(R, H, p.C, ctx_tiles).sum(-1)
-    per_block = [own, ctx_part]
-    ids = [torch.full((R, 1), p.own_bid, dtype=torch.long, device=dev), p.ctx_bias_id.long()]
-    if has_text:
-        per_block.append(part[:, :, num_tiles - text_tiles:num_tiles].sum(-1, keepdim=True))
-        ids.append(torch.full((R, 1), p.text_bid, dtype=torch.long, device=dev))
-    sums = torch.cat(per_block, dim=2)  # [R, H, blocks]
-    dbias = torch.zeros((H, p.num_bias), dtype=torch.float32, device=dev)
-    dbias.index_add_(1, torch.cat(ids, dim=1).reshape(-1), sums.permute(1, 0, 2).reshape(H, -1))
-    grads["dbias"] = dbias.to(bias.dtype)
+    def columns(tiles: torch.Tensor, with_text: bool) -> torch.Tensor:
+        part = tiles.sum(2)  # [R, H, tiles]
+        own = part[:, :, :own_tiles].sum(-1, keepdim=True)  # [R, H, 1]
+        ctx_part = part[:, :, own_tiles:own_tiles + p.C * ctx_tiles].reshape(R, H, p.C, ctx_tiles).sum(-1)
+        per_block = [own, ctx_part]
+        ids = [torch.full((R, 1), p.own_bid, dtype=torch.long, device=dev), p.ctx_bias_id.long()]
+        if with_text:
+            per_block.append(part[:, :, num_tiles - text_tiles:num_tiles].sum(-1, keepdim=True))
+            ids.append(torch.full((R, 1), p.text_bid, dtype=torch.long, device=dev))
+        sums = torch.cat(per_block, dim=2)  # [R, H, blocks]
+        table = torch.zeros((H, p.num_bias), dtype=torch.float32, device=dev)
+        table.index_add_(1, torch.cat(ids, dim=1).reshape(-1), sums.permute(1, 0, 2).reshape(H, -1))
+        return table
+
+    grads["dbias"] = columns(dbias_tiles, has_text).to(bias.dtype)
+    grads["daligned"] = columns(daligned_tiles, False).to(aligned.dtype) if has_aligned else None
     return grads
 
 
 class _PatchAttentionFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, ctx_k, ctx_v, text_k, text_v, bias, problem: _Problem):
+    def forward(ctx, q, k, v, ctx_k, ctx_v, text_k, text_v, bias, aligned, problem: _Problem):
         ck = k if problem.shared_kv else ctx_k
         cv = v if problem.shared_kv else ctx_v
-        out, lse = _forward(problem, q, k, v, ck, cv, text_k, text_v, bias, store_lse=True)
-        ctx.save_for_backward(q, k, v, ctx_k, ctx_v, text_k, text_v, bias, out, lse)
+        out, lse = _forward(problem, q, k, v, ck, cv, text_k, text_v, bias, aligned, store_lse=True)
+        ctx.save_for_backward(q, k, v, ctx_k, ctx_v, text_k, text_v, bias, aligned, out, lse)
         ctx.problem = problem
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, ctx_k, ctx_v, text_k, text_v, bias, out, lse = ctx.saved_tensors
+        q, k, v, ctx_k, ctx_v, text_k, text_v, bias, aligned, out, lse = ctx.saved_tensors
         p = ctx.problem
         ck = k if p.shared_kv else ctx_k
         cv = v if p.shared_kv else ctx_v
         needs = ctx.needs_input_grad
-        g = _backward(p, grad_out, q, k, v, ck, cv, text_k, text_v, bias, out, lse,
+        g = _backward(p, grad_out, q, k, v, ck, cv, text_k, text_v, bias, aligned, out, lse,
                       needs=dict(ctx=needs[3] or needs[4], text=needs[5] or needs[6]))
-        return g["dq"], g["dk"], g["dv"], g["dck"], g["dcv"], g["dtk"], g["dtv"], g["dbias"], None
+        return (g["dq"], g["dk"], g["dv"], g["dck"], g["dcv"], g["dtk"], g["dtv"], g["dbias"], g["daligned"],
+                None)
 
 
 # ----------------------------------------------------------------------------------------------
 # Public entry point
 
 
-def _check(q, k, v, ctx_k, ctx_v, ctx_index, ctx_bias_id, own_bias_id, bias, causal, text, configs) -> _Problem:
+def _check(q, k, v, ctx_k, ctx_v, ctx_index, ctx_bias_id, own_bias_id, bias, causal, text, configs,
+           aligned=None) -> _Problem:
     check_tensor("q", q, 4, SUPPORTED_DTYPES)
     dev, dtype = q.device, q.dtype
     for name, t in (("k", k), ("v", v)):
@@ -574,6 +632,7 @@ def _check(q, k, v, ctx_k, ctx_v, ctx_index, ctx_bias_id, own_bias_id, bias, cau
     num_bias = bias.shape[1]
     if not 0 <= int(own_bias_id) < num_bias:
         raise ValueError(f"own_bias_id {own_bias_id} outside the bias table's {num_bias} columns")
+    check_aligned(aligned, bias)
     if m == 0 and ctx_index.shape[1]:
         raise ValueError("ctx_k has blocks of 0 keys")
     text_tables = check_text(text, R, H, D, dtype, dev)
@@ -585,22 +644,24 @@ def _check(q, k, v, ctx_k, ctx_v, ctx_index, ctx_bias_id, own_bias_id, bias, cau
 
 
 def patch_attention(q, k, v, ctx_k, ctx_v, ctx_index, ctx_bias_id, own_bias_id: int, bias, causal: bool,
-                    text=None, configs: Optional[dict] = None) -> torch.Tensor:
+                    text=None, configs: Optional[dict] = None, aligned_bias=None) -> torch.Tensor:
     """Block-sparse patch attention; same contract as ``nuwa_ds.model.attention.patch_attention``.
 
     q, k, v [R, n, H, D]; ctx_k, ctx_v [NB, m, H, D]; ctx_index, ctx_bias_id [R, C]; bias [H, I]
-    (last column: text); text a TextContext or None. Returns [R, n, H, D] in q's dtype. Differentiable
-    in q, k, v, ctx_k, ctx_v, text.k, text.v and bias. ``configs`` overrides the tiles (benchmarks).
+    (last column: text); text a TextContext or None; aligned_bias [H, I] or None. Returns [R, n, H, D]
+    in q's dtype. Differentiable in q, k, v, ctx_k, ctx_v, text.k, text.v, bias and aligned_bias.
+    ``configs`` overrides the tiles (benchmarks).
     """
-    p = _check(q, k, v, ctx_k, ctx_v, ctx_index, ctx_bias_id, own_bias_id, bias, causal, text, configs)
+    p = _check(q, k, v, ctx_k, ctx_v, ctx_index, ctx_bias_id, own_bias_id, bias, causal, text, configs,
+               aligned_bias)
     if p.R == 0 or p.n == 0:
         return torch.empty_like(q)
     text_k, text_v = (text.k, text.v) if text is not None else (None, None)
-    tensors = (q, k, v, ctx_k, ctx_v, text_k, text_v, bias)
+    tensors = (q, k, v, ctx_k, ctx_v, text_k, text_v, bias, aligned_bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return _PatchAttentionFn.apply(q, k, v, None if p.shared_kv else ctx_k, None if p.shared_kv else ctx_v,
-                                       text_k, text_v, bias, p)
-    return _forward(p, q, k, v, ctx_k, ctx_v, text_k, text_v, bias, store_lse=False)[0]
+                                       text_k, text_v, bias, aligned_bias, p)
+    return _forward(p, q, k, v, ctx_k, ctx_v, text_k, text_v, bias, aligned_bias, store_lse=False)[0]
 
 
 def attended_pairs(ctx_index: torch.Tensor, n: int, m: int, causal: bool, text_length=None, text_index=None) -> int:

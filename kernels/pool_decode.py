@@ -6,7 +6,8 @@ Each row r (a patch being decoded) sees, in one softmax,
   * its own cache ``own_k[own_slot[r], :own_len[r]]`` (the tokens decoded so far, incl. this one),
   * the context slots ``pool_k[s]`` for each s in ``ctx_slots[r]`` (all m keys),
   * an optional text block (valid prefix of its caption),
-with ``bias[h, id]`` added per block. The pool tensors are ``[slots, layers, 2, H, n, D]``; the
+with ``bias[h, id]`` added per block (and ``aligned[h, id]`` to the key at the query's own index
+``own_len - 1`` in its own cache and in each context block, with ``HAS_ALIGNED``). The pool tensors are ``[slots, layers, 2, H, n, D]``; the
 views passed here (``[S, m, H, D]``, strides (layer-slab, D, n*D, 1)) are read by slot index, never
 gathered.
 
@@ -23,6 +24,7 @@ Versions (timings: docs/kernels.md):
   v2  per-lane running max/sum/output (``LANES``): no cross-lane reduction inside the loop.
   v3  ``PREFETCH``: the context loop loads unit w+1 before doing unit w's math (triton does not
       software-pipeline loads that feed no tl.dot, so v1/v2 kept one K/V pair in flight).
+  v4  the aligned-token bias (``model.aligned_bias``): one select per unit.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ import triton
 import triton.language as tl
 
 from kernels._common import (INDEX_DTYPES, INTERPRET, LOG2E, MAX_HEAD_DIM, RCP_LN2, SUPPORTED_DTYPES, alloc_output,
-                             block_d, check_same, check_tensor, check_text, compact_context, device_function, load_tile,
-                             num_sms)
+                             block_d, check_aligned, check_same, check_tensor, check_text, compact_context,
+                             device_function, load_tile, num_sms)
 
 
 @device_function
@@ -79,16 +81,31 @@ def _merge_lanes(acc, m_i, l_i, LANES: tl.constexpr):
 
 
 @device_function
-def _load_ctx_unit(PK, PV, CtxSlot, CtxBid, bias_h, r, C, h, w, live, offs_n, offs_d,
+def _unit_bias(b, a, keys, query, HAS_ALIGNED: tl.constexpr):
+    """Bias of one unit of keys: the block's scalar ``b``, plus ``a`` on the key at the query's index."""
+    if HAS_ALIGNED:  # one return: triton types every return statement, taken or not
+        unit = b + tl.where(keys == query, a, 0.0)
+    else:
+        unit = b
+    return unit
+
+
+@device_function
+def _load_ctx_unit(PK, PV, CtxSlot, CtxBid, bias_h, aligned_h, query, r, C, h, w, live, offs_n, offs_d,
                    s_pkb, s_pkn, s_pkh, s_pkd, s_pvb, s_pvn, s_pvh, s_pvd, M_K: tl.constexpr,
-                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASK_D: tl.constexpr, UPCAST: tl.constexpr):
-    """K, V tiles [BN, BD], bias and key offsets of context unit ``w`` (entry w // tiles, tile
-    w % tiles); all loads masked off when not ``live`` (the prefetch past the last unit)."""
+                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASK_D: tl.constexpr, HAS_ALIGNED: tl.constexpr,
+                   UPCAST: tl.constexpr):
+    """K, V tiles [BN, BD], bias (scalar, or [BN] with the aligned bias) and key offsets of context unit
+    ``w`` (entry w // tiles, tile w % tiles); all loads masked off when not ``live`` (the prefetch past
+    the last unit)."""
     CTX_TILES: tl.constexpr = (M_K + BLOCK_N - 1) // BLOCK_N
     e = w // CTX_TILES
     keys = (w % CTX_TILES) * BLOCK_N + offs_n
     slot = tl.load(CtxSlot + r * C + e, mask=live, other=0).to(tl.int64)
-    b = tl.load(bias_h + tl.load(CtxBid + r * C + e, mask=live, other=0)).to(tl.float32) * RCP_LN2
+    bid = tl.load(CtxBid + r * C + e, mask=live, other=0)
+    b = tl.load(bias_h + bid).to(tl.float32) * RCP_LN2
+    if HAS_ALIGNED:
+        b = _unit_bias(b, tl.load(aligned_h + bid).to(tl.float32) * RCP_LN2, keys, query, HAS_ALIGNED)
     limit = tl.where(live, M_K, 0)
     k = load_tile(PK + slot * s_pkb + h * s_pkh, keys, s_pkn, offs_d, s_pkd, limit, HEAD_DIM, True, MASK_D, UPCAST)
     v = load_tile(PV + slot * s_pvb + h * s_pvh, keys, s_pvn, offs_d, s_pvd, limit, HEAD_DIM, True, MASK_D, UPCAST)
@@ -97,15 +114,16 @@ def _load_ctx_unit(PK, PV, CtxSlot, CtxBid, bias_h, r, C, h, w, live, offs_n, of
 
 @triton.jit
 def _split_kernel(
-    Q, PK, PV, CtxSlot, CtxBid, CtxCnt, OK, OV, OwnSlot, OwnLen, TK, TV, TIdx, TLen, Bias,
+    Q, PK, PV, CtxSlot, CtxBid, CtxCnt, OK, OV, OwnSlot, OwnLen, TK, TV, TIdx, TLen, Bias, Aligned,
     Out, PartM, PartL, PartAcc,
     s_qr, s_qh, s_qd, s_pkb, s_pkn, s_pkh, s_pkd, s_pvb, s_pvn, s_pvh, s_pvd,
     s_okb, s_okn, s_okh, s_okd, s_ovb, s_ovn, s_ovh, s_ovd,
     s_tkb, s_tkn, s_tkh, s_tkd, s_tvb, s_tvn, s_tvh, s_tvd,
-    s_or, s_oh, s_od, s_bh, s_own_slot, s_own_len, C, H, own_bid, text_bid, qk_scale, units_per_split, num_splits,
+    s_or, s_oh, s_od, s_bh, s_ah, s_own_slot, s_own_len, C, H, own_bid, text_bid, qk_scale, units_per_split,
+    num_splits,
     M_K: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_TEXT: tl.constexpr, SINGLE: tl.constexpr, LANES: tl.constexpr, PREFETCH: tl.constexpr,
-    UPCAST: tl.constexpr,
+    HAS_TEXT: tl.constexpr, HAS_ALIGNED: tl.constexpr, SINGLE: tl.constexpr, LANES: tl.constexpr,
+    PREFETCH: tl.constexpr, UPCAST: tl.constexpr,
 ):
     MASK_M: tl.constexpr = M_K % BLOCK_N != 0
     MASK_D: tl.constexpr = BLOCK_D != HEAD_DIM
@@ -120,9 +138,11 @@ def _split_kernel(
     else:
         q = tl.load(Q + r * s_qr + h * s_qh + offs_d * s_qd).to(tl.float32)
     bias_h = Bias + h * s_bh
+    aligned_h = Aligned + h * s_ah
 
     # this program's range of units: own cache units, then context units, then text units
     own_len = tl.load(OwnLen + r * s_own_len)
+    query = own_len - 1  # the query's index in its patch: the aligned key of every block
     own_units = tl.cdiv(own_len, BLOCK_N)
     ctx_units = tl.load(CtxCnt + r) * CTX_TILES
     u0 = split * units_per_split
@@ -140,31 +160,33 @@ def _split_kernel(
     slot = tl.load(OwnSlot + r * s_own_slot).to(tl.int64)
     k_own, v_own = OK + slot * s_okb + h * s_okh, OV + slot * s_ovb + h * s_ovh
     b_own = tl.load(bias_h + own_bid).to(tl.float32) * RCP_LN2
+    a_own = tl.load(aligned_h + own_bid).to(tl.float32) * RCP_LN2 if HAS_ALIGNED else 0.0
     for u in range(u0, tl.minimum(u1, own_units)):
         keys = u * BLOCK_N + offs_n
         k = load_tile(k_own, keys, s_okn, offs_d, s_okd, own_len, HEAD_DIM, True, MASK_D, True)
         v = load_tile(v_own, keys, s_ovn, offs_d, s_ovd, own_len, HEAD_DIM, True, MASK_D, True)
-        acc, m_i, l_i = _decode_step(acc, m_i, l_i, q, k, v, b_own, qk_scale, keys < own_len, True, LANES)
+        acc, m_i, l_i = _decode_step(acc, m_i, l_i, q, k, v, _unit_bias(b_own, a_own, keys, query, HAS_ALIGNED),
+                                     qk_scale, keys < own_len, True, LANES)
 
     # context units (most of the keys), numbered from 0 within the context segment
     lo = tl.maximum(u0, own_units) - own_units
     hi = tl.minimum(u1, own_units + ctx_units) - own_units
     if PREFETCH:  # v3: issue unit w+1's loads before unit w's math, so two units are in flight
         k_next, v_next, b_next, keys_next = _load_ctx_unit(
-            PK, PV, CtxSlot, CtxBid, bias_h, r, C, h, lo, lo < hi, offs_n, offs_d, s_pkb, s_pkn, s_pkh, s_pkd,
-            s_pvb, s_pvn, s_pvh, s_pvd, M_K, HEAD_DIM, BLOCK_N, MASK_D, UPCAST)
+            PK, PV, CtxSlot, CtxBid, bias_h, aligned_h, query, r, C, h, lo, lo < hi, offs_n, offs_d, s_pkb, s_pkn,
+            s_pkh, s_pkd, s_pvb, s_pvn, s_pvh, s_pvd, M_K, HEAD_DIM, BLOCK_N, MASK_D, HAS_ALIGNED, UPCAST)
         for w in range(lo, hi):
             k, v, b, keys = k_next, v_next, b_next, keys_next
             k_next, v_next, b_next, keys_next = _load_ctx_unit(
-                PK, PV, CtxSlot, CtxBid, bias_h, r, C, h, w + 1, w + 1 < hi, offs_n, offs_d, s_pkb, s_pkn, s_pkh,
-                s_pkd, s_pvb, s_pvn, s_pvh, s_pvd, M_K, HEAD_DIM, BLOCK_N, MASK_D, UPCAST)
+                PK, PV, CtxSlot, CtxBid, bias_h, aligned_h, query, r, C, h, w + 1, w + 1 < hi, offs_n, offs_d, s_pkb,
+                s_pkn, s_pkh, s_pkd, s_pvb, s_pvn, s_pvh, s_pvd, M_K, HEAD_DIM, BLOCK_N, MASK_D, HAS_ALIGNED, UPCAST)
             acc, m_i, l_i = _decode_step(acc, m_i, l_i, q, k.to(tl.float32), v.to(tl.float32), b, qk_scale,
                                          keys < M_K, MASK_M, LANES)
     else:
         for w in range(lo, hi):
-            k, v, b, keys = _load_ctx_unit(PK, PV, CtxSlot, CtxBid, bias_h, r, C, h, w, True, offs_n, offs_d, s_pkb,
-                                           s_pkn, s_pkh, s_pkd, s_pvb, s_pvn, s_pvh, s_pvd, M_K, HEAD_DIM, BLOCK_N,
-                                           MASK_D, True)
+            k, v, b, keys = _load_ctx_unit(PK, PV, CtxSlot, CtxBid, bias_h, aligned_h, query, r, C, h, w, True,
+                                           offs_n, offs_d, s_pkb, s_pkn, s_pkh, s_pkd, s_pvb, s_pvn, s_pvh, s_pvd,
+                                           M_K, HEAD_DIM, BLOCK_N, MASK_D, HAS_ALIGNED, True)
             acc, m_i, l_i = _decode_step(acc, m_i, l_i, q, k, v, b, qk_scale, keys < M_K, MASK_M, LANES)
 
     if HAS_TEXT:
@@ -227,7 +249,8 @@ def choose_splits(rows_heads: int, max_units: int, device: torch.device) -> int:
     return max(1, min(max_units, triton.cdiv(4 * sms, max(rows_heads, 1))))
 
 
-def _check(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_v, own_slot, own_len, own_bias_id, bias, text):
+def _check(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_v, own_slot, own_len, own_bias_id, bias, text,
+           aligned=None):
     check_tensor("q", q, 3, SUPPORTED_DTYPES)
     dev, dtype = q.device, q.dtype
     R, H, D = q.shape
@@ -254,13 +277,14 @@ def _check(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_v, own_slot, ow
         raise ValueError(f"bias must be [H={H}, I], got {tuple(bias.shape)}")
     if not 0 <= int(own_bias_id) < bias.shape[1]:
         raise ValueError(f"own_bias_id {own_bias_id} outside the bias table's {bias.shape[1]} columns")
+    check_aligned(aligned, bias)
     return check_text(text, R, H, D, dtype, dev)
 
 
 def pool_decode_attention(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_v, own_slot, own_len,
                           own_bias_id: int, bias, text=None, num_splits: Optional[int] = None,
                           block_n: Optional[int] = None, num_warps: int = 4, num_stages: int = 3,
-                          lanes: bool = True, prefetch: bool = True) -> torch.Tensor:
+                          lanes: bool = True, prefetch: bool = True, aligned_bias=None) -> torch.Tensor:
     """One query per row against pool slots; same contract as
     ``nuwa_ds.model.attention.pool_decode_attention``. Returns [R, H, D] in q's dtype.
 
@@ -270,7 +294,7 @@ def pool_decode_attention(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_
     ``num_stages``/``lanes`` (v2 per-lane softmax, else v1)/``prefetch`` (v3) override the launch
     (tests, benchmarks)."""
     text_tables = _check(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_v, own_slot, own_len, own_bias_id,
-                         bias, text)
+                         bias, text, aligned_bias)
     R, H, D = q.shape
     S, m = pool_k.shape[:2]
     n = own_k.shape[1]
@@ -295,14 +319,15 @@ def pool_decode_attention(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_
         part_m = alloc_output((R * H * splits,), torch.float32, q.device)
         part_l = alloc_output((R * H * splits,), torch.float32, q.device)
         part_acc = alloc_output((R * H * splits, BLOCK_D), torch.float32, q.device)
+    aligned = bias if aligned_bias is None else aligned_bias
     _split_kernel[(R * H * splits,)](
-        q, pool_k, pool_v, slots, slot_bias, count, own_k, own_v, own_slot, own_len, tk, tv, tidx, tlen, bias,
+        q, pool_k, pool_v, slots, slot_bias, count, own_k, own_v, own_slot, own_len, tk, tv, tidx, tlen, bias, aligned,
         out, part_m, part_l, part_acc,
         *q.stride(), *pool_k.stride(), *pool_v.stride(), *own_k.stride(), *own_v.stride(), *tk.stride(), *tv.stride(),
-        *out.stride(), bias.stride(0), own_slot.stride(0), own_len.stride(0), slots.shape[1], H, int(own_bias_id),
-        bias.shape[1] - 1, LOG2E / math.sqrt(D),
+        *out.stride(), bias.stride(0), aligned.stride(0), own_slot.stride(0), own_len.stride(0), slots.shape[1], H,
+        int(own_bias_id), bias.shape[1] - 1, LOG2E / math.sqrt(D),
         units_per_split, splits, M_K=m, HEAD_DIM=D, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, HAS_TEXT=has_text,
-        SINGLE=single, LANES=lanes, PREFETCH=prefetch, UPCAST=INTERPRET, num_warps=num_warps, num_stages=num_stages,
+        HAS_ALIGNED=aligned_bias is not None, SINGLE=single, LANES=lanes, PREFETCH=prefetch, UPCAST=INTERPRET, num_warps=num_warps, num_stages=num_stages,
     )
     if not single:
         _combine_kernel[(R * H,)](part_m, part_l, part_acc, out, *out.stride(), H, splits, HEAD_DIM=D,

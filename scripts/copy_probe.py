@@ -30,6 +30,13 @@ VARIANTS = {
     "small_rope0": dict(d_global=64, n_global_layers=1, d_local=64, n_local_layers=1, rope_dims=0),
     "small_rope_pi2": dict(d_global=64, n_global_layers=1, d_local=64, n_local_layers=1, rope_max_freq=1.5707963),
     "gpu_rope_pi2": dict(GPU, rope_max_freq=1.5707963),
+    "small_aligned": dict(d_global=64, n_global_layers=1, d_local=64, n_local_layers=1, aligned_bias=True),
+    "small_aligned_rope0": dict(d_global=64, n_global_layers=1, d_local=64, n_local_layers=1, aligned_bias=True,
+                                rope_dims=0),
+    "small_aligned_init4": dict(d_global=64, n_global_layers=1, d_local=64, n_local_layers=1, aligned_bias=True,
+                                aligned_bias_init=4.0),
+    "aligned": dict(aligned_bias=True), "aligned_init4": dict(aligned_bias=True, aligned_bias_init=4.0),
+    "gpu_aligned": dict(GPU, aligned_bias=True), "gpu_aligned_init4": dict(GPU, aligned_bias=True, aligned_bias_init=4.0),
 }
 
 

@@ -8,12 +8,15 @@ from nuwa_ds import NuwaConfig, NuwaInfinity
 
 
 def tiny_model(seed: int = 0, **overrides) -> NuwaInfinity:
-    """The `tiny` preset with random (not zero) offset biases, so position handling is exercised."""
+    """The `tiny` preset with random (not zero) offset biases (and aligned-token biases, with
+    ``aligned_bias=True``), so position handling is exercised."""
     torch.manual_seed(seed)
     model = NuwaInfinity(NuwaConfig.preset("tiny", **overrides))
     with torch.no_grad():
         for block in [*model.global_model.blocks, *model.local_model.blocks]:
             block.offset_bias.normal_(0.0, 1.0)
+            if block.aligned_bias is not None:
+                block.aligned_bias.normal_(0.0, 2.0)
         for p in (model.local_model.order_embed, model.local_model.bos, model.global_model.pos,
                   model.local_model.pos):
             p.normal_(0.0, 0.5)

@@ -21,19 +21,21 @@ def text_dir(tmp_path_factory):
     return write_tiny_text_encoder(tmp_path_factory.mktemp("t5"))
 
 
-def _model(backend: str, text_dir):
-    model = tiny_model(attn_backend=backend, **SMALL).attach_text_encoder(text_dir)
+def _model(backend: str, text_dir, aligned: bool = False):
+    model = tiny_model(attn_backend=backend, aligned_bias=aligned, **SMALL).attach_text_encoder(text_dir)
     return model.to(DEVICE).train()
 
 
 @pytest.mark.slow
-def test_training_step_equals_reference_backend(text_dir):
+@pytest.mark.parametrize("aligned", [False, True])
+def test_training_step_equals_reference_backend(text_dir, aligned):
     """Loss, logits and every parameter gradient: two frames (e_t = 1 reaches back a frame), two
-    patches per frame, one order, a caption (text K/V gradients flow into the projections)."""
+    patches per frame, one order, a caption (text K/V gradients flow into the projections); with and
+    without the aligned-token bias (model.aligned_bias)."""
     tokens = torch.randint(0, 256, (1, 2, 4, 8), device=DEVICE)
     results = []
     for backend in ("reference", "triton"):
-        model = _model(backend, text_dir)
+        model = _model(backend, text_dir, aligned)
         out = model(tokens, order="left", text=["a red fox"])
         out.loss.backward()
         results.append((out.loss.detach(), out.logits.detach(), {n: p.grad for n, p in model.named_parameters()
@@ -42,17 +44,20 @@ def test_training_step_equals_reference_backend(text_dir):
     assert relative_error(logits, ref_logits) <= 1e-5
     assert abs(float(loss - ref_loss)) <= 1e-5 * abs(float(ref_loss))
     assert grads.keys() == ref_grads.keys() and any("offset_bias" in n for n in grads)
+    assert any("aligned_bias" in n for n in grads) == aligned
     for name, g in grads.items():
         assert relative_error(g, ref_grads[name]) <= 1e-4, name
 
 
 @pytest.mark.slow
-def test_teacher_forced_decode_through_the_pool_equals_parallel_forward(text_dir):
+@pytest.mark.parametrize("aligned", [False, True])
+def test_teacher_forced_decode_through_the_pool_equals_parallel_forward(text_dir, aligned):
     """Token-by-token decoding reads context slots and the own cache in place from the pool
     (pool_decode_attention) and runs the global stack on pool slots (patch_attention), with a
-    caption (text K/V read by both kernels). Empty captions are covered by the kernel tests."""
-    model = _model("triton", text_dir).eval()
-    tokens = torch.randint(0, 256, (1, 1, 4, 8), device=DEVICE)
+    caption (text K/V read by both kernels). Empty captions are covered by the kernel tests. With the
+    aligned-token bias the canvas has two frames, so the frame before is read through it."""
+    model = _model("triton", text_dir, aligned).eval()
+    tokens = torch.randint(0, 256, (1, 2 if aligned else 1, 4, 8), device=DEVICE)
     text = ["a red fox"]
     with torch.no_grad():
         parallel = model(tokens, order="right", text=text).logits

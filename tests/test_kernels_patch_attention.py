@@ -43,15 +43,18 @@ def batch_context(shape, orders, extents):
 
 
 def make_problem(shape=(1, 2, 3), orders=("down",), extents=(0, 1, 1), heads=2, head_dim=16, patch=4,
-                 dtype=torch.float32, stack="local", text_lengths=None, text_len=7):
+                 dtype=torch.float32, stack="local", text_lengths=None, text_len=7, aligned=False):
     """Random leaves shaped like the model's: q/k/v are strided views of one [R, n, 3, H, D]
-    projection; the local stack's context K/V are views of another; text K/V views of a third."""
+    projection; the local stack's context K/V are views of another; text K/V views of a third;
+    with ``aligned`` an aligned-token bias table beside the offset bias."""
     n = patch * patch
     ctx_index, ctx_bias_id, N = batch_context(shape, orders, extents)
     R = N * len(orders)
     num_bias = O.num_offsets(extents) + 1
     leaves = {"qkv": torch.randn(R, n, 3, heads, head_dim, dtype=dtype, device=DEVICE),
               "bias": torch.randn(heads, num_bias, device=DEVICE)}
+    if aligned:  # large enough to dominate a logit, so a misplaced diagonal cannot hide
+        leaves["aligned"] = 3 * torch.randn(heads, num_bias, device=DEVICE)
     if stack == "local":
         leaves["ctx_kv"] = torch.randn(R, n, 2, heads, head_dim, dtype=dtype, device=DEVICE)
     if text_lengths is not None:
@@ -81,9 +84,11 @@ def attention_inputs(leaves, text_index, lengths, cast=None):
 def check_against_reference(leaves, call, text_index, lengths):
     dtype = leaves["qkv"].dtype
     q, k, v, ck, cv, bias, text = attention_inputs(leaves, text_index, lengths)
-    out = patch_attention(q, k, v, ck, cv, bias=bias, text=text, **call)
+    aligned = leaves.get("aligned")
+    out = patch_attention(q, k, v, ck, cv, bias=bias, text=text, aligned_bias=aligned, **call)
     rq, rk, rv, rck, rcv, rbias, rtext = attention_inputs(leaves, text_index, lengths, cast=torch.float64)
-    ref = reference_patch_attention(rq, rk, rv, rck, rcv, bias=rbias, text=rtext, **call)
+    ref = reference_patch_attention(rq, rk, rv, rck, rcv, bias=rbias, text=rtext,
+                                    aligned_bias=None if aligned is None else aligned.double(), **call)
     assert out.dtype == dtype and out.shape == ref.shape
     assert not out.isnan().any(), "unwritten (poisoned) output elements"
     tol = TOLERANCE[dtype]
@@ -97,7 +102,7 @@ def check_against_reference(leaves, call, text_index, lengths):
         w = torch.zeros_like(leaves[name], dtype=torch.float64) if w is None else w  # e.g. context never read
         assert not g.isnan().any(), f"d{name}: unwritten (poisoned) gradient elements"
         err = relative_error(g, w)
-        assert err <= (tol if name != "bias" else 4 * tol), f"d{name}: {err:.2e}"
+        assert err <= (tol if name not in ("bias", "aligned") else 4 * tol), f"d{name}: {err:.2e}"
 
 
 # the smallest canvases where every order gives each extent a different context pattern
@@ -116,6 +121,42 @@ def test_every_order_and_extent(order, extents):
     heads = 3 if i % 4 == 1 else 1  # odd head counts; more heads only multiply the interpreter's time
     check_against_reference(*make_problem(CANVAS[extents], (order,), extents, heads=heads, stack=stack,
                                           text_lengths=text))
+
+
+@pytest.mark.parametrize("stack", ["global", "local"])
+def test_aligned_bias(stack):
+    """The aligned-token bias (model.aligned_bias) on a two-frame canvas with text: forward and every
+    gradient, both tables' included; the frame before is a context block at the same place."""
+    check_against_reference(*make_problem((2, 1, 2), ("down",), (1, 1, 1), heads=2, stack=stack,
+                                          text_lengths=[5], aligned=True))
+
+
+def test_aligned_bias_odd_tiles_and_pool_slots():
+    """n = 9 (masked tiles: the diagonal must stay on the query's own index) and context read from
+    pool slots with holes, with the aligned bias."""
+    check_against_reference(*make_problem((1, 1, 2), ("down",), (0, 1, 1), heads=1, head_dim=24, patch=3,
+                                          stack="local", aligned=True))
+    S, H, D, n, R = 6, 2, 16, 16, 4
+    pool = torch.randn(S, 2, H, n, D, device=DEVICE, requires_grad=True)
+    qkv = torch.randn(R, n, 3, H, D, device=DEVICE, requires_grad=True)
+    bias = torch.randn(H, 10, device=DEVICE, requires_grad=True)
+    aligned = (3 * torch.randn(H, 10, device=DEVICE)).requires_grad_()
+    ctx_index = torch.tensor([[3, -1, 5], [-1, -1, -1], [0, 3, -1], [-1, 5, 3]], device=DEVICE)
+    ctx_bias_id = torch.randint(0, 9, (R, 3), device=DEVICE)
+
+    def run(fn, cast):
+        q, k, v = qkv.to(cast).unbind(2)
+        pk, pv = pool.to(cast)[:, 0].transpose(1, 2), pool.to(cast)[:, 1].transpose(1, 2)
+        return fn(q, k, v, pk, pv, ctx_index, ctx_bias_id, 4, bias.to(cast), causal=True,
+                  aligned_bias=aligned.to(cast))
+
+    out, ref = run(patch_attention, torch.float32), run(reference_patch_attention, torch.float64)
+    assert relative_error(out, ref) <= 2e-5
+    grad = torch.randn_like(ref)
+    got = torch.autograd.grad(out, [qkv, pool, bias, aligned], grad.float())
+    want = torch.autograd.grad(ref, [qkv, pool, bias, aligned], grad)
+    for g, w in zip(got, want):
+        assert relative_error(g, w) <= 1e-4
 
 
 @pytest.mark.parametrize("stack", ["global", "local"])
@@ -205,6 +246,8 @@ BAD = {
                                                                       a["text"].length + 50, a["text"].index)),
                                   "text.length entries"),
     "float index": (lambda a: a.update(ctx_index=a["ctx_index"].float()), "ctx_index must have dtype"),
+    "aligned bias of another shape": (lambda a: a.update(aligned_bias=a["bias"][:, :3]),
+                                      "aligned_bias must be shaped like bias"),
 }
 
 

@@ -23,7 +23,8 @@ def relative_error(a, b) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
-def make_decode(dtype=torch.float32, heads=3, head_dim=16, n=16, slots=7, layers=2, with_text=False):
+def make_decode(dtype=torch.float32, heads=3, head_dim=16, n=16, slots=7, layers=2, with_text=False,
+                aligned=False):
     """Rows as generation makes them: the pool [S, layers, 2, H, n, D] is read through the
     per-layer views; context lists have -1 holes and one row has no context at all; own caches are
     filled to different lengths (1 = only the current token)."""
@@ -38,6 +39,8 @@ def make_decode(dtype=torch.float32, heads=3, head_dim=16, n=16, slots=7, layers
         own_k=own[:, layer, 0].transpose(1, 2), own_v=own[:, layer, 1].transpose(1, 2),
         own_slot=torch.tensor([4, 1, 3, 0], device=DEVICE), own_len=torch.tensor([n, 1, n // 2 + 1, 3], device=DEVICE),
         own_bias_id=4, bias=torch.randn(heads, 10, device=DEVICE), text=None)
+    if aligned:  # large enough to dominate a logit, so a misplaced key cannot hide
+        args["aligned_bias"] = 3 * torch.randn(heads, 10, device=DEVICE)
     if with_text:
         args["text"] = TextContext(torch.randn(2, 5, heads, head_dim, dtype=dtype, device=DEVICE),
                                    torch.randn(2, 5, heads, head_dim, dtype=dtype, device=DEVICE),
@@ -71,6 +74,13 @@ def test_earlier_versions(lanes, prefetch):
     check(make_decode(with_text=True), num_splits=3, lanes=lanes, prefetch=prefetch)
 
 
+@pytest.mark.parametrize("splits,block_n", [(1, None), (3, 8)])
+def test_aligned_bias(splits, block_n):
+    """The aligned-token bias: on the key at the query's index (own_len - 1) of the own cache and of
+    every context block; with 8-key units that key lies in a later unit than the first."""
+    check(make_decode(with_text=True, aligned=True), num_splits=splits, block_n=block_n)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_inputs(dtype):
     check(make_decode(dtype=dtype, with_text=True), num_splits=3)
@@ -95,6 +105,8 @@ BAD = {
     "slot out of range": (lambda a: a.update(ctx_slots=a["ctx_slots"] + 10), "ctx_slots entries must be -1 or in"),
     "own_slot per row": (lambda a: a.update(own_slot=a["own_slot"][:2]), "own_slot and own_len"),
     "own_bias_id": (lambda a: a.update(own_bias_id=10), "own_bias_id"),
+    "aligned bias of another shape": (lambda a: a.update(aligned_bias=a["bias"][:, :4]),
+                                      "aligned_bias must be shaped like bias"),
 }
 
 

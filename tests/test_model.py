@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from model_helpers import relative_error, tiny_model, write_tiny_text_encoder
 from nuwa_ds import NuwaInfinity
 from nuwa_ds.model import ORDERS, context_table
+from nuwa_ds.model.orders import offset_id
 from nuwa_ds.model.nuwa import to_patches
 
 # teacher-forced decoding loops of tiny ops: one intra-op thread (conftest.one_torch_thread says why)
@@ -37,6 +38,27 @@ def test_teacher_forced_decode_equals_parallel_forward(order, canvas, with_text,
     pooled = model.teacher_forced_decode(tokens, order=order, text=text)
     assert pooled.shape == parallel.shape == (2, *CANVASES[canvas], model.config.vocab_size)
     assert relative_error(pooled, parallel) <= 1e-4
+
+
+@pytest.mark.parametrize("order", ["down", "left"])
+def test_aligned_bias_keeps_pooled_equal_to_parallel_and_changes_the_logits(order):
+    """model.aligned_bias: the pooled decode still equals the parallel forward (video, two frames
+    back), and the table is used (other values, other logits); aligned_bias_init sets the offsets
+    straight back in time only."""
+    model = tiny_model(extents=(2, 1, 1), aligned_bias=True)
+    tokens = torch.randint(0, model.config.vocab_size, (2, 3, 8, 8))
+    with torch.no_grad():
+        parallel = model(tokens, order=order).logits
+    assert relative_error(model.teacher_forced_decode(tokens, order=order), parallel) <= 1e-4
+    with torch.no_grad():
+        model.local_model.blocks[0].aligned_bias.zero_()
+        assert relative_error(model(tokens, order=order).logits, parallel) > 1e-3
+    primed = tiny_model(extents=(2, 1, 1), aligned_bias=True, aligned_bias_init=4.0)
+    fresh = NuwaInfinity(primed.config)
+    table = fresh.local_model.blocks[0].aligned_bias
+    back = {column for column in range(table.shape[1]) if bool((table[:, column] == 4.0).all())}
+    assert back == {offset_id(-1, 0, 0, (2, 1, 1)), offset_id(-2, 0, 0, (2, 1, 1))}
+    assert int((table != 0).sum()) == 2 * table.shape[0]
 
 
 def test_equivalence_with_wavefront_and_mixed_unconditional_rows(text_dir):

@@ -300,13 +300,13 @@ def sweep_tiles(case: PatchCase, measure) -> list[dict]:
                 p = _check(**{k: args[k] for k in ("q", "k", "v", "ctx_k", "ctx_v", "ctx_index", "ctx_bias_id",
                                                    "own_bias_id", "bias", "causal", "text")}, configs=configs)
                 ck, cv = (args["k"], args["v"]) if p.shared_kv else (args["ctx_k"], args["ctx_v"])
-                out, lse = _forward(p, args["q"], args["k"], args["v"], ck, cv, None, None, args["bias"], True)
+                out, lse = _forward(p, args["q"], args["k"], args["v"], ck, cv, None, None, args["bias"], None, True)
                 if kernel == "fwd":
                     ms = measure(lambda: _forward(p, args["q"], args["k"], args["v"], ck, cv, None, None, args["bias"],
-                                                  True))
+                                                  None, True))
                 else:
                     ms = measure(lambda: _backward(p, grad, args["q"], args["k"], args["v"], ck, cv, None, None,
-                                                   args["bias"], out, lse, needs=dict(ctx=True, text=False)))
+                                                   args["bias"], None, out, lse, needs=dict(ctx=True, text=False)))
                 rows.append(dict(case=case.name, kernel=kernel, block_m=cfg.block_m, block_n=cfg.block_n,
                                  warps=cfg.num_warps, stages=cfg.num_stages, ms=ms,
                                  default=cfg == base[kernel]))

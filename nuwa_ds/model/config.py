@@ -61,6 +61,15 @@ class NuwaConfig(ConfigBase):
     """Highest rotary frequency, radians per token (at most pi). A higher one tells a key at the
     query's own position from its neighbours more sharply: on the copy probe (docs/benchmarks.md,
     "Can the model learn to copy the frame before?") pi/2 found the frame before ~300 steps sooner."""
+    aligned_bias: bool = False
+    """A second learned per-head bias table, by patch offset like the first, added only to the key at
+    the query's own position in each block (the same canvas token one whole patch, or one frame, away):
+    "the same pixel in the frame before" is then one scalar to learn instead of a sharp match of
+    positions (docs/decisions.md, "Aligned-token bias"). Off for models saved before it existed."""
+    aligned_bias_init: float = 0.0
+    """Starting value of the aligned-token bias for the offsets straight back in time (the same place
+    one or more frames before; other offsets start at 0): a prior that the frame before holds the
+    same pixel, which the model may unlearn. Needs ``aligned_bias``; 0: no prior."""
     norm_eps: float = 1e-5
     """RMSNorm epsilon."""
     init_std: float = 0.02
@@ -112,6 +121,10 @@ class NuwaConfig(ConfigBase):
                               f"(0: off), got {self.rope_dims}")
         if self.rope_base <= 1:
             raise ConfigError(f"model.rope_base must be > 1, got {self.rope_base}")
+        if self.aligned_bias_init and not self.aligned_bias:
+            raise ConfigError("model.aligned_bias_init needs model.aligned_bias=true")
+        if not math.isfinite(self.aligned_bias_init):
+            raise ConfigError(f"model.aligned_bias_init must be finite, got {self.aligned_bias_init}")
         if not 0 < self.rope_max_freq <= math.pi:
             raise ConfigError(f"model.rope_max_freq must be in (0, pi] radians per token, got {self.rope_max_freq}")
 

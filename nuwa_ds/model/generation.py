@@ -177,14 +177,15 @@ class GlobalStepLayout(_PoolLayout):
     """Global stack over finished patches: writes each layer's K/V into the rows' slots, reads the
     context from the pool."""
 
-    def global_attend(self, layer, q, k, v, bias, text_kv):
+    def global_attend(self, layer, q, k, v, bias, text_kv, aligned=None):
         q, k = rope_.apply_rotation(q, self.rotation), rope_.apply_rotation(k, self.rotation)
         kv = self.pool.global_kv
         kv[self.slots, layer, 0] = k.transpose(1, 2)
         kv[self.slots, layer, 1] = v.transpose(1, 2)
         pool_k, pool_v = RotatingPool.view(kv, layer)
         return patch_attention(q, k, v, pool_k, pool_v, self.ctx_slots, self.ctx_offset, self.own_offset, bias,
-                               causal=False, text=self._text("global", layer, text_kv), backend=self.backend)
+                               causal=False, text=self._text("global", layer, text_kv), backend=self.backend,
+                               aligned_bias=aligned)
 
 
 class DecodeStepLayout(_PoolLayout):
@@ -192,7 +193,7 @@ class DecodeStepLayout(_PoolLayout):
 
     position: torch.Tensor  # [1] long tensor, shared with TokenStep (advanced inside CUDA graphs)
 
-    def local_attend(self, layer, q, k, v, bias, context_kv):
+    def local_attend(self, layer, q, k, v, bias, context_kv, aligned=None):
         rotation = rope_.select(self.rotation, self.position, 1)  # this token's, [R, 1, rope_dims/2]
         q, k = rope_.apply_rotation(q, rotation), rope_.apply_rotation(k, rotation)
         own = self.pool.own_kv
@@ -203,7 +204,8 @@ class DecodeStepLayout(_PoolLayout):
         own_len = (self.position + 1).expand(self.slots.shape)
         out = pool_decode_attention(q[:, 0], ctx_k, ctx_v, self.ctx_slots, self.ctx_offset, own_k, own_v,
                                     self.slots, own_len, self.own_offset, bias,
-                                    text=self._text("local", layer, context_kv), backend=self.backend)
+                                    text=self._text("local", layer, context_kv), backend=self.backend,
+                                    aligned_bias=aligned)
         return out.unsqueeze(1)
 
 

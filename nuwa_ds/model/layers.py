@@ -40,7 +40,8 @@ class Block(nn.Module):
     """Pre-norm transformer block whose attention is run by a layout (see the module docstring);
     the two stacks differ only in ``attend``."""
 
-    def __init__(self, dim: int, head_dim: int, mlp_ratio: float, num_bias: int, eps: float):
+    def __init__(self, dim: int, head_dim: int, mlp_ratio: float, num_bias: int, eps: float,
+                 aligned_bias: bool = False):
         super().__init__()
         self.heads, self.head_dim = dim // head_dim, head_dim
         self.norm1 = RMSNorm(dim, eps)
@@ -50,6 +51,8 @@ class Block(nn.Module):
         self.mlp = MLP(dim, mlp_ratio)
         # per-head bias by patch offset; last column is the text block (ADC positions)
         self.offset_bias = nn.Parameter(torch.zeros(self.heads, num_bias))
+        # per-head bias by patch offset for the key at the query's own position only (model.aligned_bias)
+        self.aligned_bias = nn.Parameter(torch.zeros(self.heads, num_bias)) if aligned_bias else None
 
     def attend(self, layout, layer: int, q, k, v) -> torch.Tensor:
         raise NotImplementedError
@@ -74,15 +77,16 @@ class GlobalBlock(Block):
         return qkv[:, :, 1], qkv[:, :, 2]
 
     def attend(self, layout, layer, q, k, v):
-        return layout.global_attend(layer, q, k, v, self.offset_bias, self.text_kv)
+        return layout.global_attend(layer, q, k, v, self.offset_bias, self.text_kv, self.aligned_bias)
 
 
 class LocalBlock(Block):
     """Token-level decoder block: causal over its own patch, plus context keys/values projected
     from the *global* states of the NCP context patches (never its own patch's global state)."""
 
-    def __init__(self, dim: int, context_dim: int, head_dim: int, mlp_ratio: float, num_bias: int, eps: float):
-        super().__init__(dim, head_dim, mlp_ratio, num_bias, eps)
+    def __init__(self, dim: int, context_dim: int, head_dim: int, mlp_ratio: float, num_bias: int, eps: float,
+                 aligned_bias: bool = False):
+        super().__init__(dim, head_dim, mlp_ratio, num_bias, eps, aligned_bias)
         self.context = nn.Linear(context_dim, 2 * dim, bias=False)
 
     def context_kv(self, states: torch.Tensor):
@@ -91,7 +95,7 @@ class LocalBlock(Block):
         return kv.view(*states.shape[:-1], 2, self.heads, self.head_dim).unbind(-3)
 
     def attend(self, layout, layer, q, k, v):
-        return layout.local_attend(layer, q, k, v, self.offset_bias, self.context_kv)
+        return layout.local_attend(layer, q, k, v, self.offset_bias, self.context_kv, self.aligned_bias)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -166,7 +170,7 @@ class LMHead(nn.Module):
 def init_weights(module: nn.Module, std: float, num_layers: int):
     """GPT-2 style: normal(0, std) everywhere, residual output projections scaled by 1/sqrt(2L)."""
     for name, p in module.named_parameters():
-        if name.endswith("offset_bias"):
+        if name.endswith(("offset_bias", "aligned_bias")):
             nn.init.zeros_(p)
         elif p.dim() >= 2:
             scale = 1 / math.sqrt(2 * num_layers) if name.endswith(("proj.weight",)) else 1.0

@@ -95,18 +95,18 @@ class ParallelLayout:
         k, v = text_kv(self.text_states)
         return TextContext(k, v, self.text_length, self.tables.batch)
 
-    def global_attend(self, layer, q, k, v, bias, text_kv):
+    def global_attend(self, layer, q, k, v, bias, text_kv, aligned=None):
         t = self.tables
         q, k = rope_.apply_rotation(q, self.rotation), rope_.apply_rotation(k, self.rotation)
         return patch_attention(q, k, v, k, v, t.ctx_rows, t.ctx_offset, self.own_offset, bias, causal=False,
-                               text=self._text(text_kv), backend=self.backend)
+                               text=self._text(text_kv), backend=self.backend, aligned_bias=aligned)
 
-    def local_attend(self, layer, q, k, v, bias, context_kv):
+    def local_attend(self, layer, q, k, v, bias, context_kv, aligned=None):
         t = self.tables
         ck, cv = context_kv(self.global_states)  # [R, n, H, D] each
         q, k, ck = (rope_.apply_rotation(x, self.rotation) for x in (q, k, ck))
         return patch_attention(q, k, v, ck, cv, t.ctx_rows, t.ctx_offset, self.own_offset, bias, causal=True,
-                               text=self._text(context_kv), backend=self.backend)
+                               text=self._text(context_kv), backend=self.backend, aligned_bias=aligned)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,8 +120,8 @@ class GlobalStack(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_global)
         self.pos = nn.Parameter(torch.zeros(cfg.tokens_per_patch, cfg.d_global))  # intra-patch position
         self.row_embed = nn.Parameter(torch.zeros(cfg.row_embedding, cfg.d_global)) if cfg.row_embedding else None
-        self.blocks = nn.ModuleList(GlobalBlock(cfg.d_global, cfg.head_dim, cfg.mlp_ratio, nb, cfg.norm_eps)
-                                    for _ in range(cfg.n_global_layers))
+        self.blocks = nn.ModuleList(GlobalBlock(cfg.d_global, cfg.head_dim, cfg.mlp_ratio, nb, cfg.norm_eps,
+                                                cfg.aligned_bias) for _ in range(cfg.n_global_layers))
         self.norm = RMSNorm(cfg.d_global, cfg.norm_eps)
         self.checkpointing = cfg.activation_checkpointing
 
@@ -150,7 +150,7 @@ class LocalStack(nn.Module):
         self.frame_embed = nn.Parameter(torch.zeros(cfg.max_frames, cfg.d_local)) if cfg.frame_embedding else None
         self.row_embed = nn.Parameter(torch.zeros(cfg.row_embedding, cfg.d_local)) if cfg.row_embedding else None
         self.blocks = nn.ModuleList(LocalBlock(cfg.d_local, cfg.d_global, cfg.head_dim, cfg.mlp_ratio, nb,
-                                               cfg.norm_eps) for _ in range(cfg.n_local_layers))
+                                               cfg.norm_eps, cfg.aligned_bias) for _ in range(cfg.n_local_layers))
         self.max_frames = cfg.max_frames
         self.checkpointing = cfg.activation_checkpointing
 
@@ -195,6 +195,11 @@ class NuwaInfinity(nn.Module):
         self.local_model = LocalStack(cfg)
         self.head = LMHead(cfg.d_local, cfg.vocab_size, cfg.norm_eps, cfg.loss_chunk_tokens, cfg.loss_backend)
         init_weights(self, cfg.init_std, cfg.n_global_layers + cfg.n_local_layers)
+        if cfg.aligned_bias_init:  # the prior of model.aligned_bias_init: the same place, frames before
+            back = [O.offset_id(-dt, 0, 0, cfg.extents) for dt in range(1, cfg.extents[0] + 1)]
+            with torch.no_grad():
+                for block in [*self.global_model.blocks, *self.local_model.blocks]:
+                    block.aligned_bias[:, back] = cfg.aligned_bias_init
         self.text_encoder = None
         self.text_proj = None
         self.text_tokenizer = None
