@@ -83,12 +83,14 @@ class VideoRecipeSettings:
     model: dict = field(default_factory=lambda: dict(
         vocab_size=1024, patch_size=8, d_global=384, n_global_layers=6, d_local=384, n_local_layers=6,
         head_dim=64, max_frames=4, extents=(2, 1, 1), row_embedding=2, rope_dims=32, max_text_len=32,
-        loss_chunk_tokens=8192))
+        loss_chunk_tokens=8192, aligned_bias=True, aligned_bias_init=4.0))
     """``max_frames`` = ``clip_frames``: frames past the training length share the last frame embedding
     (the one trained for "a frame that follows another") instead of untrained ones. ``extents`` look two
     frames back: the pan speed is drawn per clip and is not in the caption, so one frame back shows
     where the camera is but not how fast it moves, and every frame would draw a speed anew
-    (docs/decisions.md, "Two frames back")."""
+    (docs/decisions.md, "Two frames back"). ``aligned_bias`` with its prior on the frames before: without
+    it the CPU run never learned to read the frame before in 1,000 steps (docs/decisions.md,
+    "Aligned-token bias")."""
     train_steps: int = 1100
     micro_batch: int = 64
     lr: float = 1e-3
@@ -128,7 +130,7 @@ PRESETS: dict[str, dict] = {
                 tokenizer_seconds=120.0, tokenizer_batch=16, tokenizer_crop=64,
                 model=dict(vocab_size=1024, patch_size=4, d_global=128, n_global_layers=3, d_local=128,
                            n_local_layers=3, head_dim=32, max_frames=4, extents=(2, 1, 1), row_embedding=2, rope_dims=16,
-                           max_text_len=32, loss_chunk_tokens=2048),
+                           max_text_len=32, loss_chunk_tokens=2048, aligned_bias=True, aligned_bias_init=4.0),
                 train_steps=200, micro_batch=8, lr=2e-3, warmup_steps=20, eval_every=100, train_seconds=None,
                 ds_config="zero1", num_workers=1, cfg_scales=(1.0, 3.0), image_prompts=8, videos=4, gen_batch=4),
 }
