@@ -7,28 +7,44 @@ that ``NuwaInfinity.from_pretrained`` loads without DeepSpeed. The format and th
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
+from typing import Literal, Optional
 
+from nuwa_ds.config_base import ConfigBase, cli
 # export_checkpoint, find_checkpoint and resolve_vq_tokenizer lived here before nuwa_ds.model_dir owned the
 # format: re-exported for code that imports them from here
 from nuwa_ds.model_dir import (DTYPES, PROVENANCE, VQ_COPY, VQ_POINTER, export_checkpoint,  # noqa: F401
                                find_checkpoint, resolve_vq_tokenizer)
 
 
+@dataclass
+class ExportCommand(ConfigBase):
+    """Everything ``nuwa-ds export`` is told; its flags are generated from these fields."""
+
+    checkpoint: str = field(metadata=cli(positional=True))
+    """Run directory, its checkpoints/ directory, or one step_N checkpoint."""
+    out: str = field(metadata=cli(positional=True))
+    """Output model directory."""
+    tag: Optional[str] = None
+    """Checkpoint tag (step_N); default: the latest complete one."""
+    dtype: Literal[tuple(DTYPES)] = "fp32"
+    """Weight dtype of the export."""
+    max_shard_size: str = "5GB"
+    """Split model.safetensors above this size."""
+    tokenizer: Optional[str] = field(default=None, metadata=cli(
+        help=f"VQ tokenizer directory or taming .ckpt the model reads (recorded in {VQ_POINTER})"))
+    copy_tokenizer: bool = field(default=False, metadata=cli(help=f"copy the VQ tokenizer into OUT/{VQ_COPY}"))
+
+
 def add_arguments(parser):
-    parser.add_argument("checkpoint", help="run directory, its checkpoints/ directory, or one step_N checkpoint")
-    parser.add_argument("out", help="output model directory")
-    parser.add_argument("--tag", default=None, help="checkpoint tag (step_N); default: the latest complete one")
-    parser.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="weight dtype of the export")
-    parser.add_argument("--max-shard-size", default="5GB", help="split model.safetensors above this size")
-    parser.add_argument("--tokenizer", default=None,
-                        help=f"VQ tokenizer directory or taming .ckpt the model reads (recorded in {VQ_POINTER})")
-    parser.add_argument("--copy-tokenizer", action="store_true", help=f"copy the VQ tokenizer into OUT/{VQ_COPY}")
+    ExportCommand.add_flags(parser)
 
 
 def run(args) -> int:
-    out = export_checkpoint(args.checkpoint, args.out, tag=args.tag, dtype=args.dtype,
-                            max_shard_size=args.max_shard_size, tokenizer=args.tokenizer,
-                            copy_tokenizer=args.copy_tokenizer)
+    command = ExportCommand.from_args(args)
+    out = export_checkpoint(command.checkpoint, command.out, tag=command.tag, dtype=command.dtype,
+                            max_shard_size=command.max_shard_size, tokenizer=command.tokenizer,
+                            copy_tokenizer=command.copy_tokenizer)
     meta = json.loads((out / PROVENANCE).read_text())
     print(f"exported step {meta['step']} (ZeRO-{meta['zero_stage']}, {meta['world_size']} ranks) to {out}")
     return 0

@@ -18,12 +18,14 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 
 from data_pipelines.sources import Captions
+from nuwa_ds.config_base import ConfigBase, cli
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 REPORT = "text_encoder.json"
@@ -36,25 +38,38 @@ PRESETS: dict[str, dict] = {
 MASK_FRACTION = 0.15
 
 
+@dataclass
+class TextEncoderCommand(ConfigBase):
+    """Everything ``nuwa-ds text-encoder`` is told; its flags are generated from these fields."""
+
+    captions: list[str] = field(metadata=cli(metavar="FILE", help=(
+        "caption files: .txt (one caption per line), or the .csv / .tsv / .jsonl captions files "
+        "`nuwa-ds prepare --captions` reads")))
+    out: str
+    """Output directory (a transformers model + tokenizer folder)."""
+    preset: Literal[tuple(PRESETS)] = "tiny"
+    """Encoder size."""
+    vocab_size: int = 4000
+    """Largest vocabulary: characters, then the most frequent words (the captions may need fewer)."""
+    max_length: int = 64
+    """Longest caption in tokens (position embeddings; match model.max_text_len)."""
+    mlm_steps: int = 300
+    """Masked-language-model pre-training steps on the captions; 0: random weights."""
+    batch_size: int = 32
+    """Captions per MLM step."""
+    lr: float = 1e-3
+    """MLM learning rate (AdamW)."""
+    threads: int = 1
+    """CPU threads of the MLM pre-training (its steps are too small to share: on a busy 2-core machine
+    100 steps took 1 s with one thread, 52 s with two)."""
+    seed: int = 0
+    """Seed of the initialisation, the masking and the batches."""
+    overwrite: bool = False
+    """Replace an existing model in --out."""
+
+
 def add_arguments(parser):
-    parser.add_argument("--captions", nargs="+", required=True, metavar="FILE",
-                        help="caption files: .txt (one caption per line), or the .csv / .tsv / .jsonl captions "
-                             "files `nuwa-ds prepare --captions` reads")
-    parser.add_argument("--out", required=True, help="output directory (a transformers model + tokenizer folder)")
-    parser.add_argument("--preset", default="tiny", choices=list(PRESETS), help="encoder size")
-    parser.add_argument("--vocab-size", type=int, default=4000,
-                        help="largest vocabulary: characters, then the most frequent words (the captions may need fewer)")
-    parser.add_argument("--max-length", type=int, default=64,
-                        help="longest caption in tokens (position embeddings; match model.max_text_len)")
-    parser.add_argument("--mlm-steps", type=int, default=300,
-                        help="masked-language-model pre-training steps on the captions; 0: random weights")
-    parser.add_argument("--batch-size", type=int, default=32, help="captions per MLM step")
-    parser.add_argument("--lr", type=float, default=1e-3, help="MLM learning rate (AdamW)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads of the MLM pre-training (its steps are too small to share: on a busy "
-                             "2-core machine 100 steps took 1 s with one thread, 52 s with two)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing model in --out")
+    TextEncoderCommand.add_flags(parser)
 
 
 def read_captions(paths: Sequence) -> list[str]:
@@ -258,16 +273,17 @@ def pretrain(mlm, captions: Sequence[str], tokenizer, steps: int, batch_size: in
 
 
 def run(args) -> int:
-    captions = read_captions(args.captions)
-    report = make_text_encoder(captions, args.out, preset=args.preset, vocab_size=args.vocab_size,
-                               max_length=args.max_length, mlm_steps=args.mlm_steps, batch_size=args.batch_size,
-                               lr=args.lr, seed=args.seed, overwrite=args.overwrite,
-                               threads=args.threads)
+    command = TextEncoderCommand.from_args(args)
+    captions = read_captions(command.captions)
+    report = make_text_encoder(captions, command.out, preset=command.preset, vocab_size=command.vocab_size,
+                               max_length=command.max_length, mlm_steps=command.mlm_steps,
+                               batch_size=command.batch_size, lr=command.lr, seed=command.seed,
+                               overwrite=command.overwrite, threads=command.threads)
     mlm = report["mlm"]
     after = f" -> {mlm['loss_after']:.3f}" if "loss_after" in mlm else " (no pre-training)"
-    print(f"text encoder: BERT {args.preset}, {report['parameters'] / 1e6:.2f}M parameters, vocabulary "
+    print(f"text encoder: BERT {command.preset}, {report['parameters'] / 1e6:.2f}M parameters, vocabulary "
           f"{report['vocab_size']} from {report['captions']} captions ({report['distinct_captions']} distinct); "
           f"MLM loss on {mlm['measured_on']} {mlm['loss_before']:.3f}{after} (chance {mlm['chance_loss']:.3f}) "
           f"in {report['seconds']:.0f} s")
-    print(f"use it with: nuwa-ds train ... train.text_encoder_path={args.out}")
+    print(f"use it with: nuwa-ds train ... train.text_encoder_path={command.out}")
     return 0

@@ -288,3 +288,58 @@ def test_prepare_keeps_every_flag():
     keeps_every_flag(old_prepare_parser(), new_parser("data_pipelines.prepare"))
     with pytest.raises(SystemExit):  # one tokenizer, not both
         new_parser("data_pipelines.prepare").parse_args(["a", "--out", "o", "--tokenizer", "t", "--taming-ckpt", "c"])
+
+
+# nuwa-ds export (ExportCommand) and nuwa-ds text-encoder (TextEncoderCommand): the hand-written parsers, frozen
+
+
+def old_export_parser():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("checkpoint")
+    parser.add_argument("out")
+    parser.add_argument("--tag", default=None)
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--max-shard-size", default="5GB")
+    parser.add_argument("--tokenizer", default=None)
+    parser.add_argument("--copy-tokenizer", action="store_true")
+    return parser
+
+
+def old_text_encoder_parser():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--captions", nargs="+", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--preset", default="tiny", choices=("tiny", "small"))
+    parser.add_argument("--vocab-size", type=int, default=4000)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--mlm-steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true")
+    return parser
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "model"],
+    ["run/checkpoints/step_00000004", "model", "--tag", "step_00000004", "--dtype", "bf16", "--max-shard-size", "1MB",
+     "--tokenizer", "tok", "--copy-tokenizer"],
+])
+def test_export_parses_as_before(argv):
+    from nuwa_ds.export import ExportCommand
+
+    same_parse(old_export_parser(), new_parser("nuwa_ds.export"), ExportCommand, argv, {})
+    keeps_every_flag(old_export_parser(), new_parser("nuwa_ds.export"))
+
+
+@pytest.mark.parametrize("argv", [
+    ["--captions", "c.txt", "--out", "te"],
+    ["--out", "te", "--captions", "a.txt", "b.csv", "--preset", "small", "--vocab-size", "500", "--max-length", "32",
+     "--mlm-steps", "0", "--batch-size", "8", "--lr", "2e-3", "--threads", "2", "--seed", "4", "--overwrite"],
+])
+def test_text_encoder_parses_as_before(argv):
+    from nuwa_ds.text_encoder import TextEncoderCommand
+
+    same_parse(old_text_encoder_parser(), new_parser("nuwa_ds.text_encoder"), TextEncoderCommand, argv, {})
+    keeps_every_flag(old_text_encoder_parser(), new_parser("nuwa_ds.text_encoder"))
