@@ -172,20 +172,23 @@ def _parse_scalar(text: str, tp, key: str):
 # from the annotation (``Optional[X]`` -> X, ``tuple[int, ...]`` / ``list[X]`` -> one or more values,
 # ``tuple[int, int]`` -> two, ``Literal[...]`` -> choices, ``bool`` -> ``--x / --no-x``), its default
 # the dataclass's. A field of dataclass type adds the fields of that dataclass, unprefixed, with the
-# defaults of its default instance (so a command may default ``wavefront`` otherwise than the library).
+# defaults of its default instance (so a command may default ``wavefront`` otherwise than the library),
+# under a heading of ``--help`` when its metadata names one (``cli(group=...)``).
 # What argparse needs beyond that is said in the field's metadata, ``field(metadata=cli(...))``.
 
 
 def cli(*, help: str | None = None, flag: str | None = None, metavar: str | None = None, type=None,
         choices=None, positional: bool = False, negative: tuple[str, str] | None = None,
-        one_of: str | None = None, skip: bool = False) -> dict:
+        one_of: str | None = None, skip: bool = False, append: bool = False, group: str | None = None) -> dict:
     """Field metadata for :func:`add_flags`. ``help``: instead of the docstring; ``flag``: another
     name than ``--field-name``; ``type``: a function parsing the text (e.g. ``N|all``); ``positional``:
     an argument, not an option; ``negative=(flag, help)``: a bool's second flag that sets it false,
     instead of ``--no-x``; ``one_of``: fields sharing the name are exclusive and one is required;
-    ``skip``: not on the command line."""
+    ``skip``: not on the command line; ``append``: a ``list[X]`` given one value per repeated flag
+    (``--x 1 --x 2``) instead of several after one; ``group``: a dataclass field's flags under this
+    heading of ``--help``."""
     given = dict(help=help, flag=flag, metavar=metavar, type=type, choices=choices, positional=positional,
-                 negative=negative, one_of=one_of, skip=skip)
+                 negative=negative, one_of=one_of, skip=skip, append=append, group=group)
     return {"cli": {k: v for k, v in given.items() if v not in (None, False)}}
 
 
@@ -255,7 +258,8 @@ def add_flags(parser: argparse.ArgumentParser, cls, defaults: dict | None = None
             continue
         default = _field_default(f) if defaults is None else defaults.get(f.name, dataclasses.MISSING)
         if dataclasses.is_dataclass(hints[f.name]):
-            add_flags(parser, hints[f.name], {} if default is dataclasses.MISSING else
+            target = parser.add_argument_group(meta["group"]) if "group" in meta else parser
+            add_flags(target, hints[f.name], {} if default is dataclasses.MISSING else
                       {g.name: getattr(default, g.name) for g in dataclasses.fields(default)})
             continue
         help_text = meta.get("help") or docs.get(f.name, "").replace("%", "%%") or None
@@ -280,6 +284,12 @@ def add_flags(parser: argparse.ArgumentParser, cls, defaults: dict | None = None
                               help=help_text and help_text + said * (default is True))
             pair.add_argument(negative, dest=f.name, action="store_false",
                               help=negative_help + said * (default is False))
+        elif meta.get("append"):  # list[X]: one value per flag, repeated
+            kwargs = _flag_kwargs(hints[f.name], meta)
+            kwargs.pop("nargs", None)
+            target.add_argument(name, dest=f.name, action="append", default=None if required else list(default),
+                                required=required,
+                                help=help_text, **kwargs)
         elif _without_none(hints[f.name]) is bool:
             target.add_argument(name, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
                                 required=required, help=help_text)

@@ -32,12 +32,14 @@ import os
 import sys
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Literal, Optional, Union
 
 import numpy as np
 import torch
 
+from nuwa_ds.config_base import ConfigBase, cli
 from nuwa_ds.metrics.fid import FeatureStats, frechet_distance
 from nuwa_ds.metrics.images import ImageFolder, cut_blocks, scan_folder
 from nuwa_ds.metrics.inception import (FEATURE_DIM, FID_WEIGHTS_SHA256_PREFIX, FIDInceptionV3, file_sha256,
@@ -250,65 +252,97 @@ def compute_block_fid(folder_a: PathLike, folder_b: PathLike, weights: Union[Pat
 
 # ----------------------------------------------------------------------------- command line
 
+@dataclass
+class QualityOptions(ConfigBase):
+    """SWD and seam scores: no downloaded network, CPU."""
+
+    swd: bool = False
+    """Multi-scale sliced Wasserstein distance (x1e3) vs real half B, beside the floor and ceilings
+    (default when no --inception-weights)."""
+    seams: bool = False
+    """Seam scores at patch boundaries (default when no --inception-weights)."""
+    recon: Optional[str] = field(default=None, metadata=cli(metavar="DIR"))
+    """Reconstructions of real canvases (e.g. VQ encode/decode), reported beside the score."""
+    random_tokens: Optional[str] = field(default=None, metadata=cli(metavar="DIR"))
+    """Decodes of random tokens: a ceiling."""
+    seam_block_size: Optional[int] = field(default=None, metadata=cli(metavar="PX"))
+    """Patch size in pixels for seams and shuffled blocks (default: --block-size, else 64)."""
+    boundary_column: list[int] = field(default_factory=list, metadata=cli(append=True, metavar="X"))
+    """Outpainting: score the boundary before column X (repeatable)."""
+    boundary_row: list[int] = field(default_factory=list, metadata=cli(append=True, metavar="Y"))
+    """Outpainting: score the boundary before row Y (repeatable)."""
+    seed: int = 0
+    """Seed of the split, descriptors and directions."""
+    swd_descriptors: int = field(default=128, metadata=cli(metavar="N"))
+    """Descriptors per level per 256x256 px of image area."""
+    swd_max_descriptors: int = field(default=65536, metadata=cli(metavar="N"))
+    """At most N descriptors per level and set (~600 bytes each)."""
+
+
+@dataclass
+class VideoOptions(ConfigBase):
+    """Per-frame SWD by frame index and temporal consistency of clips: CPU."""
+
+    video: bool = False
+    """--real / --fake (/ --recon / --random-tokens) are folders of clips (.gif/.mp4/.webm files or
+    sub-folders of frames): per-frame SWD vs real half B and temporal consistency, beside floors and
+    ceilings (nuwa_ds.metrics.video)."""
+    paired: bool = False
+    """Video: fake clip i continues / animates real clip i (sorted order): per-clip shift error and
+    whether the first frame was kept."""
+    video_descriptors: int = field(default=2048, metadata=cli(metavar="N"))
+    """Video: SWD descriptors per level, frame index and set."""
+    true_dx: Optional[float] = field(default=None, metadata=cli(metavar="PX"))
+    """Video: the real clips' true content shift in px/frame, one for all (a camera panning right by p
+    gives -p), when known: speeds are also compared with it."""
+
+
+@dataclass
+class EvalCommand(ConfigBase):
+    """Everything ``nuwa-ds eval`` is told; its flags are generated from these fields."""
+
+    real: str
+    """Folder of reference images (PNG/JPG/..., any sizes; not recursive) or, for FID only, a
+    statistics .npz."""
+    fake: str
+    """Folder of generated images, or (FID only) a statistics .npz."""
+    inception_weights: Optional[str] = field(default=None, metadata=cli(metavar="FILE"))
+    """Local pytorch-fid Inception weights (pt_inception-2015-12-05-6726825d.pth, or the same tensors as
+    .safetensors); without it FID is skipped and SWD + seam scores run."""
+    block_size: Optional[int] = field(default=None, metadata=cli(metavar="PX"))
+    """Also compute Block-FID over non-overlapping PX x PX blocks (e.g. 256); also the patch size for seam
+    scores and shuffled blocks unless --seam-block-size is given."""
+    batch_size: int = 50
+    """Network batch size."""
+    device: str = "auto"
+    """auto (cuda if available), cpu, cuda, cuda:1, ..."""
+    workers: int = 0
+    """Image decoding processes (0: in-process)."""
+    fid_method: Literal["eigh", "sqrtm"] = "eigh"
+    """Trace term: exact symmetric eigenvalues (default) or scipy sqrtm as pytorch-fid."""
+    save_stats: Optional[str] = field(default=None, metadata=cli(metavar="DIR"))
+    """Write real.npz / fake.npz feature statistics, reusable as --real / --fake."""
+    quality: QualityOptions = field(default_factory=QualityOptions, metadata=cli(
+        group="quality without downloaded networks (SWD, seams; CPU)"))
+    clips: VideoOptions = field(default_factory=VideoOptions, metadata=cli(
+        group="video (per-frame SWD by frame index, temporal consistency; CPU)"))
+    out: Optional[str] = field(default=None, metadata=cli(metavar="JSON"))
+    """Write the results as JSON."""
+    quiet: bool = False
+    """No progress bars."""
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("--real", required=True, help="folder of reference images (PNG/JPG/..., any sizes; "
-                        "not recursive) or, for FID only, a statistics .npz")
-    parser.add_argument("--fake", required=True, help="folder of generated images, or (FID only) a statistics .npz")
-    parser.add_argument("--inception-weights", default=None, metavar="FILE",
-                        help="local pytorch-fid Inception weights (pt_inception-2015-12-05-6726825d.pth, "
-                             "or the same tensors as .safetensors); without it FID is skipped and SWD + seam "
-                             "scores run")
-    parser.add_argument("--block-size", type=int, default=None, metavar="PX",
-                        help="also compute Block-FID over non-overlapping PX x PX blocks (e.g. 256); also the "
-                             "patch size for seam scores and shuffled blocks unless --seam-block-size is given")
-    parser.add_argument("--batch-size", type=int, default=50, help="network batch size (default 50)")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--workers", type=int, default=0, help="image decoding processes (default 0: in-process)")
-    parser.add_argument("--fid-method", choices=("eigh", "sqrtm"), default="eigh",
-                        help="trace term: exact symmetric eigenvalues (default) or scipy sqrtm as pytorch-fid")
-    parser.add_argument("--save-stats", metavar="DIR", default=None,
-                        help="write real.npz / fake.npz feature statistics, reusable as --real / --fake")
-    group = parser.add_argument_group("quality without downloaded networks (SWD, seams; CPU)")
-    group.add_argument("--swd", action="store_true", help="multi-scale sliced Wasserstein distance (x1e3) vs "
-                       "real half B, beside the floor and ceilings (default when no --inception-weights)")
-    group.add_argument("--seams", action="store_true", help="seam scores at patch boundaries (default when no "
-                       "--inception-weights)")
-    group.add_argument("--recon", metavar="DIR", default=None, help="reconstructions of real canvases (e.g. "
-                       "VQ encode/decode), reported beside the score")
-    group.add_argument("--random-tokens", metavar="DIR", default=None, help="decodes of random tokens: a ceiling")
-    group.add_argument("--seam-block-size", type=int, default=None, metavar="PX",
-                       help="patch size in pixels for seams and shuffled blocks (default: --block-size, else 64)")
-    group.add_argument("--boundary-column", type=int, action="append", default=[], metavar="X",
-                       help="outpainting: score the boundary before column X (repeatable)")
-    group.add_argument("--boundary-row", type=int, action="append", default=[], metavar="Y",
-                       help="outpainting: score the boundary before row Y (repeatable)")
-    group.add_argument("--seed", type=int, default=0, help="seed of the split, descriptors and directions (default 0)")
-    group.add_argument("--swd-descriptors", type=int, default=128, metavar="N",
-                       help="descriptors per level per 256x256 px of image area (default 128)")
-    group.add_argument("--swd-max-descriptors", type=int, default=65536, metavar="N",
-                       help="at most N descriptors per level and set (default 65536; ~600 bytes each)")
-    group = parser.add_argument_group("video (per-frame SWD by frame index, temporal consistency; CPU)")
-    group.add_argument("--video", action="store_true", help="--real / --fake (/ --recon / --random-tokens) are "
-                       "folders of clips (.gif/.mp4/.webm files or sub-folders of frames): per-frame SWD vs real "
-                       "half B and temporal consistency, beside floors and ceilings (nuwa_ds.metrics.video)")
-    group.add_argument("--paired", action="store_true", help="video: fake clip i continues / animates real clip i "
-                       "(sorted order): per-clip shift error and whether the first frame was kept")
-    group.add_argument("--video-descriptors", type=int, default=2048, metavar="N",
-                       help="video: SWD descriptors per level, frame index and set (default 2048)")
-    group.add_argument("--true-dx", type=float, default=None, metavar="PX",
-                       help="video: the real clips' true content shift in px/frame, one for all (a camera "
-                            "panning right by p gives -p), when known: speeds are also compared with it")
-    parser.add_argument("--out", metavar="JSON", default=None, help="write the results as JSON")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    EvalCommand.add_flags(parser)
 
 
-def _run_video(args) -> dict:
-    if args.inception_weights or args.swd or args.seams or args.save_stats:
+def _run_video(c: EvalCommand) -> dict:
+    if c.inception_weights or c.quality.swd or c.quality.seams or c.save_stats:
         raise ValueError("--video runs the video metrics only; leave out --inception-weights / --swd / --seams / "
                          "--save-stats (run eval on picture folders for those)")
-    result = {"video": video_report(args.real, args.fake, recon=args.recon, random_tokens=args.random_tokens,
-                                    paired=args.paired, seed=args.seed, descriptors=args.video_descriptors,
-                                    true_dx=args.true_dx)}
+    result = {"video": video_report(c.real, c.fake, recon=c.quality.recon, random_tokens=c.quality.random_tokens,
+                                    paired=c.clips.paired, seed=c.quality.seed, descriptors=c.clips.video_descriptors,
+                                    true_dx=c.clips.true_dx)}
     for line in format_video_report(result["video"]):
         print(line)
     return result
@@ -324,31 +358,33 @@ def _write_json(result: dict, path: str) -> None:
 
 
 def run(args) -> int:
-    if args.video:
-        result = _run_video(args)
-        if args.out:
-            _write_json(result, args.out)
+    c = EvalCommand.from_args(args)
+    q = c.quality
+    if c.clips.video:
+        result = _run_video(c)
+        if c.out:
+            _write_json(result, c.out)
         return 0
-    if args.paired or args.true_dx is not None:
+    if c.clips.paired or c.clips.true_dx is not None:
         raise ValueError("--paired / --true-dx are for --video")
-    fid = args.inception_weights is not None
-    explicit = args.swd or args.seams
-    do_swd, do_seams = (args.swd, args.seams) if explicit else (not fid, not fid)
-    seam_block = args.seam_block_size or args.block_size or 64
+    fid = c.inception_weights is not None
+    explicit = q.swd or q.seams
+    do_swd, do_seams = (q.swd, q.seams) if explicit else (not fid, not fid)
+    seam_block = q.seam_block_size or c.block_size or 64
     if do_swd or do_seams:  # fail before FID's features are computed
         for role in ("real", "fake"):
-            if Path(getattr(args, role)).suffix == ".npz":
+            if Path(getattr(c, role)).suffix == ".npz":
                 raise ValueError(f"--{role}: SWD and seam scores need an image folder, not a statistics file")
-    elif args.recon or args.random_tokens:
+    elif q.recon or q.random_tokens:
         raise ValueError("--recon / --random-tokens are for --swd / --seams")
-    if not fid and args.save_stats:
+    if not fid and c.save_stats:
         raise ValueError("--save-stats writes Inception statistics: give --inception-weights")
     if fid:
         with warnings.catch_warnings(record=True) as caught:  # shown below as plain "warning:" lines
             warnings.simplefilter("always")
-            result = evaluate(args.real, args.fake, args.inception_weights, block_size=args.block_size,
-                              batch_size=args.batch_size, device=args.device, num_workers=args.workers,
-                              method=args.fid_method, progress=not args.quiet, save_stats=args.save_stats)
+            result = evaluate(c.real, c.fake, c.inception_weights, block_size=c.block_size,
+                              batch_size=c.batch_size, device=c.device, num_workers=c.workers,
+                              method=c.fid_method, progress=not c.quiet, save_stats=c.save_stats)
         for warning in caught:
             print(f"warning: {warning.message}", file=sys.stderr)
         _print_fid(result)
@@ -357,14 +393,14 @@ def run(args) -> int:
         print("FID skipped (no --inception-weights)")
     if do_swd or do_seams:
         result["quality"] = quality_report(
-            args.real, args.fake, recon=args.recon, random_tokens=args.random_tokens, block_size=seam_block,
-            swd=do_swd, seams=do_seams, seed=args.seed, descriptors=args.swd_descriptors,
-            max_descriptors=args.swd_max_descriptors, boundary_columns=args.boundary_column,
-            boundary_rows=args.boundary_row, progress=not args.quiet)
+            c.real, c.fake, recon=q.recon, random_tokens=q.random_tokens, block_size=seam_block,
+            swd=do_swd, seams=do_seams, seed=q.seed, descriptors=q.swd_descriptors,
+            max_descriptors=q.swd_max_descriptors, boundary_columns=q.boundary_column,
+            boundary_rows=q.boundary_row, progress=not c.quiet)
         for line in format_report(result["quality"]):
             print(line)
-    if args.out:
-        _write_json(result, args.out)
+    if c.out:
+        _write_json(result, c.out)
     return 0
 
 

@@ -343,3 +343,51 @@ def test_text_encoder_parses_as_before(argv):
 
     same_parse(old_text_encoder_parser(), new_parser("nuwa_ds.text_encoder"), TextEncoderCommand, argv, {})
     keeps_every_flag(old_text_encoder_parser(), new_parser("nuwa_ds.text_encoder"))
+
+
+def old_eval_parser():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--real", required=True)
+    parser.add_argument("--fake", required=True)
+    parser.add_argument("--inception-weights", default=None)
+    parser.add_argument("--block-size", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--fid-method", choices=("eigh", "sqrtm"), default="eigh")
+    parser.add_argument("--save-stats", default=None)
+    parser.add_argument("--swd", action="store_true")
+    parser.add_argument("--seams", action="store_true")
+    parser.add_argument("--recon", default=None)
+    parser.add_argument("--random-tokens", default=None)
+    parser.add_argument("--seam-block-size", type=int, default=None)
+    parser.add_argument("--boundary-column", type=int, action="append", default=[])
+    parser.add_argument("--boundary-row", type=int, action="append", default=[])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--swd-descriptors", type=int, default=128)
+    parser.add_argument("--swd-max-descriptors", type=int, default=65536)
+    parser.add_argument("--video", action="store_true")
+    parser.add_argument("--paired", action="store_true")
+    parser.add_argument("--video-descriptors", type=int, default=2048)
+    parser.add_argument("--true-dx", type=float, default=None)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+@pytest.mark.parametrize("argv", [
+    ["--real", "r", "--fake", "f"],
+    ["--real", "r.npz", "--fake", "f", "--inception-weights", "w.pth", "--block-size", "256", "--batch-size", "8",
+     "--device", "cpu", "--workers", "2", "--fid-method", "sqrtm", "--save-stats", "s", "--out", "o.json", "--quiet"],
+    ["--real", "r", "--fake", "f", "--swd", "--seams", "--recon", "c", "--random-tokens", "t", "--seam-block-size", "32",
+     "--boundary-column", "64", "--boundary-column", "128", "--boundary-row", "8", "--seed", "3",
+     "--swd-descriptors", "16", "--swd-max-descriptors", "100"],
+    ["--real", "r", "--fake", "f", "--video", "--paired", "--video-descriptors", "64", "--true-dx", "-1.5"],
+])
+def test_eval_parses_as_before(argv):
+    from nuwa_ds.evaluate import EvalCommand
+
+    same_parse(old_eval_parser(), new_parser("nuwa_ds.evaluate"), EvalCommand, argv, {})
+    keeps_every_flag(old_eval_parser(), new_parser("nuwa_ds.evaluate"))
+    defaults = EvalCommand.from_args(new_parser("nuwa_ds.evaluate").parse_args(["--real", "r", "--fake", "f"]))
+    assert defaults.quality.boundary_column == [] and defaults.quality.boundary_row == []  # not shared lists
