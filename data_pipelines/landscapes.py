@@ -51,11 +51,13 @@ import argparse
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import numpy as np
+
+from nuwa_ds.config_base import ConfigBase, cli
 
 GENERATOR_VERSION = "landscapes-1"
 VIEW_HEIGHT = 1024
@@ -590,43 +592,60 @@ def _describe_seeds(seeds: list) -> dict:
 # ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
+@dataclass
+class LandscapesCommand(ConfigBase):
+    """Everything ``nuwa-ds landscapes`` is told; its flags are generated from these fields."""
+
+    out: str
+    """Output folder for the pictures and landscapes.json."""
+    count: int = 1000
+    """Number of pictures."""
+    size: str = "256x256"
+    """WIDTHxHEIGHT, e.g. 256x256 (training crops), 4096x256 (panoramas), 1024x1024 (canvases), 256x1024
+    (full-view-height strips)."""
+    split: Literal["train", "val"] = field(default="train", metadata=cli(help=(
+        f"train or val: disjoint default world-seed ranges (train from {DEFAULT_WORLD_SEED_BASE['train']}, "
+        f"val from {DEFAULT_WORLD_SEED_BASE['val']})")))
+    worlds: int = 256
+    """Number of distinct world seeds."""
+    world_seed_base: Optional[int] = None
+    """First world seed (default: by --split); seeds are [base, base + worlds)."""
+    y: str = field(default="random", metadata=cli(help=(
+        f"top row y0 of every picture, or 'random' (uniform in [0, {VIEW_HEIGHT} - height])")))
+    format: Literal["png", "jpg"] = "png"
+    """Picture file format."""
+    seed: int = 0
+    """Seed of the crop positions."""
+    progress: bool = True
+    """A progress bar."""
+
+    def validate(self):
+        parse_size(self.size)
+        if self.count <= 0:
+            raise ValueError(f"--count must be positive, got {self.count}")
+        if self.worlds <= 0:
+            raise ValueError(f"--worlds must be positive, got {self.worlds}")
+        if self.world_seed_base is None and self.worlds > 1_000_000:
+            raise ValueError("--worlds above 1000000 needs an explicit --world-seed-base to keep splits disjoint")
+        if self.y.lower() != "random":
+            try:
+                int(self.y)
+            except ValueError:
+                raise ValueError(f"--y must be an integer or 'random', got {self.y!r}") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("--out", required=True, help="output folder for the pictures and landscapes.json")
-    parser.add_argument("--count", type=int, default=1000, help="number of pictures")
-    parser.add_argument("--size", default="256x256",
-                        help="WIDTHxHEIGHT, e.g. 256x256 (training crops), 4096x256 (panoramas), "
-                             "1024x1024 (canvases), 256x1024 (full-view-height strips)")
-    parser.add_argument("--split", choices=("train", "val"), default="train",
-                        help="train or val: disjoint default world-seed ranges (train from "
-                             f"{DEFAULT_WORLD_SEED_BASE['train']}, val from {DEFAULT_WORLD_SEED_BASE['val']})")
-    parser.add_argument("--worlds", type=int, default=256, help="number of distinct world seeds")
-    parser.add_argument("--world-seed-base", type=int, default=None,
-                        help="first world seed (default: by --split); seeds are [base, base + worlds)")
-    parser.add_argument("--y", default="random",
-                        help=f"top row y0 of every picture, or 'random' (uniform in [0, {VIEW_HEIGHT} - height])")
-    parser.add_argument("--format", choices=("png", "jpg"), default="png")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the crop positions")
-    parser.add_argument("--no-progress", action="store_true")
+    LandscapesCommand.add_flags(parser)
 
 
 def run(args) -> int:
-    width, height = parse_size(args.size)
-    if args.count <= 0:
-        raise ValueError(f"--count must be positive, got {args.count}")
-    if args.worlds <= 0:
-        raise ValueError(f"--worlds must be positive, got {args.worlds}")
-    base = DEFAULT_WORLD_SEED_BASE[args.split] if args.world_seed_base is None else args.world_seed_base
-    if args.world_seed_base is None and args.worlds > 1_000_000:
-        raise ValueError("--worlds above 1000000 needs an explicit --world-seed-base to keep splits disjoint")
-    y = None
-    if str(args.y).lower() != "random":
-        try:
-            y = int(args.y)
-        except ValueError:
-            raise ValueError(f"--y must be an integer or 'random', got {args.y!r}") from None
-    manifest = write_dataset(args.out, count=args.count, size=(width, height),
-                             world_seeds=range(base, base + args.worlds), y=y, format=args.format,
-                             seed=args.seed, split=args.split, progress=not args.no_progress)
-    print(f"{manifest['count']} pictures {width}x{height} of {args.worlds} worlds "
-          f"(seeds [{base}, {base + args.worlds}), split {args.split}) in {args.out}")
+    command = LandscapesCommand.from_args(args)
+    width, height = parse_size(command.size)
+    base = DEFAULT_WORLD_SEED_BASE[command.split] if command.world_seed_base is None else command.world_seed_base
+    y = None if command.y.lower() == "random" else int(command.y)
+    manifest = write_dataset(command.out, count=command.count, size=(width, height),
+                             world_seeds=range(base, base + command.worlds), y=y, format=command.format,
+                             seed=command.seed, split=command.split, progress=command.progress)
+    print(f"{manifest['count']} pictures {width}x{height} of {command.worlds} worlds "
+          f"(seeds [{base}, {base + command.worlds}), split {command.split}) in {command.out}")
     return 0

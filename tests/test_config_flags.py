@@ -391,3 +391,44 @@ def test_eval_parses_as_before(argv):
     keeps_every_flag(old_eval_parser(), new_parser("nuwa_ds.evaluate"))
     defaults = EvalCommand.from_args(new_parser("nuwa_ds.evaluate").parse_args(["--real", "r", "--fake", "f"]))
     assert defaults.quality.boundary_column == [] and defaults.quality.boundary_row == []  # not shared lists
+
+
+def old_landscapes_parser():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--size", default="256x256")
+    parser.add_argument("--split", choices=("train", "val"), default="train")
+    parser.add_argument("--worlds", type=int, default=256)
+    parser.add_argument("--world-seed-base", type=int, default=None)
+    parser.add_argument("--y", default="random")
+    parser.add_argument("--format", choices=("png", "jpg"), default="png")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+@pytest.mark.parametrize("argv", [
+    ["--out", "o"],
+    ["--out", "o", "--count", "3", "--size", "64x32", "--split", "val", "--worlds", "2", "--world-seed-base", "7",
+     "--y", "100", "--format", "jpg", "--seed", "1", "--no-progress"],
+])
+def test_landscapes_parses_as_before(argv):
+    from data_pipelines.landscapes import LandscapesCommand
+
+    old = vars(old_landscapes_parser().parse_args(argv))
+    old["progress"] = not old.pop("no_progress")  # what run() made of --no-progress
+    assert flat(LandscapesCommand.from_args(new_parser("data_pipelines.landscapes").parse_args(argv))) == old
+    keeps_every_flag(old_landscapes_parser(), new_parser("data_pipelines.landscapes"))
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--count", "0"], "--count must be positive"), (["--worlds", "0"], "--worlds must be positive"),
+    (["--y", "top"], "--y must be an integer or 'random'"), (["--size", "64"], "WIDTHxHEIGHT"),
+    (["--worlds", "2000000"], "explicit --world-seed-base"),
+])
+def test_landscapes_refuses_bad_values(argv, message):
+    from data_pipelines.landscapes import LandscapesCommand
+
+    with pytest.raises(ValueError, match=message):
+        LandscapesCommand.from_args(new_parser("data_pipelines.landscapes").parse_args(["--out", "o", *argv]))
