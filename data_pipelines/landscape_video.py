@@ -27,15 +27,16 @@ import json
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import numpy as np
 
 from data_pipelines.landscapes import DEFAULT_WORLD_SEED_BASE, F32, GENERATOR_VERSION as WORLD_VERSION
 from data_pipelines.landscapes import World, _clip01, parse_size
+from nuwa_ds.config_base import ConfigBase, cli
 from nuwa_ds.metrics.temporal import clip_shifts
 
 GENERATOR_VERSION = "landscape-video-1"
@@ -622,32 +623,53 @@ def _progress(it, total: int, enabled: bool):
 # ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
+@dataclass
+class LandscapeVideosCommand(ConfigBase):
+    """Everything ``nuwa-ds landscape-videos`` is told; its flags are generated from these fields."""
+
+    out: str = field(metadata=cli(help=f"output folder (mp4/, gif/, frames/, {CAPTIONS_FILE}, {MANIFEST_FILE})"))
+    count: int = 100
+    """Number of clips."""
+    frames: int = 16
+    """Frames per clip (held-out clips: 4x the training clips)."""
+    split: Literal[tuple(SPLITS)] = "train"
+    """train or val: disjoint world seeds (as nuwa-ds landscapes)."""
+    size: str = "128x128"
+    """Output frame WIDTHxHEIGHT."""
+    window: str = "512x512"
+    """World px WIDTHxHEIGHT of each frame (a multiple of --size)."""
+    format: str = field(default="mp4", metadata=cli(help=f"comma-separated subset of {','.join(FORMATS)}"))
+    fps: float = 8.0
+    """Frame rate written into the MP4 / GIF."""
+    seed: int = 0
+    """Seed of the clips' framing and motion."""
+    world_seed_base: Optional[int] = None
+    """First world seed (default: by --split)."""
+    caption_variants: int = 1
+    """Phrasings to rotate through (1-3)."""
+    workers: int = 0
+    """Rendering processes (0: this one)."""
+    progress: bool = True
+    """A progress bar."""
+
+    def validate(self):
+        parse_size(self.size), parse_size(self.window)
+        if self.fps <= 0:
+            raise ValueError(f"--fps must be > 0, got {self.fps}")
+
+
 def add_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("--out", required=True, help=f"output folder (mp4/, gif/, frames/, {CAPTIONS_FILE}, {MANIFEST_FILE})")
-    parser.add_argument("--count", type=int, default=100, help="number of clips")
-    parser.add_argument("--frames", type=int, default=16, help="frames per clip (held-out clips: 4x the training clips)")
-    parser.add_argument("--split", choices=tuple(SPLITS), default="train",
-                        help="train or val: disjoint world seeds (as nuwa-ds landscapes)")
-    parser.add_argument("--size", default="128x128", help="output frame WIDTHxHEIGHT")
-    parser.add_argument("--window", default="512x512", help="world px WIDTHxHEIGHT of each frame (a multiple of --size)")
-    parser.add_argument("--format", default="mp4", help=f"comma-separated subset of {','.join(FORMATS)}")
-    parser.add_argument("--fps", type=float, default=8.0, help="frame rate written into the MP4 / GIF")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the clips' framing and motion")
-    parser.add_argument("--world-seed-base", type=int, default=None, help="first world seed (default: by --split)")
-    parser.add_argument("--caption-variants", type=int, default=1, help="phrasings to rotate through (1-3)")
-    parser.add_argument("--workers", type=int, default=0, help="rendering processes (0: this one)")
-    parser.add_argument("--no-progress", action="store_true")
+    LandscapeVideosCommand.add_flags(parser)
 
 
 def run(args) -> int:
-    size, window = parse_size(args.size), parse_size(args.window)
-    if args.fps <= 0:
-        raise ValueError(f"--fps must be > 0, got {args.fps}")
-    specs = sample_clip_specs(args.count, split=args.split, frames=args.frames, size=size, window=window,
-                              seed=args.seed, world_seed_base=args.world_seed_base, fps=args.fps)
-    manifest = write_clips(args.out, specs, formats=args.format, workers=args.workers, split=args.split,
-                           seed=args.seed, caption_variants=args.caption_variants, progress=not args.no_progress)
+    c = LandscapeVideosCommand.from_args(args)
+    size, window = parse_size(c.size), parse_size(c.window)
+    specs = sample_clip_specs(c.count, split=c.split, frames=c.frames, size=size, window=window, seed=c.seed,
+                              world_seed_base=c.world_seed_base, fps=c.fps)
+    manifest = write_clips(c.out, specs, formats=c.format, workers=c.workers, split=c.split, seed=c.seed,
+                           caption_variants=c.caption_variants, progress=c.progress)
     err = manifest["mp4_mean_abs_error"]
-    print(f"{manifest['count']} clips of {args.frames} frames {size[0]}x{size[1]} ({args.split}) in {args.out}"
+    print(f"{manifest['count']} clips of {c.frames} frames {size[0]}x{size[1]} ({c.split}) in {c.out}"
           + ("" if err is None else f"; MP4 mean abs error {err:.2f}/255"))
     return 0

@@ -432,3 +432,40 @@ def test_landscapes_refuses_bad_values(argv, message):
 
     with pytest.raises(ValueError, match=message):
         LandscapesCommand.from_args(new_parser("data_pipelines.landscapes").parse_args(["--out", "o", *argv]))
+
+
+def old_landscape_videos_parser():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--count", type=int, default=100)
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--split", choices=("train", "val"), default="train")
+    parser.add_argument("--size", default="128x128")
+    parser.add_argument("--window", default="512x512")
+    parser.add_argument("--format", default="mp4")
+    parser.add_argument("--fps", type=float, default=8.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--world-seed-base", type=int, default=None)
+    parser.add_argument("--caption-variants", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+@pytest.mark.parametrize("argv", [
+    ["--out", "o"],
+    ["--out", "o", "--count", "3", "--frames", "4", "--split", "val", "--size", "64x64", "--window", "256x256",
+     "--format", "mp4,gif", "--fps", "4", "--seed", "2", "--world-seed-base", "9", "--caption-variants", "3",
+     "--workers", "2", "--no-progress"],
+])
+def test_landscape_videos_parses_as_before(argv):
+    from data_pipelines.landscape_video import LandscapeVideosCommand
+
+    old = vars(old_landscape_videos_parser().parse_args(argv))
+    old["progress"] = not old.pop("no_progress")  # what run() made of --no-progress
+    new = flat(LandscapeVideosCommand.from_args(new_parser("data_pipelines.landscape_video").parse_args(argv)))
+    assert new == old
+    keeps_every_flag(old_landscape_videos_parser(), new_parser("data_pipelines.landscape_video"))
+    with pytest.raises(ValueError, match="--fps must be > 0"):
+        LandscapeVideosCommand.from_args(new_parser("data_pipelines.landscape_video").parse_args(["--out", "o",
+                                                                                                   "--fps", "0"]))
