@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # The landscape-video recipe on a GPU machine, with its log and figures copied to $OUT (device runs).
-# Usage: bash scripts/gpu_video_recipe.sh [--set key=value ...]
+# Usage: [KERNEL_CHECK=1] [RECIPE_TIMEOUT=S] bash scripts/gpu_video_recipe.sh [--set key=value ...]
 set -uo pipefail
 out=${RECIPE_OUT:-/tmp/video-recipe}
 dest=${OUT:-/tmp/out}
 mkdir -p "$dest"
+# KERNEL_CHECK=1: first the compiled Triton kernels against the reference with the aligned-token bias (the
+# recipe's model uses it; about a minute), and no recipe if they fail
+if [ "${KERNEL_CHECK:-0}" = 1 ]; then
+  TRITON_INTERPRET=0 timeout 300 python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels_patch_attention.py \
+    tests/test_kernels_pool_decode.py -k aligned 2>&1 | tail -n 30 | tee "$dest/kernel_check.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || { echo "kernel check failed: no recipe run" | tee -a "$dest/kernel_check.log"; exit 1; }
+fi
 # the report as it grows (each stage writes it), so that a run cut by an outer limit still says how far it got
 ( while sleep 10; do cp "$out/report.json" "$dest/video_report.json" 2>/dev/null; done ) &
 copier=$!
