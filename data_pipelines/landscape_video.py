@@ -653,7 +653,8 @@ class LandscapeVideosCommand(ConfigBase):
     """A progress bar."""
 
     def validate(self):
-        parse_size(self.size), parse_size(self.window)
+        parse_size(self.size)
+        parse_size(self.window)
         if self.fps <= 0:
             raise ValueError(f"--fps must be > 0, got {self.fps}")
 

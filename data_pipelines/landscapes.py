@@ -603,7 +603,7 @@ class LandscapesCommand(ConfigBase):
     size: str = "256x256"
     """WIDTHxHEIGHT, e.g. 256x256 (training crops), 4096x256 (panoramas), 1024x1024 (canvases), 256x1024
     (full-view-height strips)."""
-    split: Literal["train", "val"] = field(default="train", metadata=cli(help=(
+    split: Literal[tuple(DEFAULT_WORLD_SEED_BASE)] = field(default="train", metadata=cli(help=(
         f"train or val: disjoint default world-seed ranges (train from {DEFAULT_WORLD_SEED_BASE['train']}, "
         f"val from {DEFAULT_WORLD_SEED_BASE['val']})")))
     worlds: int = 256
@@ -627,11 +627,16 @@ class LandscapesCommand(ConfigBase):
             raise ValueError(f"--worlds must be positive, got {self.worlds}")
         if self.world_seed_base is None and self.worlds > 1_000_000:
             raise ValueError("--worlds above 1000000 needs an explicit --world-seed-base to keep splits disjoint")
-        if self.y.lower() != "random":
-            try:
-                int(self.y)
-            except ValueError:
-                raise ValueError(f"--y must be an integer or 'random', got {self.y!r}") from None
+        self.top_row()
+
+    def top_row(self) -> Optional[int]:
+        """``--y`` as the pictures' top row, or None for random rows."""
+        if self.y.lower() == "random":
+            return None
+        try:
+            return int(self.y)
+        except ValueError:
+            raise ValueError(f"--y must be an integer or 'random', got {self.y!r}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser):
@@ -642,9 +647,8 @@ def run(args) -> int:
     command = LandscapesCommand.from_args(args)
     width, height = parse_size(command.size)
     base = DEFAULT_WORLD_SEED_BASE[command.split] if command.world_seed_base is None else command.world_seed_base
-    y = None if command.y.lower() == "random" else int(command.y)
     manifest = write_dataset(command.out, count=command.count, size=(width, height),
-                             world_seeds=range(base, base + command.worlds), y=y, format=command.format,
+                             world_seeds=range(base, base + command.worlds), y=command.top_row(), format=command.format,
                              seed=command.seed, split=command.split, progress=command.progress)
     print(f"{manifest['count']} pictures {width}x{height} of {command.worlds} worlds "
           f"(seeds [{base}, {base + command.worlds}), split {command.split}) in {command.out}")

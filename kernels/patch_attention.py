@@ -480,7 +480,8 @@ def _forward(p: _Problem, q, k, v, ctx_k, ctx_v, text_k, text_v, bias, aligned, 
         *q.stride(), *k.stride(), *v.stride(), *ctx_k.stride(), *ctx_v.stride(), *tk.stride(), *tv.stride(),
         *out.stride(), bias.stride(0), al.stride(0), p.C, H, p.own_bid, p.text_bid, LOG2E / math.sqrt(D),
         M_K=p.m, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, CAUSAL=p.causal, HAS_TEXT=has_text,
-        HAS_ALIGNED=aligned is not None, STORE_LSE=store_lse, UPCAST=INTERPRET, DOT_PREC=dot_precision(q.dtype), **_common_args(p, D),
+        HAS_ALIGNED=aligned is not None, STORE_LSE=store_lse, UPCAST=INTERPRET, DOT_PREC=dot_precision(q.dtype),
+        **_common_args(p, D),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, (lse if store_lse else None)

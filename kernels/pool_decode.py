@@ -7,9 +7,9 @@ Each row r (a patch being decoded) sees, in one softmax,
   * the context slots ``pool_k[s]`` for each s in ``ctx_slots[r]`` (all m keys),
   * an optional text block (valid prefix of its caption),
 with ``bias[h, id]`` added per block (and ``aligned[h, id]`` to the key at the query's own index
-``own_len - 1`` in its own cache and in each context block, with ``HAS_ALIGNED``). The pool tensors are ``[slots, layers, 2, H, n, D]``; the
-views passed here (``[S, m, H, D]``, strides (layer-slab, D, n*D, 1)) are read by slot index, never
-gathered.
+``own_len - 1`` in its own cache and in each context block, with ``HAS_ALIGNED``). The pool tensors
+are ``[slots, layers, 2, H, n, D]``; the views passed here (``[S, m, H, D]``, strides (layer-slab, D,
+n*D, 1)) are read by slot index, never gathered.
 
 Flash-decoding: the keys of a row form a list of BLOCK_N-key units (own cache, then context
 entries, then text). With few rows the (row, head) pairs cannot fill the GPU, so each pair's units
@@ -327,7 +327,8 @@ def pool_decode_attention(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_
         *out.stride(), bias.stride(0), aligned.stride(0), own_slot.stride(0), own_len.stride(0), slots.shape[1], H,
         int(own_bias_id), bias.shape[1] - 1, LOG2E / math.sqrt(D),
         units_per_split, splits, M_K=m, HEAD_DIM=D, BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, HAS_TEXT=has_text,
-        HAS_ALIGNED=aligned_bias is not None, SINGLE=single, LANES=lanes, PREFETCH=prefetch, UPCAST=INTERPRET, num_warps=num_warps, num_stages=num_stages,
+        HAS_ALIGNED=aligned_bias is not None, SINGLE=single, LANES=lanes, PREFETCH=prefetch, UPCAST=INTERPRET,
+        num_warps=num_warps, num_stages=num_stages,
     )
     if not single:
         _combine_kernel[(R * H,)](part_m, part_l, part_acc, out, *out.stride(), H, splits, HEAD_DIM=D,

@@ -288,8 +288,7 @@ def add_flags(parser: argparse.ArgumentParser, cls, defaults: dict | None = None
             kwargs = _flag_kwargs(hints[f.name], meta)
             kwargs.pop("nargs", None)
             target.add_argument(name, dest=f.name, action="append", default=None if required else list(default),
-                                required=required,
-                                help=help_text, **kwargs)
+                                required=required, help=help_text, **kwargs)
         elif _without_none(hints[f.name]) is bool:
             target.add_argument(name, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
                                 required=required, help=help_text)

@@ -38,7 +38,8 @@ VARIANTS = {
     "small_aligned_init2": dict(d_global=64, n_global_layers=1, d_local=64, n_local_layers=1, aligned_bias=True,
                                 aligned_bias_init=2.0),
     "aligned": dict(aligned_bias=True), "aligned_init4": dict(aligned_bias=True, aligned_bias_init=4.0),
-    "gpu_aligned": dict(GPU, aligned_bias=True), "gpu_aligned_init4": dict(GPU, aligned_bias=True, aligned_bias_init=4.0),
+    "gpu_aligned": dict(GPU, aligned_bias=True),
+    "gpu_aligned_init4": dict(GPU, aligned_bias=True, aligned_bias_init=4.0),
 }
 
 

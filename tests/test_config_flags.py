@@ -141,9 +141,12 @@ def flat(options) -> dict:
 
 
 def same_parse(old_parser, new_parser, command, argv, new_fields: dict):
-    """``argv`` gives the same values under both parsers; fields without an old flag keep ``new_fields``."""
+    """``argv`` gives the same values under both parsers; fields without an old flag keep ``new_fields``.
+    An old ``--no-x`` switch is compared as what its command made of it, ``x = not no_x``."""
     old = vars(old_parser.parse_args(argv))
     new = flat(command.from_args(new_parser.parse_args(argv)))
+    for key in [k for k in old if k.startswith("no_") and k[3:] in new]:
+        old[key[3:]] = not old.pop(key)
     assert {k: new.pop(k) for k in new_fields} == new_fields
     assert new == old
 
@@ -277,11 +280,9 @@ def test_tokenizer_train_keeps_every_flag():
 def test_prepare_parses_as_before(argv):
     from data_pipelines.prepare import PrepareCommand, PrepareOptions
 
-    old = vars(old_prepare_parser().parse_args(argv))
-    old["progress"] = not old.pop("no_progress")  # what run() made of --no-progress
-    new = flat(PrepareCommand.from_args(new_parser("data_pipelines.prepare").parse_args(argv)))
-    assert new.pop("video_ahead_pixels") == PrepareOptions.video_ahead_pixels  # a new flag, the old default
-    assert new == old
+    # --video-ahead-pixels is a new flag, with the old default
+    same_parse(old_prepare_parser(), new_parser("data_pipelines.prepare"), PrepareCommand, argv,
+               {"video_ahead_pixels": PrepareOptions.video_ahead_pixels})
 
 
 def test_prepare_keeps_every_flag():
@@ -379,9 +380,9 @@ def old_eval_parser():
     ["--real", "r", "--fake", "f"],
     ["--real", "r.npz", "--fake", "f", "--inception-weights", "w.pth", "--block-size", "256", "--batch-size", "8",
      "--device", "cpu", "--workers", "2", "--fid-method", "sqrtm", "--save-stats", "s", "--out", "o.json", "--quiet"],
-    ["--real", "r", "--fake", "f", "--swd", "--seams", "--recon", "c", "--random-tokens", "t", "--seam-block-size", "32",
-     "--boundary-column", "64", "--boundary-column", "128", "--boundary-row", "8", "--seed", "3",
-     "--swd-descriptors", "16", "--swd-max-descriptors", "100"],
+    ["--real", "r", "--fake", "f", "--swd", "--seams", "--recon", "c", "--random-tokens", "t",
+     "--seam-block-size", "32", "--boundary-column", "64", "--boundary-column", "128", "--boundary-row", "8",
+     "--seed", "3", "--swd-descriptors", "16", "--swd-max-descriptors", "100"],
     ["--real", "r", "--fake", "f", "--video", "--paired", "--video-descriptors", "64", "--true-dx", "-1.5"],
 ])
 def test_eval_parses_as_before(argv):
@@ -416,9 +417,7 @@ def old_landscapes_parser():
 def test_landscapes_parses_as_before(argv):
     from data_pipelines.landscapes import LandscapesCommand
 
-    old = vars(old_landscapes_parser().parse_args(argv))
-    old["progress"] = not old.pop("no_progress")  # what run() made of --no-progress
-    assert flat(LandscapesCommand.from_args(new_parser("data_pipelines.landscapes").parse_args(argv))) == old
+    same_parse(old_landscapes_parser(), new_parser("data_pipelines.landscapes"), LandscapesCommand, argv, {})
     keeps_every_flag(old_landscapes_parser(), new_parser("data_pipelines.landscapes"))
 
 
@@ -461,11 +460,8 @@ def old_landscape_videos_parser():
 def test_landscape_videos_parses_as_before(argv):
     from data_pipelines.landscape_video import LandscapeVideosCommand
 
-    old = vars(old_landscape_videos_parser().parse_args(argv))
-    old["progress"] = not old.pop("no_progress")  # what run() made of --no-progress
-    new = flat(LandscapeVideosCommand.from_args(new_parser("data_pipelines.landscape_video").parse_args(argv)))
-    assert new == old
-    keeps_every_flag(old_landscape_videos_parser(), new_parser("data_pipelines.landscape_video"))
+    parser = new_parser("data_pipelines.landscape_video")
+    same_parse(old_landscape_videos_parser(), parser, LandscapeVideosCommand, argv, {})
+    keeps_every_flag(old_landscape_videos_parser(), parser)
     with pytest.raises(ValueError, match="--fps must be > 0"):
-        LandscapeVideosCommand.from_args(new_parser("data_pipelines.landscape_video").parse_args(["--out", "o",
-                                                                                                   "--fps", "0"]))
+        LandscapeVideosCommand.from_args(parser.parse_args(["--out", "o", "--fps", "0"]))
