@@ -122,7 +122,7 @@ write_conf() {
     cat <<EOF
 # a cluster of $NODES nodes on one machine, written by scripts/slurm_cluster.sh
 ClusterName=nuwa-multi
-# job ids (and so train.sbatch's MASTER_PORT, 20000 + id % 20000) apart from the single-node cluster's
+# job ids (and so train.sbatch's MASTER_PORT, 20000 + id % 12000) apart from the single-node cluster's
 FirstJobId=${SLURM_CLUSTER_FIRST_JOB_ID:-10000}
 SlurmctldHost=localhost
 SlurmctldPort=$PORT

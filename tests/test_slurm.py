@@ -43,6 +43,14 @@ def job_state(job_id: str) -> dict:
     return dict(re.findall(r"(\w+)=(\S+)", out))
 
 
+def job_report(state: dict, log, tail: int = 6000) -> str:
+    """A failed job's assertion message, as a string (pytest shortens a tuple's repr to ~240 characters):
+    Slurm's view of the job, then the tail of the job log, which holds every rank's output (torchrun --tee)."""
+    fields = " ".join(f"{k}={state.get(k)}" for k in ("JobId", "JobState", "Restarts", "ExitCode", "Reason", "NodeList"))
+    text = log.read_text(errors="replace") if log.exists() else "(no job log)"
+    return f"{fields}\n--- job log, last {tail} characters ---\n{text[-tail:]}"
+
+
 def wait_until(predicate, what: str, log, timeout: float = 240):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -75,7 +83,7 @@ def test_train_sbatch_checkpoints_requeues_and_resumes(slurm, tmp_path):
         subprocess.run(["scancel", job_id], capture_output=True)
     state = job_state(job_id)
     text = log.read_text()
-    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", (state, text[-4000:])
+    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", job_report(state, log)
     assert "restart 0:" in text and "restart 1:" in text and "requeueing job" in text, text[-4000:]
     # the ranks finished step 5, saved it and stopped; the requeued run resumed there and finished
     (preempted,) = events(run_dir, "preempted")
@@ -134,7 +142,7 @@ def test_train_sbatch_stops_before_the_job_end_without_a_signal(slurm, tmp_path)
     finally:
         subprocess.run(["scancel", job_id], capture_output=True)
     state, text = job_state(job_id), log.read_text()
-    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", (state, text[-4000:])
+    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", job_report(state, log)
     assert "USR1" not in text, text[-4000:]  # no signal came: the deadline did it
     assert "rank 0 stopped for a requeue: step" in text and "requeueing job" in text, text[-4000:]
     # first run: armed on the 10 minute limit (read as UTC despite TZ=Asia/Tokyo), re-armed on the shortened

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_slurm import _why_no_slurm, wait_until
+from test_slurm import _why_no_slurm, job_report, wait_until
 from test_train_utils import ROOT, TINY, clean_env, events, records, segments
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
@@ -45,7 +45,7 @@ def cluster(tmp_path_factory):
     # machine (scripts/slurm_up.sh's, another run of this module) is no obstacle.
     base = Path("/run") / f"nuwa-slurm-test-{os.getpid()}"
     cluster = {"SLURM_CLUSTER_DIR": str(base), "SLURM_CLUSTER_NODES": "3", "SLURM_CLUSTER_PORT": str(_free_ports(4)),
-               "SLURM_CLUSTER_FIRST_JOB_ID": str(10000 + os.getpid() % 1000 * 10), "SLURM_CONF": str(base / "slurm.conf"),
+               "SLURM_CLUSTER_FIRST_JOB_ID": str(10000 + os.getpid() % 500 * 4), "SLURM_CONF": str(base / "slurm.conf"),
                # a lost node is DOWN 10 s after its last answer, a requeued job may start 5 s after its requeue
                "SLURM_CLUSTER_SLURMD_TIMEOUT": "10", "SLURM_CLUSTER_CRED_EXPIRE": "5"}
     env = {**os.environ, **cluster}
@@ -111,7 +111,7 @@ def reference(cluster, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("multinode-reference")
     job_id, run_dir, log = submit(cluster, tmp, "nuwa-2n")
     state = wait_done(cluster, job_id, log)
-    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "0", (state, log.read_text()[-4000:])
+    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "0", job_report(state, log)
     return job_id, run_dir, log
 
 
@@ -171,7 +171,7 @@ def test_usr1_checkpoints_on_both_nodes_requeues_and_resumes(cluster, reference,
     finally:
         state = wait_done(cluster, job_id, log)
     text = log.read_text()
-    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", (state, text[-4000:])
+    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", job_report(state, log)
     assert "restart 0:" in text and "restart 1:" in text and "requeueing job" in text, text[-4000:]
     # both runs of the job spanned two nodes
     assert start_nodes(run_dir) == [{"node1", "node2"}, {"node1", "node2"}]
@@ -208,7 +208,7 @@ def test_a_lost_node_fails_the_run_and_the_requeued_job_resumes_on_the_nodes_lef
         for node in killed:   # the node comes back for whatever runs next
             slurm(cluster, *CLUSTER, "start-node", node)
     text = log.read_text()
-    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", (state, text[-4000:])
+    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", job_report(state, log)
     # the first run failed, named the lost node, and no rank of it outlived the job
     first_run = text.split("restart 1:")[0]
     assert re.search(r"ranks exited with status [1-9]", first_run), first_run[-4000:]

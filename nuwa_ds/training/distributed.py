@@ -71,7 +71,8 @@ def detect(local_rank_arg: int | None = None) -> DistEnv:
         env["LOCAL_WORLD_SIZE"] = env.get("SLURM_STEP_TASKS_PER_NODE", "1").split("(")[0].split(",")[0]
         env.setdefault("MASTER_ADDR", first_slurm_host(env.get("SLURM_STEP_NODELIST", env.get("SLURM_JOB_NODELIST",
                                                                                               "127.0.0.1"))))
-        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+        # as slurm/train.sbatch: per job, below the ephemeral port range (32768-60999)
+        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 12000))
     else:
         launcher = "python"
         env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
