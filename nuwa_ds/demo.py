@@ -23,8 +23,11 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, Optional
 
+from nuwa_ds.config_base import ConfigBase, cli
 from nuwa_ds.recipe import run_recipe, settings_for
 
 DEMO_SETTINGS: dict = dict(
@@ -56,23 +59,42 @@ def demo_assignments(extra=()) -> list[str]:
         list(extra)
 
 
+_DEFAULTS = demo_settings()  # the recipe's settings the demo runs with, named in --help
+
+
+@dataclass
+class DemoCommand(ConfigBase):
+    """Everything ``nuwa-ds demo`` is told; its flags are generated from these fields. Each option left
+    out keeps the demo's setting (``DEMO_SETTINGS`` over the recipe's ``cpu`` preset)."""
+
+    out: str = field(default="outputs/demo", metadata=cli(metavar="DIR"))
+    """Output directory."""
+    tokenizer_seconds: Optional[float] = field(default=None, metadata=cli(metavar="SECONDS", help=(
+        "time budget of the tokenizer stage: loading, training, saving and its evaluation "
+        f"(default {_DEFAULTS.tokenizer_seconds:g})")))
+    steps: Optional[int] = field(default=None, metadata=cli(
+        metavar="N", help=f"training steps of the model (default {_DEFAULTS.train_steps})"))
+    seed: Optional[int] = field(default=None, metadata=cli(help=f"seed of everything (default {_DEFAULTS.seed})"))
+    device: Literal["auto", "cuda", "cpu"] = "cpu"
+    """cpu (what the demo is sized for), cuda, or auto (cuda when available)."""
+    assignments: list[str] = field(default_factory=list, metadata=cli(flag="--set", append=True,
+                                                                       metavar="KEY=VALUE"))
+    """Change one recipe setting (RecipeSettings fields), e.g. train_strips=300; repeatable."""
+
+    def recipe_assignments(self) -> list[str]:
+        """The recipe's ``--set`` list: the demo's settings, then the options given, then ``--set``'s."""
+        options = {"tokenizer_seconds": self.tokenizer_seconds, "train_steps": self.steps, "seed": self.seed}
+        return demo_assignments([f"{k}={v}" for k, v in options.items() if v is not None] + list(self.assignments))
+
+
 def add_arguments(parser):
-    s = demo_settings()
-    parser.add_argument("--out", default="outputs/demo", help="output directory")
-    parser.add_argument("--tokenizer-seconds", type=float, default=None, help="time budget of the tokenizer "
-                        f"stage: loading, training, saving and its evaluation (default {s.tokenizer_seconds:g})")
-    parser.add_argument("--steps", type=int, default=None, help=f"training steps of the model (default {s.train_steps})")
-    parser.add_argument("--seed", type=int, default=None, help=f"seed of everything (default {s.seed})")
-    parser.add_argument("--device", default="cpu", choices=("auto", "cuda", "cpu"))
-    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                        help="change one recipe setting (RecipeSettings fields), e.g. train_strips=300")
+    DemoCommand.add_flags(parser)
 
 
 def run(args) -> int:
-    options = {"tokenizer_seconds": args.tokenizer_seconds, "train_steps": args.steps, "seed": args.seed}
-    extra = [f"{k}={v}" for k, v in options.items() if v is not None] + list(args.assignments)
-    out = Path(args.out)
-    report = run_recipe(out, "cpu", args.device, demo_assignments(extra))
+    command = DemoCommand.from_args(args)
+    out = Path(command.out)
+    report = run_recipe(out, "cpu", command.device, command.recipe_assignments())
     tic = time.perf_counter()
     files = headline_pictures(out, report)
     summary = summarize(report, files, seconds=time.perf_counter() - tic)

@@ -35,12 +35,13 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 
 from data_pipelines.landscapes import DEFAULT_WORLD_SEED_BASE, VIEW_HEIGHT, World
 from nuwa_ds.config import RunConfig
+from nuwa_ds.config_base import ConfigBase, cli
 from nuwa_ds.recipe_common import Stage, apply_assignments, write_report as _write_report
 from nuwa_ds.video_recipe import run_recipe as run_video_recipe
 
@@ -552,19 +553,31 @@ RECIPES = {"landscapes": "pictures: panoramas, tall views, outpainting (RecipeSe
            "landscape-videos": "captioned videos: text-to-image, text-to-video, animation (nuwa_ds.video_recipe)"}
 
 
+@dataclass
+class RecipeCommand(ConfigBase):
+    """Everything ``nuwa-ds recipe`` is told; its flags are generated from these fields."""
+
+    recipe: Literal[tuple(RECIPES)] = field(metadata=cli(
+        positional=True, help="; ".join(f"{k}: {v}" for k, v in RECIPES.items())))
+    preset: Literal[tuple(PRESETS)] = "gpu"
+    """Sizes: gpu (one GPU, ~10 min) or cpu (2 cores, minutes)."""
+    out: Optional[str] = field(default=None, metadata=cli(metavar="DIR"))
+    """Output folder (default outputs/recipe or outputs/video-recipe)."""
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    """auto (cuda when available), cuda or cpu."""
+    assignments: list[str] = field(default_factory=list, metadata=cli(flag="--set", append=True,
+                                                                       metavar="KEY=VALUE"))
+    """Change one setting of the preset (the recipe's settings fields), e.g. train_steps=500; repeatable."""
+
+
 def add_arguments(parser):
-    parser.add_argument("recipe", choices=list(RECIPES), help="; ".join(f"{k}: {v}" for k, v in RECIPES.items()))
-    parser.add_argument("--preset", default="gpu", choices=list(PRESETS), help="sizes: gpu (one GPU, ~10 min) or "
-                        "cpu (2 cores, minutes)")
-    parser.add_argument("--out", default=None, help="output folder (default outputs/recipe or outputs/video-recipe)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
-    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                        help="change one setting of the preset (the recipe's settings fields), e.g. train_steps=500")
+    RecipeCommand.add_flags(parser)
 
 
 def run(args) -> int:
-    if args.recipe == "landscape-videos":
-        run_video_recipe(args.out or "outputs/video-recipe", args.preset, args.device, args.assignments)
+    command = RecipeCommand.from_args(args)
+    if command.recipe == "landscape-videos":
+        run_video_recipe(command.out or "outputs/video-recipe", command.preset, command.device, command.assignments)
     else:
-        run_recipe(args.out or "outputs/recipe", args.preset, args.device, args.assignments)
+        run_recipe(command.out or "outputs/recipe", command.preset, command.device, command.assignments)
     return 0

@@ -140,10 +140,13 @@ def flat(options) -> dict:
     return out
 
 
-def same_parse(old_parser, new_parser, command, argv, new_fields: dict):
+def same_parse(old_parser, new_parser, command, argv, new_fields: dict, renamed: dict | None = None):
     """``argv`` gives the same values under both parsers; fields without an old flag keep ``new_fields``.
-    An old ``--no-x`` switch is compared as what its command made of it, ``x = not no_x``."""
+    An old ``--no-x`` switch is compared as what its command made of it, ``x = not no_x``; ``renamed`` maps
+    an old namespace name to its field's (the same flag, e.g. bench's ``--set``: ``set`` -> ``assignments``)."""
     old = vars(old_parser.parse_args(argv))
+    for old_name, name in (renamed or {}).items():
+        old[name] = old.pop(old_name)
     new = flat(command.from_args(new_parser.parse_args(argv)))
     for key in [k for k in old if k.startswith("no_") and k[3:] in new]:
         old[key[3:]] = not old.pop(key)
@@ -169,9 +172,12 @@ def test_generate_parses_as_before(argv):
 
 
 def keeps_every_flag(old, new):
+    def choices(action):  # a list or a tuple: the same choices to argparse
+        return None if action.choices is None else list(action.choices)
+
     for flag, action in old._option_string_actions.items():
         assert flag in new._option_string_actions, flag
-        assert new._option_string_actions[flag].choices == action.choices, flag
+        assert choices(new._option_string_actions[flag]) == choices(action), flag
         assert new._option_string_actions[flag].required == action.required, flag
 
 
@@ -465,3 +471,166 @@ def test_landscape_videos_parses_as_before(argv):
     keeps_every_flag(old_landscape_videos_parser(), parser)
     with pytest.raises(ValueError, match="--fps must be > 0"):
         LandscapeVideosCommand.from_args(parser.parse_args(["--out", "o", "--fps", "0"]))
+
+
+# nuwa-ds bench (BenchCommand), nuwa-ds recipe (RecipeCommand) and nuwa-ds demo (DemoCommand): the hand-written
+# parsers, frozen (their computed choices spelled out: SUITES + "all", RECIPES' and PRESETS' names), with what
+# the old run() made of the namespace where that moved onto the dataclass
+
+
+def old_bench_parser():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("suite", choices=("train", "kernels", "decode", "generate", "data", "all"))
+    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    parser.add_argument("--preset", default=None)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--compare-baseline", action="store_true")
+    parser.add_argument("--zero", default="2,3")
+    parser.add_argument("--micro-batch-size", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def old_bench_options(args, device):
+    import json
+
+    from nuwa_ds.bench import BenchOptions
+
+    extra = {}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        try:
+            extra[key] = json.loads(value)
+        except json.JSONDecodeError:
+            extra[key] = value
+    return BenchOptions(device=device, preset=args.preset or ("nuwa-350m" if device == "cuda" else "tiny"),
+                        quick=args.quick or device == "cpu", compare_baseline=args.compare_baseline,
+                        zero_stages=tuple(int(z) for z in str(args.zero).split(",") if z),
+                        micro_batch_size=args.micro_batch_size, steps=args.steps, extra=extra)
+
+
+def old_recipe_parser():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("recipe", choices=["landscapes", "landscape-videos"])
+    parser.add_argument("--preset", default="gpu", choices=["gpu", "cpu"])
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def old_demo_parser():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default="outputs/demo")
+    parser.add_argument("--tokenizer-seconds", type=float, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--device", default="cpu", choices=("auto", "cuda", "cpu"))
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def old_demo_assignments(args):
+    from nuwa_ds.demo import demo_assignments
+
+    options = {"tokenizer_seconds": args.tokenizer_seconds, "train_steps": args.steps, "seed": args.seed}
+    extra = [f"{k}={v}" for k, v in options.items() if v is not None] + list(args.assignments)
+    return demo_assignments(extra)
+
+
+@pytest.mark.parametrize("argv", [
+    ["train"],
+    ["all", "--device", "cpu", "--preset", "tiny", "--out", "r/bench.json", "--quick", "--compare-baseline",
+     "--zero", "3", "--micro-batch-size", "2", "--steps", "5"],
+    ["kernels", "--set", "seq=128", "--set", "dtype=bf16", "--set", "sizes=[1, 2]", "--set", "note=a=b"],
+    ["--quick", "--device", "cuda", "decode", "--zero", ""],
+    ["data", "--zero", "2,3,", "--set", "workers=0"],
+    ["generate", "--device", "auto", "--preset", "nuwa-350m"],
+])
+def test_bench_parses_as_before(argv):
+    from nuwa_ds.bench import BenchCommand
+
+    old_parser, parser = old_bench_parser(), new_parser("nuwa_ds.bench")
+    same_parse(old_parser, parser, BenchCommand, argv, {}, renamed={"set": "assignments"})
+    command = BenchCommand.from_args(parser.parse_args(argv))
+    for device in ("cuda", "cpu"):  # what the suites get, as run() made it before
+        assert command.options(device) == old_bench_options(old_parser.parse_args(argv), device)
+    keeps_every_flag(old_parser, parser)
+
+
+@pytest.mark.parametrize("argv", [
+    ["landscapes"],
+    ["landscape-videos", "--preset", "cpu", "--out", "o", "--device", "cpu", "--set", "train_steps=5",
+     "--set", "outpaint_directions=[\"right\"]"],
+    ["--set", "scale=0.5", "--device", "cuda", "landscapes", "--preset", "gpu"],
+])
+def test_recipe_parses_as_before(argv):
+    from nuwa_ds.recipe import RecipeCommand
+
+    same_parse(old_recipe_parser(), new_parser("nuwa_ds.recipe"), RecipeCommand, argv, {})
+    keeps_every_flag(old_recipe_parser(), new_parser("nuwa_ds.recipe"))
+
+
+@pytest.mark.parametrize("argv", [
+    [],
+    ["--out", "o", "--tokenizer-seconds", "30", "--steps", "10", "--seed", "3", "--device", "auto",
+     "--set", "train_strips=300", "--set", "views=1"],
+    ["--device", "cuda", "--seed", "0", "--set", "orders={\"right\": 1.0}"],
+    ["--tokenizer-seconds", "1e2", "--steps", "0"],
+])
+def test_demo_parses_as_before(argv):
+    from nuwa_ds.demo import DemoCommand
+
+    old_parser, parser = old_demo_parser(), new_parser("nuwa_ds.demo")
+    same_parse(old_parser, parser, DemoCommand, argv, {})
+    keeps_every_flag(old_parser, parser)
+    command = DemoCommand.from_args(parser.parse_args(argv))  # the recipe's --set list, as run() made it before
+    assert command.recipe_assignments() == old_demo_assignments(old_parser.parse_args(argv))
+
+
+def test_repeated_set_lists_are_not_shared():
+    from nuwa_ds.bench import BenchCommand
+    from nuwa_ds.demo import DemoCommand
+    from nuwa_ds.recipe import RecipeCommand
+
+    for module, command, argv in (("nuwa_ds.bench", BenchCommand, ["train"]), ("nuwa_ds.demo", DemoCommand, []),
+                                  ("nuwa_ds.recipe", RecipeCommand, ["landscapes"])):
+        parser = new_parser(module)
+        assert command.from_args(parser.parse_args([*argv, "--set", "a=1"])).assignments == ["a=1"]
+        assert command.from_args(parser.parse_args(argv)).assignments == []
+
+
+@pytest.mark.parametrize("module,argv,message", [
+    ("nuwa_ds.bench", [], "the following arguments are required: suite"),
+    ("nuwa_ds.bench", ["gpu"], "argument suite: invalid choice: 'gpu'"),
+    ("nuwa_ds.bench", ["train", "--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+    ("nuwa_ds.bench", ["train", "--steps", "x"], "argument --steps: invalid int value: 'x'"),
+    ("nuwa_ds.bench", ["train", "--set"], "argument --set: expected one argument"),
+    ("nuwa_ds.recipe", [], "the following arguments are required: recipe"),
+    ("nuwa_ds.recipe", ["pictures"], "argument recipe: invalid choice: 'pictures'"),
+    ("nuwa_ds.recipe", ["landscapes", "--preset", "big"], "argument --preset: invalid choice: 'big'"),
+    ("nuwa_ds.demo", ["--steps", "1.5"], "argument --steps: invalid int value: '1.5'"),
+    ("nuwa_ds.demo", ["--out"], "argument --out: expected one argument"),
+    ("nuwa_ds.demo", ["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+])
+def test_bench_recipe_demo_refuse_bad_input(module, argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        new_parser(module).parse_args(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--zero", "2,x"], "--zero '2,x': expected comma-separated ZeRO stages"),
+    (["kernels", "--set", "seq"], "--set 'seq': expected KEY=VALUE"),
+])
+def test_bench_refuses_bad_values_before_importing_torch(argv, message, capsys):
+    import sys
+
+    from nuwa_ds.cli import main
+
+    had_torch = "torch" in sys.modules
+    assert main(["bench", *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert had_torch or "torch" not in sys.modules

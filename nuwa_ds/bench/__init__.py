@@ -18,6 +18,9 @@ import platform
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal, Optional
+
+from nuwa_ds.config_base import ConfigBase, cli
 
 SUITES = ("train", "kernels", "decode", "generate", "data")
 
@@ -104,46 +107,84 @@ def print_table(name: str, rows: list[dict]):
         print("  ".join(fmt(r.get(c)).ljust(widths[c]) for c in cols))
 
 
+@dataclass
+class BenchCommand(ConfigBase):
+    """Everything ``nuwa-ds bench`` is told; its flags are generated from these fields. The suite is one
+    positional choice; what a suite alone reads is given with ``--set key=value``."""
+
+    suite: Literal[(*SUITES, "all")] = field(metadata=cli(positional=True))
+    """What to measure."""
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    """auto (cuda when available), cuda or cpu."""
+    preset: Optional[str] = field(default=None, metadata=cli(metavar="NAME"))
+    """Model preset (default: nuwa-350m on GPU, tiny on CPU)."""
+    out: Optional[str] = field(default=None, metadata=cli(metavar="JSON"))
+    """Write the JSON report here."""
+    quick: bool = False
+    """Fewer repetitions, smaller sizes (always on a CPU)."""
+    compare_baseline: bool = False
+    """Also run the off-the-shelf HF GPT-2 + DeepSpeed reference in the same process."""
+    zero: str = field(default="2,3", metadata=cli(metavar="STAGES"))
+    """ZeRO stages for the train suite, e.g. 2,3."""
+    micro_batch_size: int = field(default=0, metadata=cli(metavar="N"))
+    """Examples per step for the train suite (0: the preset's)."""
+    steps: int = field(default=0, metadata=cli(metavar="N"))
+    """Timed steps (0: the suite's default)."""
+    assignments: list[str] = field(default_factory=list, metadata=cli(flag="--set", append=True,
+                                                                       metavar="KEY=VALUE"))
+    """A suite-specific setting (repeatable); the value is read as JSON where it parses."""
+
+    def validate(self):
+        self.zero_stages()
+        self.extra()
+
+    def zero_stages(self) -> tuple[int, ...]:
+        """``--zero 2,3`` as ``(2, 3)``."""
+        try:
+            return tuple(int(z) for z in self.zero.split(",") if z)
+        except ValueError:
+            raise ValueError(f"--zero {self.zero!r}: expected comma-separated ZeRO stages, e.g. 2,3") from None
+
+    def extra(self) -> dict:
+        """The ``--set`` settings, values read as JSON where they parse."""
+        extra = {}
+        for item in self.assignments:
+            if "=" not in item:
+                raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+            key, value = item.split("=", 1)
+            try:
+                extra[key] = json.loads(value)
+            except json.JSONDecodeError:
+                extra[key] = value
+        return extra
+
+    def options(self, device: str) -> BenchOptions:
+        """What the suites get on ``device`` (resolved: cuda or cpu). On a CPU the figures only smoke-test
+        the suites (timings there are for relative comparisons): always quick, the tiny preset by default."""
+        return BenchOptions(device=device, preset=self.preset or ("nuwa-350m" if device == "cuda" else "tiny"),
+                            quick=self.quick or device == "cpu", compare_baseline=self.compare_baseline,
+                            zero_stages=self.zero_stages(), micro_batch_size=self.micro_batch_size,
+                            steps=self.steps, extra=self.extra())
+
+
 def add_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("suite", choices=(*SUITES, "all"), help="what to measure")
-    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
-    parser.add_argument("--preset", default=None, help="model preset (default: nuwa-350m on GPU, tiny on CPU)")
-    parser.add_argument("--out", default=None, help="write the JSON report here")
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions, smaller sizes")
-    parser.add_argument("--compare-baseline", action="store_true",
-                        help="also run the off-the-shelf HF GPT-2 + DeepSpeed reference in the same process")
-    parser.add_argument("--zero", default="2,3", help="ZeRO stages for the train suite, e.g. 2,3")
-    parser.add_argument("--micro-batch-size", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=0)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="suite-specific setting")
+    BenchCommand.add_flags(parser)
 
 
 def run(args) -> int:
+    command = BenchCommand.from_args(args)  # before torch: a bad --zero / --set fails at once
     import torch
 
-    device = args.device
+    device = command.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but no CUDA GPU is visible")
-    extra = {}
-    for item in args.set:
-        if "=" not in item:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-        key, value = item.split("=", 1)
-        try:
-            extra[key] = json.loads(value)
-        except json.JSONDecodeError:
-            extra[key] = value
-    # on a CPU the figures only smoke-test the suites (timings there are for relative comparisons)
-    opts = BenchOptions(device=device, preset=args.preset or ("nuwa-350m" if device == "cuda" else "tiny"),
-                        quick=args.quick or device == "cpu", compare_baseline=args.compare_baseline,
-                        zero_stages=tuple(int(z) for z in str(args.zero).split(",") if z),
-                        micro_batch_size=args.micro_batch_size, steps=args.steps, extra=extra)
-    suites = SUITES if args.suite == "all" else (args.suite,)
+    opts = command.options(device)
+    suites = SUITES if command.suite == "all" else (command.suite,)
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "nuwa-ds bench " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [args.suite]),
+        "command": "nuwa-ds bench " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [command.suite]),
         "device": device,
         "environment": environment(device),
         "options": asdict(opts),
@@ -155,10 +196,10 @@ def run(args) -> int:
         report["suites"][name] = result
         print_table(name, result.get("rows", []))
     problems = validate_report(report)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n")
-        print(f"\nwrote {args.out}")
+    if command.out:
+        Path(command.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(command.out).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        print(f"\nwrote {command.out}")
     if problems:
         print("report problems:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
