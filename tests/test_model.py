@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from model_helpers import relative_error, tiny_model, write_tiny_text_encoder
-from nuwa_ds import NuwaInfinity
+from nuwa_ds import ConfigError, NuwaConfig, NuwaInfinity
 from nuwa_ds.model import ORDERS, context_table
 from nuwa_ds.model.orders import offset_id
 from nuwa_ds.model.nuwa import to_patches
@@ -59,6 +59,16 @@ def test_aligned_bias_keeps_pooled_equal_to_parallel_and_changes_the_logits(orde
     back = {column for column in range(table.shape[1]) if bool((table[:, column] == 4.0).all())}
     assert back == {offset_id(-1, 0, 0, (2, 1, 1)), offset_id(-2, 0, 0, (2, 1, 1))}
     assert int((table != 0).sum()) == 2 * table.shape[0]
+    # aligned_bias_prior_heads: only the first heads of every layer of both stacks get the prior
+    one = NuwaInfinity(NuwaConfig.preset("tiny", extents=(2, 1, 1), aligned_bias=True, aligned_bias_init=4.0,
+                                         aligned_bias_prior_heads=1))
+    for block in [*one.global_model.blocks, *one.local_model.blocks]:
+        assert block.aligned_bias.shape[0] > 1
+        assert bool((block.aligned_bias[0, sorted(back)] == 4.0).all()) and int((block.aligned_bias != 0).sum()) == 2
+    for bad in ({"aligned_bias_prior_heads": 1}, {"aligned_bias_init": 4.0, "aligned_bias_prior_heads": 0},
+                {"aligned_bias_init": 4.0, "aligned_bias_prior_heads": 99}):
+        with pytest.raises(ConfigError, match="aligned_bias_prior_heads"):
+            NuwaConfig.preset("tiny", aligned_bias=True, **bad).validate()
 
 
 def test_equivalence_with_wavefront_and_mixed_unconditional_rows(text_dir):

@@ -70,6 +70,9 @@ class NuwaConfig(ConfigBase):
     """Starting value of the aligned-token bias for the offsets straight back in time (the same place
     one or more frames before; other offsets start at 0): a prior that the frame before holds the
     same pixel, which the model may unlearn. Needs ``aligned_bias``; 0: no prior."""
+    aligned_bias_prior_heads: Optional[int] = None
+    """How many heads of each layer (the first ones) start with that prior; None: all of them. The
+    others start at 0 and stay free for what is not a copy (the first frame, the text)."""
     norm_eps: float = 1e-5
     """RMSNorm epsilon."""
     init_std: float = 0.02
@@ -125,6 +128,13 @@ class NuwaConfig(ConfigBase):
             raise ConfigError("model.aligned_bias_init needs model.aligned_bias=true")
         if not math.isfinite(self.aligned_bias_init):
             raise ConfigError(f"model.aligned_bias_init must be finite, got {self.aligned_bias_init}")
+        if self.aligned_bias_prior_heads is not None:
+            heads = min(self.d_global, self.d_local) // self.head_dim
+            if not self.aligned_bias_init:
+                raise ConfigError("model.aligned_bias_prior_heads needs model.aligned_bias_init (the prior it places)")
+            if not 1 <= self.aligned_bias_prior_heads <= heads:
+                raise ConfigError(f"model.aligned_bias_prior_heads must be in [1, {heads}] (the heads of the "
+                                  f"narrower stack) or None for all, got {self.aligned_bias_prior_heads}")
         if not 0 < self.rope_max_freq <= math.pi:
             raise ConfigError(f"model.rope_max_freq must be in (0, pi] radians per token, got {self.rope_max_freq}")
 

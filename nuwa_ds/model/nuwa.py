@@ -199,7 +199,7 @@ class NuwaInfinity(nn.Module):
             back = [O.offset_id(-dt, 0, 0, cfg.extents) for dt in range(1, cfg.extents[0] + 1)]
             with torch.no_grad():
                 for block in [*self.global_model.blocks, *self.local_model.blocks]:
-                    block.aligned_bias[:, back] = cfg.aligned_bias_init
+                    block.aligned_bias[:cfg.aligned_bias_prior_heads, back] = cfg.aligned_bias_init
         self.text_encoder = None
         self.text_proj = None
         self.text_tokenizer = None
