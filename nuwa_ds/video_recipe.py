@@ -457,30 +457,43 @@ def evaluate(tokenizer, s: VideoRecipeSettings, real_clips: np.ndarray, specs: l
 
 
 def per_frame_bits(model, tokenizer, clips: np.ndarray, captions: list[str], specs: list, batch: int = 16) -> dict:
-    """Does the model use the frames before? Teacher-forced bits/token of held-out clips (the training
-    length, their captions) by frame index, for still and panning clips apart, and over the tokens that
-    repeat the previous frame's token at the same place (a model that reads the frame before predicts
-    those almost for free) vs the others; beside it how many tokens repeat."""
+    """Does the model use the frames before, and the caption? Teacher-forced bits/token of held-out clips
+    (the training length, their captions) by frame index, for still and panning clips apart, and over the
+    tokens that repeat the previous frame's token at the same place (a model that reads the frame before
+    predicts those almost for free) vs the others; beside it how many tokens repeat. ``caption``: the same
+    bits by frame with each clip's own caption, another held-out clip's (the list rolled by one) and none
+    (what guidance contrasts with): what the caption is worth, read off the likelihood, not the pictures."""
     import torch
 
     tokens = _encode_clips(tokenizer, clips)
+    captions = list(captions[:len(tokens)])
     device = next(model.parameters()).device
-    nll = []
-    with torch.no_grad():
-        for i in range(0, len(tokens), batch):
-            part = tokens[i:i + batch].to(device)
-            logits = model(part, order="down", text=captions[i:i + len(part)], return_loss=False).logits.float()
-            nll.append(torch.nn.functional.cross_entropy(logits.flatten(0, -2), part.flatten(), reduction="none")
-                       .view(part.shape).cpu() / math.log(2))
-    nll = torch.cat(nll)
+
+    def bits(texts) -> torch.Tensor:
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(tokens), batch):
+                part = tokens[i:i + batch].to(device)
+                text = None if texts is None else texts[i:i + len(part)]
+                logits = model(part, order="down", text=text, return_loss=False).logits.float()
+                out.append(torch.nn.functional.cross_entropy(logits.flatten(0, -2), part.flatten(), reduction="none")
+                           .view(part.shape).cpu() / math.log(2))
+        return torch.cat(out)
+
+    nll = bits(captions)
     still = torch.tensor([spec.pan == 0 for spec in specs[:len(tokens)]])
     repeat = tokens[:, 1:] == tokens[:, :-1]
 
-    def by_frame(rows):
-        return [round(v, 3) for v in nll[rows].mean((0, 2, 3)).tolist()] if rows.any() else None
+    def by_frame(rows, values=nll):
+        return [round(v, 3) for v in values[rows].mean((0, 2, 3)).tolist()] if rows.any() else None
 
+    everyone = torch.ones_like(still)
+    caption = {"own": by_frame(everyone)}
+    if getattr(model, "text_encoder", None) is not None:
+        caption["other_clip"] = by_frame(everyone, bits(captions[1:] + captions[:1]))
+        caption["none"] = by_frame(everyone, bits(None))
     return {"clips": len(tokens), "still_clips": int(still.sum()),
-            "all": by_frame(torch.ones_like(still)), "still": by_frame(still), "panning": by_frame(~still),
+            "all": by_frame(everyone), "still": by_frame(still), "panning": by_frame(~still), "caption": caption,
             "repeats_previous": {"share": float(repeat.float().mean()),
                                  "share_still": float(repeat[still].float().mean()) if still.any() else None,
                                  "bits_where_repeated": float(nll[:, 1:][repeat].mean()) if repeat.any() else None,
@@ -512,4 +525,8 @@ def _print_summary(report: dict):
         rep = {k: "none" if v is None else f"{v:.2f}" for k, v in pf["repeats_previous"].items()}
         print(f"held-out bits/token by frame: still clips {pf['still']}, panning {pf['panning']}; "
               f"where a token repeats the frame before {rep['bits_where_repeated']}, elsewhere {rep['bits_elsewhere']}")
+        cap = pf.get("caption", {})
+        if "none" in cap:
+            print(f"held-out bits/token by frame with the own caption {cap['own']}, another clip's "
+                  f"{cap['other_clip']}, none {cap['none']}")
     print(f"total {report.get('total_seconds')} s; stages {report.get('stage_seconds')}")

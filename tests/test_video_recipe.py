@@ -56,6 +56,10 @@ def test_video_recipe_runs_every_stage_and_reports_floors(tmp_path):
         assert rows["real_a"]["mean"] < rows["random_tokens"]["mean"]  # floor below ceiling
         assert {"real", "fake", "shuffled_real"} <= set(ev[name]["temporal"]["sets"])
     assert ev["animation"]["temporal"]["truth"]["real"]["clips_scored"] >= 1
+    pf = ev["per_frame_bits"]   # teacher-forced on held-out clips of the training length
+    assert pf["clips"] == 4 and len(pf["all"]) == 4 and 0 <= pf["repeats_previous"]["share"] <= 1
+    assert set(pf["caption"]) == {"own", "other_clip", "none"} and all(len(v) == 4 for v in pf["caption"].values())
+    assert pf["caption"]["own"] == pf["all"] and pf["caption"]["none"] != pf["caption"]["own"]
 
     for folder, frames in (("text2image_cfg3", 1), ("text2video", 16), ("animation", 16)):
         clips = sorted((out / "generated" / folder).iterdir())
