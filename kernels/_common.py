@@ -1,5 +1,6 @@
-"""What both kernel files share: interpreter handling, input checks, and the host-side tables the
-kernels walk (context entries compacted valid-first, and "which rows read block j").
+"""What both kernel files share: interpreter handling, input checks, the host-side tables the
+kernels walk (context entries compacted valid-first, and "which rows read block j"), and what their
+``benchmark`` entries build and time with (a raster canvas's context table, CUDA-graph timing).
 
 The kernels run compiled on a GPU (triton 3.6 there) and under ``TRITON_INTERPRET=1`` on CPU (the
 pinned triton 3.9). Two rules keep one source for both:
@@ -10,8 +11,11 @@ pinned triton 3.9). Two rules keep one source for both:
 
 from __future__ import annotations
 
+import itertools
 import os
+import time
 import weakref
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -266,3 +270,109 @@ def num_sms(device: torch.device) -> Optional[int]:
     if device.type != "cuda":
         return None
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+# ----------------------------------------------------------------------------------------------
+# Benchmark helpers: the kernel files' ``benchmark`` entries build their problems and time them here
+
+
+@dataclass(frozen=True)
+class RasterContext:
+    """Which patches each patch of a canvas reads as context, generated in raster order.
+
+    ``ctx_index [N, C]``: canonical indices ``(t * Hp + r) * Wp + c`` of each patch's context
+    patches, valid entries first (in offset-id order), -1 pads; ``ctx_offset [N, C]``: the bias-table
+    column of each entry's offset (``own_offset`` on padding); ``num_bias``: the offset columns plus
+    the text's (the last)."""
+
+    ctx_index: torch.Tensor
+    ctx_offset: torch.Tensor
+    own_offset: int
+    num_bias: int
+
+    @property
+    def num_patches(self) -> int:
+        return self.ctx_index.shape[0]
+
+    def batch(self, examples: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ctx_index, ctx_bias_id), both ``[examples * N, C]``: rows of ``examples`` canvases laid one
+        after another, each reading blocks of its own canvas."""
+        N = self.num_patches
+        shift = torch.arange(examples).repeat_interleave(N).unsqueeze(1) * N
+        index = self.ctx_index.repeat(examples, 1)
+        return torch.where(index >= 0, index + shift, index).to(device), self.ctx_offset.repeat(examples, 1).to(device)
+
+
+def raster_context(canvas: tuple[int, int, int], extents: tuple[int, int, int]) -> RasterContext:
+    """The context table of a canvas ``(T, Hp, Wp)`` of patches made in raster order (frames, rows,
+    columns): a patch reads every neighbour made before it within ``extents`` (frames back, rows and
+    columns either way): with (0, 1, 1) its left, up-left, up and up-right neighbours. Offset ids
+    ``((dt + e_t) * (2 e_h + 1) + dr + e_h) * (2 e_w + 1) + dc + e_w``.
+
+    Torch only: kernels/ imports nothing of the project, so this writes out the model's table for
+    its "down" order (``nuwa_ds.model.orders.context_table``; tests/test_kernels_patch_attention.py
+    checks that the two agree) to give the benchmarks a real canvas's sparsity."""
+    T, Hp, Wp = canvas
+    e_t, e_h, e_w = extents
+    t, r, c = (x.reshape(-1) for x in torch.meshgrid(torch.arange(T), torch.arange(Hp), torch.arange(Wp),
+                                                      indexing="ij"))
+    own = (t * Hp + r) * Wp + c
+
+    def offset(dt, dr, dc):
+        return ((dt + e_t) * (2 * e_h + 1) + dr + e_h) * (2 * e_w + 1) + dc + e_w
+
+    keys, offsets = [], []
+    for dt, dr, dc in itertools.product(range(-e_t, 1), range(-e_h, e_h + 1), range(-e_w, e_w + 1)):
+        if (dt, dr, dc) != (0, 0, 0):
+            kt, kr, kc = t + dt, r + dr, c + dc
+            key = (kt * Hp + kr) * Wp + kc
+            earlier = (kt >= 0) & (kr >= 0) & (kr < Hp) & (kc >= 0) & (kc < Wp) & (key < own)
+            keys.append(torch.where(earlier, key, -1))
+            offsets.append(offset(dt, dr, dc))
+    num_bias, own_offset = (e_t + 1) * (2 * e_h + 1) * (2 * e_w + 1) + 1, offset(0, 0, 0)
+    if not keys:
+        empty = torch.empty(own.numel(), 0, dtype=torch.long)
+        return RasterContext(empty, empty.clone(), own_offset, num_bias)
+    index = torch.stack(keys, dim=1)
+    valid = index >= 0
+    perm = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices  # valid first, offset order kept
+    C = int(valid.sum(1).max())
+    index = index.gather(1, perm)[:, :C]
+    ids = torch.tensor(offsets).expand_as(perm).gather(1, perm)[:, :C]
+    return RasterContext(index.contiguous(), torch.where(index >= 0, ids, own_offset).contiguous(), own_offset,
+                         num_bias)
+
+
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b||, in float64."""
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def wall_ms(fn) -> float:
+    """One call's wall-clock milliseconds: the default ``measure`` (in the interpreter, the
+    interpreter's time, not a speed figure)."""
+    start = time.perf_counter()
+    fn()
+    return 1000 * (time.perf_counter() - start)
+
+
+def median_ms(fn, quick: bool = False) -> float:
+    """Median milliseconds of ``fn`` on the GPU (CUDA events, L2 flushed between runs by do_bench)."""
+    return float(triton.testing.do_bench(fn, warmup=10 if quick else 25, rep=40 if quick else 100,
+                                         return_mode="median"))
+
+
+def graph_timed(fn, measure) -> float:
+    """``measure`` of ``fn`` replayed from a CUDA graph: the GPU's time without the host's launch
+    overhead (what generation, which captures its token step, pays)."""
+    fn()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return measure(graph.replay)

@@ -18,9 +18,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
+
+from kernels._reference import TextContext
 
 
 class _Recorder:
@@ -93,15 +94,6 @@ def compile_launches(log: list, arch: int) -> list[str]:
     return lines
 
 
-class _Text(NamedTuple):
-    """The fields the launchers read of a text block (``nuwa_ds.model.attention.TextContext``)."""
-
-    k: torch.Tensor
-    v: torch.Tensor
-    length: torch.Tensor
-    index: torch.Tensor
-
-
 # A 2 x 2 patch canvas in raster order with extents (0, 1, 1): the context table of
 # ``nuwa_ds.model.orders.context_table((1, 2, 2), "down", (0, 1, 1))``, written out because kernels/
 # imports nothing of nuwa_ds (tests/test_layering.py checks the two agree). Valid entries first, -1 pads;
@@ -133,7 +125,7 @@ def record_model_launches(dtype: torch.dtype, head_dim: int, n: int = 256) -> li
         q, k, v = qkv.unbind(2)
         ctx = torch.randn(R, n, 2, H, D, dtype=dtype).unbind(2)
         bias = torch.zeros(H, I)
-        text = _Text(torch.randn(1, 77, H, D, dtype=dtype), torch.randn(1, 77, H, D, dtype=dtype),
+        text = TextContext(torch.randn(1, 77, H, D, dtype=dtype), torch.randn(1, 77, H, D, dtype=dtype),
                      torch.tensor([7]), torch.zeros(R, dtype=torch.long))
         for causal, shared, with_text, aligned in ((False, True, True, None), (True, False, True, None),
                                                    (True, False, False, None), (False, True, True, bias),

@@ -17,12 +17,13 @@ finds here. Test: ``tests/test_kernels_cross_entropy.py``.
 from __future__ import annotations
 
 import os
-import time
 from typing import Callable, Optional
 
 import torch
 import triton
 import triton.language as tl
+
+from kernels._common import rel_error, wall_ms
 
 # a large finite stand-in for -inf on padded lanes: exp(pad - max) is 0 without ever forming -inf - -inf
 PAD: tl.constexpr = tl.constexpr(-1.0e30)
@@ -96,8 +97,9 @@ def benchmark(device: str = "cuda", measure: Optional[Callable] = None,
               dtype: Optional[torch.dtype] = None) -> list[dict]:
     """Rows of the kernel beside its reference's torch ops (which also materialise the gradient), after
     a correctness gate on a fresh copy of the same logits. ``measure(fn) -> milliseconds`` (default:
-    one wall-clock call). Memory-bound: ``gbps`` counts the logits read twice and written once."""
-    measure = measure or _wall_ms
+    one wall-clock call, ``_common.wall_ms``). Memory-bound: ``gbps`` counts the logits read twice and
+    written once."""
+    measure = measure or wall_ms
     dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
     rows = []
     for R, V in BENCH_SHAPES["cuda" if device == "cuda" else "cpu"]:
@@ -107,8 +109,7 @@ def benchmark(device: str = "cuda", measure: Optional[Callable] = None,
         ref_loss, ref_grad = reference_cross_entropy(logits, targets, 1.0 / R)
         check = logits.clone()
         loss = cross_entropy_grad_(check, targets, 1.0 / R)
-        error = max(float((x.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
-                    for x, ref in ((loss, ref_loss), (check, ref_grad)))
+        error = max(rel_error(loss, ref_loss), rel_error(check, ref_grad))
         ms = measure(lambda: cross_entropy_grad_(logits, targets, 1.0 / R))  # in place: its cost does not
         ref_ms = measure(lambda: reference_cross_entropy(logits, targets, 1.0 / R))  # depend on the values
         row = dict(kernel="cross_entropy", case=f"{R}x{V}", dtype=str(dtype).replace("torch.", ""), ms=ms,
@@ -116,9 +117,3 @@ def benchmark(device: str = "cuda", measure: Optional[Callable] = None,
                    worst_rel_error=error, ok=error < (2e-2 if dtype == torch.bfloat16 else 1e-5))
         rows.append(row)
     return rows
-
-
-def _wall_ms(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return 1000 * (time.perf_counter() - start)

@@ -8,7 +8,18 @@ Queries of patch row r attend, in one softmax, to
   * an optional text block (the valid prefix of a caption's keys),
 with ``bias[h, id]`` added to every logit of a block, optionally ``aligned[h, id]`` added to the
 logit of the key at the query's own index in each own/context block (``HAS_ALIGNED``), and scale
-1/sqrt(D). The reference (ground truth) is ``nuwa_ds.model.attention.reference_patch_attention``.
+1/sqrt(D).
+
+In the Triton tutorials' manner this file holds the kernels, their launcher and autograd wrapper, the
+torch reference (``reference_patch_attention``, the ground truth, imported from ``_reference.py``: torch
+only, shared with ``pool_decode.py`` and with the model's ``reference`` backend) and the benchmark
+entry (``benchmark``) that ``nuwa-ds bench kernels`` finds here, with its parts: the problem
+(``PatchCase``, ``bench_inputs``: canvases in raster order, context tables from
+``_common.raster_context``), the correctness gate (``check_case``: forward and every gradient against
+the float64 reference on fresh random inputs) and the kernel's timing (``time_case``). The GPU suite
+(``nuwa_ds/bench/kernels.py``) calls those pieces over its settings' cases and keeps what compares
+this kernel with others or with itself: FlexAttention and dense cuDNN peers, tile sweeps (they reach
+into ``_check``/``_forward``/``_backward``). Tests: ``tests/test_kernels_patch_attention.py``.
 
 Kernels (one program per (row, head, tile), flattened into a 1-D grid):
   ``_fwd_kernel``     one query tile; online softmax (base 2) over own tiles (first: every query
@@ -32,8 +43,9 @@ Versions (timings: docs/kernels.md):
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import triton
@@ -41,7 +53,9 @@ import triton.language as tl
 
 from kernels._common import (INDEX_DTYPES, INTERPRET, LOG2E, MAX_HEAD_DIM, RCP_LN2, SUPPORTED_DTYPES, alloc_output,
                              block_d, check_aligned, check_same, check_tensor, check_text, compact_context,
-                             device_function, dot_precision, load_tile, readers_table, text_readers)
+                             device_function, dot_precision, load_tile, median_ms, raster_context, readers_table,
+                             rel_error, text_readers)
+from kernels._reference import TextContext, float64_copy, reference_patch_attention
 
 # ----------------------------------------------------------------------------------------------
 # Kernels
@@ -673,3 +687,168 @@ def attended_pairs(ctx_index: torch.Tensor, n: int, m: int, causal: bool, text_l
     if text_length is not None:
         pairs += int(text_length[text_index].sum()) * n
     return pairs
+
+
+# ----------------------------------------------------------------------------------------------
+# Benchmark: ``nuwa-ds bench kernels`` calls ``benchmark`` on CPU; on a GPU its suite runs the same
+# pieces (``bench_inputs``, ``check_case``, ``time_case``) over its settings' cases, peers beside them
+
+PATCH = 16
+WIDTH = 1024
+"""Heads = WIDTH / head_dim, as in the nuwa-350m preset."""
+CANVASES = (("4x4", (1, 4, 4), 8), ("8x8", (1, 8, 8), 2), ("3x4x4", (3, 4, 4), 2))
+"""(name, canvas in patches (T, Hp, Wp), batch): ~24-32k tokens per call."""
+EXTENTS = ((0, 1, 1), (1, 1, 1))
+
+
+@dataclass(frozen=True)
+class PatchCase:
+    """One problem: ``batch`` canvases of ``patch`` x ``patch``-token patches in raster order."""
+
+    canvas_name: str
+    canvas: tuple[int, int, int]
+    batch: int
+    extents: tuple[int, int, int]
+    head_dim: int
+    stack: str  # "local": causal own block, context from another tensor; "global": full, context = k
+    patch: int = PATCH
+    num_heads: int = 0  # 0: WIDTH / head_dim
+
+    @property
+    def name(self) -> str:
+        e = "".join(map(str, self.extents))
+        return f"{self.stack}-{self.canvas_name}-e{e}-D{self.head_dim}"
+
+    @property
+    def heads(self) -> int:
+        return self.num_heads or max(1, WIDTH // self.head_dim)
+
+
+def gate_case(head_dim: int, stack: str, device: str = "cuda") -> PatchCase:
+    """The correctness gate's problem: two patches on CPU (the interpreter), a 2 x 2 canvas on a GPU."""
+    if device == "cpu":
+        return PatchCase("1x2", (1, 1, 2), 1, (0, 1, 1), head_dim, stack, patch=4, num_heads=2)
+    return PatchCase("2x2", (1, 2, 2), 1, (0, 1, 1), head_dim, stack)
+
+
+def bench_inputs(case: PatchCase, device, dtype, text_len: int = 0) -> dict:
+    """Random leaves laid out as the model's (q, k, v and context each [R, n, H, D]), the context tables
+    of the batch, a text block of up to ``text_len`` tokens per canvas, and ``table`` (one canvas's
+    ``RasterContext``)."""
+    table = raster_context(case.canvas, case.extents)
+    N, B, H, D, n = table.num_patches, case.batch, case.heads, case.head_dim, case.patch ** 2
+    R = B * N
+    ctx_index, ctx_bias_id = table.batch(B, device)
+    leaf = lambda *shape: torch.randn(*shape, dtype=dtype, device=device).requires_grad_()  # noqa: E731
+    q, k, v = leaf(R, n, H, D), leaf(R, n, H, D), leaf(R, n, H, D)
+    ctx_k, ctx_v = (leaf(R, n, H, D), leaf(R, n, H, D)) if case.stack == "local" else (k, v)
+    bias = (torch.randn(H, table.num_bias, device=device) * 0.5).requires_grad_()
+    text = None
+    if text_len:
+        length = torch.randint(0, text_len + 1, (B,), device=device)
+        length[0] = text_len
+        text = TextContext(leaf(B, text_len, H, D), leaf(B, text_len, H, D), length,
+                           torch.arange(B, device=device).repeat_interleave(N))
+    return dict(q=q, k=k, v=v, ctx_k=ctx_k, ctx_v=ctx_v, ctx_index=ctx_index, ctx_bias_id=ctx_bias_id,
+                own_bias_id=table.own_offset, bias=bias, causal=case.stack == "local", text=text, table=table)
+
+
+def named_leaves(inputs: dict) -> dict:
+    """The differentiable inputs by name (the global stack's context is k/v itself: listed once)."""
+    out = {}
+    for name in ("q", "k", "v", "ctx_k", "ctx_v", "bias"):
+        if all(inputs[name] is not t for t in out.values()):
+            out[name] = inputs[name]
+    if inputs["text"] is not None:
+        out.update(text_k=inputs["text"].k, text_v=inputs["text"].v)
+    return out
+
+
+def call_args(inputs: dict) -> dict:
+    """``inputs`` as keyword arguments of ``patch_attention`` and its reference."""
+    return {k: v for k, v in inputs.items() if k != "table"}
+
+
+def forward_flops(inputs: dict) -> int:
+    """4 D H x the (query, key) pairs attended (a causal own block counts n(n+1)/2)."""
+    q, text = inputs["q"], inputs["text"]
+    R, n, H, D = q.shape
+    pairs = attended_pairs(inputs["ctx_index"], n, n, inputs["causal"], text.length if text is not None else None,
+                           text.index if text is not None else None)
+    return 4 * D * H * pairs
+
+
+def fwd_bwd(fn, leaves, out_grad):
+    """``fn`` forward and backward, the leaves' gradients cleared first."""
+    def run():
+        for t in leaves:
+            t.grad = None
+        fn().backward(out_grad)
+
+    return run
+
+
+def check_case(case: PatchCase, device, dtype, text_len: int = 77) -> dict:
+    """The correctness gate: forward and every gradient against the float64 reference on fresh random
+    inputs (text on). The bias gradient sums dS over whole blocks: cancellation leaves it a larger
+    relative error, allowed 4x the tolerance."""
+    inputs = bench_inputs(case, device, dtype, text_len=text_len)
+    args = call_args(inputs)
+    named = named_leaves(inputs)
+    leaves = list(named.values())
+    out = patch_attention(**args)
+    double = {id(t): t.double() for t in leaves}
+    ref_args = dict(args, **{k: double[id(args[k])] for k in ("q", "k", "v", "ctx_k", "ctx_v", "bias")})
+    ref_args["text"] = float64_copy(args["text"])
+    ref = reference_patch_attention(**ref_args)
+    grad = torch.randn_like(ref)
+    got = torch.autograd.grad(out, leaves, grad.to(dtype))
+    want = torch.autograd.grad(ref, leaves, grad)
+    errors = {"out": rel_error(out, ref)}
+    for name, g, w in zip(named, got, want):
+        errors[f"d{name}"] = rel_error(g, w) if not g.isnan().any() else float("inf")
+    tol = 2e-2 if dtype == torch.bfloat16 else 2e-5
+    ok = all(err <= (4 * tol if name == "dbias" else tol) for name, err in errors.items())
+    return dict(kernel="patch_attention", case=case.name, dtype=str(dtype).replace("torch.", ""),
+                worst_rel_error=max(errors.values()), ok=ok, errors={k: float(f"{v:.3g}") for k, v in errors.items()})
+
+
+def time_case(case: PatchCase, inputs: dict, measure, configs: Optional[dict] = None) -> dict:
+    """The kernel's row: forward and forward + backward ms and TFLOP/s (useful pairs only; fwd+bwd
+    counted as 3.5 x fwd)."""
+    args = call_args(inputs)
+    fn = lambda: patch_attention(**args, configs=configs)  # noqa: E731
+    flops = forward_flops(inputs)
+    fwd = measure(fn)
+    fwdbwd = measure(fwd_bwd(fn, list(named_leaves(inputs).values()), torch.randn_like(inputs["q"])))
+    return dict(kernel="patch_attention", case=case.name, stack=case.stack, canvas=case.canvas_name, batch=case.batch,
+                extents=",".join(map(str, case.extents)), D=case.head_dim, H=case.heads,
+                tokens=inputs["q"].shape[0] * case.patch ** 2, fwd_ms=fwd, fwd_tflops=flops / fwd / 1e9,
+                fwdbwd_ms=fwdbwd, fwdbwd_tflops=3.5 * flops / fwdbwd / 1e9)
+
+
+def benchmark(device: str = "cuda", measure: Optional[Callable] = None, dtype: Optional[torch.dtype] = None,
+              cases: Optional[list] = None) -> list[dict]:
+    """GPU: the local stack on ``CANVASES`` x ``EXTENTS`` at D = 64 and 128 (or ``cases``), each row
+    after the gate of its (stack, head size) on a 2 x 2 canvas (the kernel's code does not depend on
+    the canvas). ``measure(fn) -> ms`` defaults to ``median_ms``. CPU (the interpreter): the gate
+    alone, both stacks on two 4 x 4-token patches; ``interpreter_s`` is its time, not a speed."""
+    if device == "cpu":
+        rows = []
+        for stack in ("local", "global"):
+            start = time.perf_counter()
+            gate = check_case(gate_case(16, stack, "cpu"), "cpu", dtype or torch.float32, text_len=5)
+            rows.append(dict(gate, interpreter_s=time.perf_counter() - start))
+        return rows
+    measure, dtype = measure or median_ms, dtype or torch.bfloat16
+    cases = cases or [PatchCase(name, canvas, batch, ext, d, "local")
+                      for d in (64, 128) for name, canvas, batch in CANVASES for ext in EXTENTS]
+    gates, rows = {}, []
+    for case in cases:
+        key = (case.head_dim, case.stack)
+        if key not in gates:
+            gates[key] = check_case(gate_case(*key), device, dtype)
+        gate = gates[key]
+        row = time_case(case, bench_inputs(case, device, dtype), measure)
+        rows.append(dict(row, worst_rel_error=gate["worst_rel_error"], ok=gate["ok"], gate=gate["case"]))
+    return rows

@@ -15,8 +15,18 @@ Flash-decoding: the keys of a row form a list of BLOCK_N-key units (own cache, t
 entries, then text). With few rows the (row, head) pairs cannot fill the GPU, so each pair's units
 are cut into ``num_splits`` equal ranges, one program each; every program keeps a partial softmax
 (max, sum, unnormalised output) and ``_combine_kernel`` merges them. With one split the first
-kernel writes the output directly. Memory-bound: judged in TB/s of K/V read.
-Reference: ``nuwa_ds.model.attention.reference_pool_decode_attention``. Inference only.
+kernel writes the output directly. Memory-bound: judged in TB/s of K/V read. Inference only.
+
+In the Triton tutorials' manner this file holds the kernels, their launcher, the torch reference
+(``reference_pool_decode_attention``, imported from ``_reference.py``: torch only, shared with
+``patch_attention.py`` and with the model's ``reference`` backend) and the benchmark entry
+(``benchmark``) that ``nuwa-ds bench kernels`` finds here, with its parts: the problem
+(``bench_inputs``: a distinct pool slot per context block and own cache), the correctness gate
+(``check_case``: the patches of a raster canvas, ``_common.raster_context``, against the float64
+reference on fresh random inputs) and the kernel's timing (``time_case``: CUDA-graph replays, TB/s).
+The GPU suite (``nuwa_ds/bench/kernels.py``) calls those pieces and keeps the peers
+(cuDNN decode on contiguous K/V, the copy bandwidth) and the tile/split/version sweeps.
+Tests: ``tests/test_kernels_pool_decode.py``.
 
 Versions (timings: docs/kernels.md):
   v1  split kernel + combine; fp32 math on upcast tiles (free in a memory-bound kernel); one
@@ -30,7 +40,8 @@ Versions (timings: docs/kernels.md):
 from __future__ import annotations
 
 import math
-from typing import Optional
+import time
+from typing import Callable, Optional
 
 import torch
 import triton
@@ -38,7 +49,8 @@ import triton.language as tl
 
 from kernels._common import (INDEX_DTYPES, INTERPRET, LOG2E, MAX_HEAD_DIM, RCP_LN2, SUPPORTED_DTYPES, alloc_output,
                              block_d, check_aligned, check_same, check_tensor, check_text, compact_context,
-                             device_function, load_tile, num_sms)
+                             device_function, graph_timed, load_tile, median_ms, num_sms, raster_context, rel_error)
+from kernels._reference import TextContext, float64_copy, reference_pool_decode_attention
 
 
 @device_function
@@ -343,3 +355,95 @@ def kv_bytes_read(ctx_slots: torch.Tensor, own_len: torch.Tensor, m: int, H: int
     if text is not None:
         keys += int(text.length[text.index].sum())
     return 2 * keys * H * D * itemsize
+
+
+# ----------------------------------------------------------------------------------------------
+# Benchmark: ``nuwa-ds bench kernels`` calls ``benchmark`` on CPU; on a GPU its suite runs the same
+# pieces (``bench_inputs``, ``check_case``, ``time_case``) with cuDNN decode and the copy bandwidth beside
+
+WIDTH = 1024
+"""Heads = WIDTH / head_dim, as in the nuwa-350m preset."""
+PATCH_KEYS = 256
+"""Keys per block: 16 x 16-token patches."""
+
+
+def bench_inputs(rows: int, heads: int, head_dim: int, ctx: int, n: int, device, dtype) -> dict:
+    """Pool [S, layers=2, 2, H, n, D] with a distinct slot per context patch and per own cache (so
+    nothing is read twice: TB/s then counts bytes that really come from memory); full own caches (the
+    patch's last token)."""
+    slots = rows * (ctx + 1)
+    pool = torch.randn(slots, 2, 2, heads, n, head_dim, dtype=dtype, device=device)
+    own = torch.randn(slots, 2, 2, heads, n, head_dim, dtype=dtype, device=device)
+    perm = torch.randperm(slots, device=device)
+    return dict(q=torch.randn(rows, heads, head_dim, dtype=dtype, device=device),
+                pool_k=pool[:, 1, 0].transpose(1, 2), pool_v=pool[:, 1, 1].transpose(1, 2),
+                ctx_slots=perm[: rows * ctx].view(rows, ctx),
+                ctx_bias_id=torch.randint(0, 9, (rows, ctx), device=device),
+                own_k=own[:, 1, 0].transpose(1, 2), own_v=own[:, 1, 1].transpose(1, 2),
+                own_slot=perm[rows * ctx:], own_len=torch.full((rows,), n, device=device), own_bias_id=4,
+                bias=torch.randn(heads, 10, device=device), text=None)
+
+
+def check_case(device, dtype, head_dim: int, splits: Optional[int]) -> dict:
+    """The correctness gate against the float64 reference on fresh random inputs: the six patches of a
+    2 x 3 canvas in raster order decoded at once (context as the canvas has it: none for the first
+    patch, 1-4 neighbours for the others, read from pool slots), own caches filled to random lengths,
+    two captions (one empty)."""
+    heads = max(1, WIDTH // head_dim) if device == "cuda" else 2
+    n = PATCH_KEYS if device == "cuda" else 16
+    table = raster_context((1, 2, 3), (0, 1, 1))
+    R, C = table.ctx_index.shape
+    args = bench_inputs(R, heads, head_dim, C, n, device, dtype)
+    args.update(ctx_slots=table.ctx_index.to(device), ctx_bias_id=table.ctx_offset.to(device),
+                own_bias_id=table.own_offset, bias=torch.randn(heads, table.num_bias, device=device),
+                own_len=torch.randint(1, n + 1, (R,), device=device),
+                text=TextContext(torch.randn(2, 9, heads, head_dim, dtype=dtype, device=device),
+                                 torch.randn(2, 9, heads, head_dim, dtype=dtype, device=device),
+                                 torch.tensor([9, 0], device=device), torch.arange(R, device=device) % 2))
+    out = pool_decode_attention(**args, num_splits=splits)
+    ref_args = {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in args.items()}
+    ref_args["text"] = float64_copy(args["text"])
+    err = rel_error(out, reference_pool_decode_attention(**ref_args))
+    return dict(kernel="pool_decode_attention", case=f"D{head_dim}-splits{splits}",
+                dtype=str(dtype).replace("torch.", ""),
+                worst_rel_error=err, ok=bool(err <= (1e-2 if dtype == torch.bfloat16 else 2e-5)))
+
+
+def time_case(args: dict, measure, splits: Optional[int] = None, block_n: Optional[int] = None, num_warps: int = 4,
+              lanes: bool = True, prefetch: bool = True) -> tuple[dict, Callable]:
+    """The kernel's row for ``bench_inputs``'s problem: ms (CUDA-graph replays on a GPU, the GPU's
+    time: generation captures its token step) and TB/s of K/V read; and the call itself, for peers."""
+    rows, heads, head_dim = args["q"].shape
+    ctx, n = args["ctx_slots"].shape[1], args["own_k"].shape[1]
+    device = args["q"].device
+    nbytes = kv_bytes_read(args["ctx_slots"], args["own_len"], n, heads, head_dim, args["q"].element_size())
+    bn = block_n or default_block_n(head_dim)
+    used_splits = splits or choose_splits(rows * heads, (ctx + 1) * math.ceil(n / bn), device)
+    fn = lambda: pool_decode_attention(**args, num_splits=used_splits, block_n=bn, num_warps=num_warps,  # noqa: E731
+                                       lanes=lanes, prefetch=prefetch)
+    ms = graph_timed(fn, measure) if device.type == "cuda" else measure(fn)
+    row = dict(kernel="pool_decode_attention", case=f"R{rows}-D{head_dim}-keys{(ctx + 1) * n}", rows=rows, H=heads,
+               D=head_dim, keys=(ctx + 1) * n, splits=used_splits, block_n=bn, warps=num_warps,
+               version=("v3" if prefetch else "v2") if lanes else ("v1+prefetch" if prefetch else "v1"), ms=ms,
+               tbps=nbytes / ms / 1e9)
+    return row, fn
+
+
+def benchmark(device: str = "cuda", measure: Optional[Callable] = None,
+              dtype: Optional[torch.dtype] = None) -> list[dict]:
+    """GPU: 4 and 64 rows at D = 64 and 128, 4 context slots + a full own cache of 256 keys each, after
+    the gate of the head size (one split and three). ``measure(fn) -> ms`` defaults to ``median_ms``.
+    CPU (the interpreter): the gate alone, two splits, D = 16; ``interpreter_s`` is its time."""
+    if device == "cpu":
+        start = time.perf_counter()
+        gate = check_case("cpu", dtype or torch.float32, 16, 2)
+        return [dict(gate, interpreter_s=time.perf_counter() - start)]
+    measure, dtype = measure or median_ms, dtype or torch.bfloat16
+    rows = []
+    for head_dim in (64, 128):
+        gates = [check_case(device, dtype, head_dim, splits) for splits in (None, 3)]
+        for count in (4, 64):
+            row, _ = time_case(bench_inputs(count, WIDTH // head_dim, head_dim, 4, PATCH_KEYS, device, dtype), measure)
+            rows.append(dict(row, worst_rel_error=max(g["worst_rel_error"] for g in gates),
+                             ok=all(g["ok"] for g in gates)))
+    return rows

@@ -258,3 +258,34 @@ def test_bad_input_raises_value_error(case):
     mutate(args)
     with pytest.raises(ValueError, match=message):
         patch_attention(**args)
+
+
+def test_raster_context_is_the_models_down_order():
+    """The benchmarks' torch-only context table (kernels/ imports nothing of nuwa_ds) is the model's
+    for raster order: the benchmark measures the sparsity the model runs."""
+    from kernels._common import raster_context
+
+    for canvas in ((1, 1, 1), (1, 2, 3), (1, 4, 4), (3, 4, 4), (2, 3, 5), (2, 1, 3)):
+        for extents in ((0, 0, 0), (0, 1, 1), (1, 1, 1), (2, 1, 2), (1, 0, 0)):
+            ours, model = raster_context(canvas, extents), O.context_table(canvas, "down", extents)
+            assert torch.equal(ours.ctx_index, model.ctx_index), (canvas, extents)
+            assert torch.equal(ours.ctx_offset, model.ctx_offset), (canvas, extents)
+            assert (ours.own_offset, ours.num_bias) == (O.own_offset_id(extents), O.num_offsets(extents) + 1)
+
+
+def test_benchmark_entry_is_found_and_gated_by_the_reference():
+    """The file's ``benchmark`` (kernel beside its reference) is what ``nuwa-ds bench kernels`` finds; on
+    CPU the gate alone (both stacks, every gradient), on a GPU a small case timed after it."""
+    from kernels import patch_attention as PA
+    from nuwa_ds.bench.kernels import kernel_benchmarks
+
+    assert kernel_benchmarks()["patch_attention"] is PA.benchmark
+    rows = PA.benchmark(device=DEVICE, cases=[PA.PatchCase("2x2", (1, 2, 2), 2, (0, 1, 1), 64, "global")])
+    assert all(r["ok"] and r["kernel"] == "patch_attention" and r["worst_rel_error"] < 1e-2 for r in rows)
+    if DEVICE == "cpu":
+        assert [r["case"] for r in rows] == ["local-1x2-e011-D16", "global-1x2-e011-D16"]
+        assert set(rows[0]["errors"]) == {"out", "dq", "dk", "dv", "dctx_k", "dctx_v", "dbias", "dtext_k", "dtext_v"}
+        assert all(r["interpreter_s"] > 0 for r in rows)
+    else:
+        assert [r["case"] for r in rows] == ["global-2x2-e011-D64"]
+        assert rows[0]["fwd_ms"] > 0 and rows[0]["fwdbwd_tflops"] > 0

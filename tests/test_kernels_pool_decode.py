@@ -117,3 +117,18 @@ def test_bad_input_raises_value_error(case):
     mutate(args)
     with pytest.raises(ValueError, match=message):
         pool_decode_attention(**args)
+
+
+def test_benchmark_entry_is_found_and_gated_by_the_reference():
+    """The file's ``benchmark`` is what ``nuwa-ds bench kernels`` finds: on CPU the gate alone (the
+    patches of a raster canvas, text, two splits), on a GPU 4 and 64 rows timed after it."""
+    from kernels import pool_decode as PD
+    from nuwa_ds.bench.kernels import kernel_benchmarks
+
+    assert kernel_benchmarks()["pool_decode"] is PD.benchmark
+    rows = PD.benchmark(device=DEVICE)
+    assert all(r["ok"] and r["kernel"] == "pool_decode_attention" for r in rows)
+    if DEVICE == "cpu":
+        assert [r["case"] for r in rows] == ["D16-splits2"] and rows[0]["interpreter_s"] > 0
+    else:
+        assert [r["rows"] for r in rows] == [4, 64, 4, 64] and all(r["tbps"] > 0 for r in rows)

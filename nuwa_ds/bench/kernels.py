@@ -1,19 +1,29 @@
 """``nuwa-ds bench kernels``: the Triton kernels beside their peers, after a correctness gate.
 
+In the Triton tutorials' manner every kernel file holds its kernel, launcher, torch reference and a
+``benchmark(device, measure)`` entry; this module is the runner: it finds the entries
+(``kernel_benchmarks``) and, on a GPU, adds what is not one kernel's own business: the peers, tile and
+decode sweeps, the copy bandwidth, the settings and the report. What each attention kernel file owns
+and this runner calls (so nothing is written or run twice): the problem builders (``bench_inputs``;
+raster-order context tables from ``kernels._common.raster_context``, no ``nuwa_ds.model.orders``),
+the correctness gates (``check_case``) and the kernel's own timing (``time_case``).
+
 GPU (one process, side by side):
   * checks   bf16, D = 64 and 128: forward and every gradient of ``patch_attention`` (both
-             stacks, with text) and ``pool_decode_attention`` against the float64 reference;
+             stacks, with text) and ``pool_decode_attention`` against the float64 reference
+             (the kernel files' ``check_case``);
   * patch    fwd and fwd+bwd TFLOP/s counting only attended (query, key) pairs, 16x16-token
              patches, canvases 4x4, 8x8 and 3 frames of 4x4, extents (0,1,1) and (1,1,1); beside
              FlexAttention with the same block mask and bias (compiled) and dense cuDNN SDPA causal
              over the whole sequence (what one runs without the NCP);
   * decode   TB/s of K/V read from pool slots, beside cuDNN SDPA decode on the same K/V laid out
              contiguously and the GPU's copy bandwidth measured in the same run;
-  * entries  the ``benchmark`` function of every kernels/ module that has one, found there (the
-             Triton tutorials' manner: kernel, reference and benchmark in one file; so far
-             ``cross_entropy``: GB/s beside its torch reference, after a correctness gate).
-CPU (``--device cpu``): the kernels under the Triton interpreter on tiny shapes; correctness only,
-its times say nothing about a GPU.
+  * entries  the ``benchmark`` function of every other kernels/ module that has one (so far
+             ``cross_entropy``: GB/s beside its torch reference, after a correctness gate). The two
+             attention files' entries (``SUITE_OWN``) are not called here: the rows above are theirs,
+             over the settings' cases and with the peers in the same row.
+CPU (``--device cpu``): every kernel file's entry under the Triton interpreter on tiny shapes (for the
+attention kernels their gate alone); correctness only, its times say nothing about a GPU.
 
 Settings (``--set key=value``): head_dims=[64,128], stacks=["local"], peers=true (or a list of case
 names that get peers), checks=true, decode_versions=false (time decode v1/v2 beside v3),
@@ -26,24 +36,17 @@ FLOP convention: fwd = 4 D H x attended pairs (a causal own block counts n(n+1)/
 
 from __future__ import annotations
 
-import math
 import os
-import time
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from nuwa_ds.model import orders as O
-from nuwa_ds.model.attention import TextContext, reference_patch_attention, reference_pool_decode_attention
+if TYPE_CHECKING:
+    from kernels.patch_attention import PatchCase
 
 # The kernels (kernels.*, and triton) are imported inside the functions that run them: TRITON_INTERPRET is
 # read when they are defined, and on a CPU ``run`` may still have to start an interpreter process first.
 
-D_MODEL = 1024  # heads = D_MODEL / head_dim, as in the nuwa-350m preset
-PATCH = 16
-# (name, canvas in patches (T, Hp, Wp), batch): ~24-32k tokens per call
-CANVASES = (("4x4", (1, 4, 4), 8), ("8x8", (1, 8, 8), 2), ("3x4x4", (3, 4, 4), 2))
-EXTENTS = ((0, 1, 1), (1, 1, 1))
 # tile alternatives (block_m, block_n, warps, stages) timed by ``--set sweep=[64,128]``
 SWEEP = {
     "fwd": ((64, 64, 4, 3), (64, 64, 4, 4), (128, 64, 8, 3), (64, 128, 4, 3), (64, 64, 8, 3), (64, 32, 4, 3)),
@@ -52,100 +55,15 @@ SWEEP = {
 }
 FLEX_OPTIONS = ({}, {"BLOCK_M": 64, "BLOCK_N": 64, "num_stages": 2, "BLOCK_M1": 32, "BLOCK_N1": 64,
                      "BLOCK_M2": 64, "BLOCK_N2": 32})
-
-
-@dataclass(frozen=True)
-class PatchCase:
-    canvas_name: str
-    canvas: tuple[int, int, int]
-    batch: int
-    extents: tuple[int, int, int]
-    head_dim: int
-    stack: str  # "local": causal own block, context from another tensor; "global": full, context = k
-    order: str = "down"
-    patch: int = PATCH
-    num_heads: int = 0  # 0: D_MODEL / head_dim
-
-    @property
-    def name(self) -> str:
-        e = "".join(map(str, self.extents))
-        return f"{self.stack}-{self.canvas_name}-e{e}-D{self.head_dim}"
-
-    @property
-    def heads(self) -> int:
-        return self.num_heads or max(1, D_MODEL // self.head_dim)
-
-
-def _build(case: PatchCase, device, dtype, text_len: int = 0):
-    """Random leaves laid out as the model's (q, k, v and context each [R, n, H, D]) plus the
-    context tables of the batch (every example in ``case.order``)."""
-    table = O.context_table(case.canvas, case.order, case.extents)
-    N, B, H, D, n = table.num_patches, case.batch, case.heads, case.head_dim, case.patch ** 2
-    R = B * N
-    offsets = torch.arange(B).repeat_interleave(N).unsqueeze(1) * N
-    idx = table.ctx_index.repeat(B, 1)
-    ctx_index = torch.where(idx >= 0, idx + offsets, idx).to(device)
-    ctx_bias_id = table.ctx_offset.repeat(B, 1).to(device)
-    leaf = lambda *shape: torch.randn(*shape, dtype=dtype, device=device).requires_grad_()  # noqa: E731
-    q, k, v = leaf(R, n, H, D), leaf(R, n, H, D), leaf(R, n, H, D)
-    ctx_k, ctx_v = (leaf(R, n, H, D), leaf(R, n, H, D)) if case.stack == "local" else (k, v)
-    bias = (torch.randn(H, O.num_offsets(case.extents) + 1, device=device) * 0.5).requires_grad_()
-    text = None
-    if text_len:
-        length = torch.randint(0, text_len + 1, (B,), device=device)
-        length[0] = text_len
-        text = TextContext(leaf(B, text_len, H, D), leaf(B, text_len, H, D), length,
-                           torch.arange(B, device=device).repeat_interleave(N))
-    return dict(q=q, k=k, v=v, ctx_k=ctx_k, ctx_v=ctx_v, ctx_index=ctx_index, ctx_bias_id=ctx_bias_id,
-                own_bias_id=O.own_offset_id(case.extents), bias=bias, causal=case.stack == "local", text=text,
-                table=table)
-
-
-def _named_leaves(inputs) -> dict:
-    """The differentiable inputs by name (the global stack's context is k/v itself: listed once)."""
-    out = {}
-    for name in ("q", "k", "v", "ctx_k", "ctx_v", "bias"):
-        if all(inputs[name] is not t for t in out.values()):
-            out[name] = inputs[name]
-    if inputs["text"] is not None:
-        out.update(text_k=inputs["text"].k, text_v=inputs["text"].v)
-    return out
-
-
-def _leaves(inputs) -> list:
-    return list(_named_leaves(inputs).values())
-
-
-def _call_args(inputs) -> dict:
-    return {k: v for k, v in inputs.items() if k != "table"}
-
-
-def useful_pairs(inputs, n: int) -> int:
-    from kernels.patch_attention import attended_pairs
-
-    text = inputs["text"]
-    return attended_pairs(inputs["ctx_index"], n, n, inputs["causal"],
-                          text.length if text is not None else None, text.index if text is not None else None)
+SUITE_OWN = ("patch_attention", "pool_decode")
+"""Kernel files whose ``benchmark`` entry the GPU suite does not call: it runs the same pieces of those
+files itself (gates, timings) over its settings' cases, with the peers in the same rows."""
 
 
 def _timer(quick: bool):
-    import triton
+    from kernels._common import median_ms
 
-    def measure(fn) -> float:
-        """Median milliseconds (CUDA events, L2 flushed between runs by do_bench)."""
-        return float(triton.testing.do_bench(fn, warmup=10 if quick else 25, rep=40 if quick else 100,
-                                             return_mode="median"))
-
-    return measure
-
-
-def _fwd_bwd(fn, leaves, out_grad):
-    def run():
-        for t in leaves:
-            t.grad = None
-        fn().backward(out_grad)
-
-    return run
+    return lambda fn: median_ms(fn, quick)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,6 +126,8 @@ def _flex_setup(case: PatchCase, inputs):
 def bench_flex(case, inputs, measure, out_grad) -> dict:
     from torch.nn.attention.flex_attention import flex_attention
 
+    from kernels.patch_attention import fwd_bwd
+
     torch._dynamo.reset()
     q, k, v, score_mod, block_mask = _flex_setup(case, inputs)
     flex = torch.compile(flex_attention, dynamic=False)
@@ -218,7 +138,7 @@ def bench_flex(case, inputs, measure, out_grad) -> dict:
             fn = lambda: flex(q, k, v, score_mod=score_mod, block_mask=block_mask,  # noqa: E731
                               kernel_options=options or None)
             fwd = measure(fn)
-            fwdbwd = measure(_fwd_bwd(fn, [q, k, v], grad))
+            fwdbwd = measure(fwd_bwd(fn, [q, k, v], grad))
             result = dict(flex_fwd_ms=fwd, flex_fwdbwd_ms=fwdbwd, flex_options=str(options or "default"))
             if errors:
                 result["flex_fallback_reason"] = " | ".join(errors)
@@ -234,6 +154,8 @@ def bench_dense_cudnn(case, inputs, measure) -> dict:
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    from kernels.patch_attention import fwd_bwd
+
     B, H, D = case.batch, case.heads, case.head_dim
     S = inputs["table"].num_patches * case.patch ** 2
     q, k, v = (torch.randn(B, H, S, D, dtype=inputs["q"].dtype, device=inputs["q"].device, requires_grad=True)
@@ -245,7 +167,7 @@ def bench_dense_cudnn(case, inputs, measure) -> dict:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
     try:
-        fwd, fwdbwd = measure(fn), measure(_fwd_bwd(fn, [q, k, v], grad))
+        fwd, fwdbwd = measure(fn), measure(fwd_bwd(fn, [q, k, v], grad))
     except Exception as exc:  # noqa: BLE001 - no cuDNN attention on this GPU / build: say so in the row
         return dict(cudnn_error=f"{type(exc).__name__}: {str(exc)[:200]}")
     flops = 4 * D * H * B * S * S / 2
@@ -257,23 +179,15 @@ def bench_dense_cudnn(case, inputs, measure) -> dict:
 
 
 def bench_patch_case(case: PatchCase, measure, peers: bool, configs=None) -> dict:
-    from kernels.patch_attention import patch_attention
+    """The kernel file's row (``time_case``), and with ``peers`` dense cuDNN and FlexAttention beside it."""
+    from kernels.patch_attention import bench_inputs, forward_flops, time_case
 
-    inputs = _build(case, "cuda", torch.bfloat16)
-    args = _call_args(inputs)
-    fn = lambda: patch_attention(**args, configs=configs)  # noqa: E731
-    out_grad = torch.randn_like(inputs["q"])
-    n = case.patch ** 2
-    flops = 4 * case.head_dim * case.heads * useful_pairs(inputs, n)
-    fwd = measure(fn)
-    fwdbwd = measure(_fwd_bwd(fn, _leaves(inputs), out_grad))
-    row = dict(kernel="patch_attention", case=case.name, stack=case.stack, canvas=case.canvas_name, batch=case.batch,
-               extents=",".join(map(str, case.extents)), D=case.head_dim, H=case.heads,
-               tokens=inputs["q"].shape[0] * n, fwd_ms=fwd, fwd_tflops=flops / fwd / 1e9, fwdbwd_ms=fwdbwd,
-               fwdbwd_tflops=3.5 * flops / fwdbwd / 1e9)
+    inputs = bench_inputs(case, "cuda", torch.bfloat16)
+    row = time_case(case, inputs, measure, configs)
     if peers:
+        flops, fwdbwd = forward_flops(inputs), row["fwdbwd_ms"]
         row.update(bench_dense_cudnn(case, inputs, measure))
-        row.update(bench_flex(case, inputs, measure, out_grad))
+        row.update(bench_flex(case, inputs, measure, torch.randn_like(inputs["q"])))
         if "flex_fwdbwd_ms" in row:
             row["flex_fwdbwd_tflops"] = 3.5 * flops / row["flex_fwdbwd_ms"] / 1e9
             row["x_flex"] = row["flex_fwdbwd_ms"] / fwdbwd
@@ -284,10 +198,11 @@ def bench_patch_case(case: PatchCase, measure, peers: bool, configs=None) -> dic
 
 def sweep_tiles(case: PatchCase, measure) -> list[dict]:
     """Time the fwd / dq / dkv kernels alone under alternative tiles (the rest at defaults)."""
-    from kernels.patch_attention import TileConfig, _backward, _check, _forward, default_configs
+    from kernels.patch_attention import (TileConfig, _backward, _check, _forward, bench_inputs, call_args,
+                                         default_configs)
 
-    inputs = _build(case, "cuda", torch.bfloat16)
-    args = _call_args(inputs)
+    inputs = bench_inputs(case, "cuda", torch.bfloat16)
+    args = call_args(inputs)
     n = case.patch ** 2
     base = default_configs(n, n, case.head_dim)
     candidates = {kernel: [TileConfig(*c) for c in configs] for kernel, configs in SWEEP.items()}
@@ -316,56 +231,20 @@ def sweep_tiles(case: PatchCase, measure) -> list[dict]:
     return rows
 
 
-def _decode_inputs(rows, heads, head_dim, ctx, n, device, dtype):
-    """Pool [S, layers=2, 2, H, n, D] with a distinct slot per context patch and per own cache (so
-    nothing is read twice); full own caches (the patch's last token)."""
-    slots = rows * (ctx + 1)
-    pool = torch.randn(slots, 2, 2, heads, n, head_dim, dtype=dtype, device=device)
-    own = torch.randn(slots, 2, 2, heads, n, head_dim, dtype=dtype, device=device)
-    perm = torch.randperm(slots, device=device)
-    return dict(q=torch.randn(rows, heads, head_dim, dtype=dtype, device=device),
-                pool_k=pool[:, 1, 0].transpose(1, 2), pool_v=pool[:, 1, 1].transpose(1, 2),
-                ctx_slots=perm[: rows * ctx].view(rows, ctx),
-                ctx_bias_id=torch.randint(0, 9, (rows, ctx), device=device),
-                own_k=own[:, 1, 0].transpose(1, 2), own_v=own[:, 1, 1].transpose(1, 2),
-                own_slot=perm[rows * ctx:], own_len=torch.full((rows,), n, device=device), own_bias_id=4,
-                bias=torch.randn(heads, 10, device=device), text=None)
-
-
-def graph_timed(fn, measure) -> float:
-    """Median ms of ``fn`` replayed from a CUDA graph: the GPU's time without the host's launch
-    overhead (what generation, which captures its token step, pays)."""
-    fn()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return measure(graph.replay)
-
-
-def bench_decode(rows, head_dim, measure, ctx=4, n=PATCH * PATCH, splits=None, block_n=None, num_warps=4,
-                 lanes=True, prefetch=True, peers=True) -> dict:
+def bench_decode(rows, head_dim, measure, ctx=4, splits=None, block_n=None, num_warps=4, lanes=True, prefetch=True,
+                 peers=True) -> dict:
+    """The kernel file's row (``time_case``: CUDA-graph replays), and with ``peers`` its eager time and
+    cuDNN decode on the same K/V laid out contiguously."""
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from kernels.pool_decode import choose_splits, default_block_n, kv_bytes_read, pool_decode_attention
+    from kernels._common import graph_timed
+    from kernels.pool_decode import PATCH_KEYS, WIDTH, bench_inputs, kv_bytes_read, time_case
 
-    heads = D_MODEL // head_dim
-    args = _decode_inputs(rows, heads, head_dim, ctx, n, "cuda", torch.bfloat16)
-    nbytes = kv_bytes_read(args["ctx_slots"], args["own_len"], n, heads, head_dim, 2)
-    bn = block_n or default_block_n(head_dim)
-    used_splits = splits or choose_splits(rows * heads, (ctx + 1) * math.ceil(n / bn), torch.device("cuda"))
-    fn = lambda: pool_decode_attention(**args, num_splits=used_splits, block_n=bn, num_warps=num_warps,  # noqa: E731
-                                       lanes=lanes, prefetch=prefetch)
-    ms = graph_timed(fn, measure)
-    row = dict(kernel="pool_decode_attention", case=f"R{rows}-D{head_dim}-keys{(ctx + 1) * n}", rows=rows, H=heads,
-               D=head_dim, keys=(ctx + 1) * n, splits=used_splits, block_n=bn, warps=num_warps,
-               version=("v3" if prefetch else "v2") if lanes else ("v1+prefetch" if prefetch else "v1"), ms=ms,
-               tbps=nbytes / ms / 1e9)
+    heads, n = WIDTH // head_dim, PATCH_KEYS
+    args = bench_inputs(rows, heads, head_dim, ctx, n, "cuda", torch.bfloat16)
+    row, fn = time_case(args, measure, splits=splits, block_n=block_n, num_warps=num_warps, lanes=lanes,
+                        prefetch=prefetch)
     if not peers:
         return row
     row["eager_ms"] = measure(fn)  # with the host's checks and launch (ungraphed callers pay this)
@@ -381,6 +260,7 @@ def bench_decode(rows, head_dim, measure, ctx=4, n=PATCH * PATCH, splits=None, b
 
     try:
         cudnn = graph_timed(sdpa, measure)
+        nbytes = kv_bytes_read(args["ctx_slots"], args["own_len"], n, heads, head_dim, 2)
         row.update(cudnn_ms=cudnn, cudnn_tbps=nbytes / cudnn / 1e9)
     except Exception as exc:  # noqa: BLE001
         row["cudnn_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
@@ -414,65 +294,6 @@ def copy_bandwidth(measure) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# Correctness gate
-
-
-def _rel(a, b) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
-
-
-def check_patch(case: PatchCase, device, dtype, text_len=77) -> dict:
-    """Forward and every gradient against the float64 reference on fresh random inputs."""
-    from kernels.patch_attention import patch_attention
-
-    inputs = _build(case, device, dtype, text_len=text_len)
-    args = _call_args(inputs)
-    named = _named_leaves(inputs)
-    leaves = list(named.values())
-    out = patch_attention(**args)
-    double = {id(t): t.double() for t in leaves}
-    ref_args = dict(args, **{k: double[id(args[k])] for k in ("q", "k", "v", "ctx_k", "ctx_v", "bias")})
-    t = args["text"]
-    if t is not None:
-        ref_args["text"] = TextContext(double[id(t.k)], double[id(t.v)], t.length, t.index)
-    ref = reference_patch_attention(**ref_args)
-    grad = torch.randn_like(ref)
-    got = torch.autograd.grad(out, leaves, grad.to(dtype))
-    want = torch.autograd.grad(ref, leaves, grad)
-    errors = {"out": _rel(out, ref)}
-    for name, g, w in zip(named, got, want):
-        errors[f"d{name}"] = _rel(g, w) if not g.isnan().any() else float("inf")
-    tol = 2e-2 if dtype == torch.bfloat16 else 2e-5
-    # the bias gradient sums dS over whole blocks: cancellation leaves it a larger relative error
-    ok = all(err <= (4 * tol if name == "dbias" else tol) for name, err in errors.items())
-    return dict(kernel="patch_attention", case=case.name, dtype=str(dtype).replace("torch.", ""),
-                worst_rel_error=max(errors.values()), ok=ok, errors={k: float(f"{v:.3g}") for k, v in errors.items()})
-
-
-def check_decode(device, dtype, head_dim, splits) -> dict:
-    from kernels.pool_decode import pool_decode_attention
-
-    heads = max(1, D_MODEL // head_dim) if device == "cuda" else 2
-    n = PATCH * PATCH if device == "cuda" else 16
-    args = _decode_inputs(6, heads, head_dim, 4, n, device, dtype)
-    args["ctx_slots"][1] = -1  # a row with no context, and holes
-    args["ctx_slots"][3, 1] = -1
-    args["own_len"] = torch.randint(1, n + 1, (6,), device=device)
-    args["text"] = TextContext(torch.randn(2, 9, heads, head_dim, dtype=dtype, device=device),
-                               torch.randn(2, 9, heads, head_dim, dtype=dtype, device=device),
-                               torch.tensor([9, 0], device=device), torch.tensor([0, 1, 0, 1, 0, 1], device=device))
-    out = pool_decode_attention(**args, num_splits=splits)
-    ref_args = {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in args.items()}
-    t = args["text"]
-    ref_args["text"] = TextContext(t.k.double(), t.v.double(), t.length, t.index)
-    err = _rel(out, reference_pool_decode_attention(**ref_args))
-    return dict(kernel="pool_decode_attention", case=f"D{head_dim}-splits{splits}",
-                dtype=str(dtype).replace("torch.", ""),
-                worst_rel_error=err, ok=bool(err <= (1e-2 if dtype == torch.bfloat16 else 2e-5)))
-
-
-# ----------------------------------------------------------------------------------------------
 # Suites
 
 
@@ -484,6 +305,8 @@ def _settings(opts) -> dict:
 
 
 def _cases(settings) -> list[PatchCase]:
+    from kernels.patch_attention import CANVASES, EXTENTS, PatchCase
+
     cases = [PatchCase(name, canvas, batch, ext, d, stack)
              for stack in settings["stacks"] for d in settings["head_dims"]
              for name, canvas, batch in CANVASES for ext in EXTENTS]
@@ -509,13 +332,18 @@ def kernel_benchmarks() -> dict:
     return found
 
 
-def _run_entries(result: dict, device: str, measure=None):
-    """Each kernel file's own benchmark: its rows, and its correctness as a check."""
+def _run_entries(result: dict, device: str, measure=None, skip=()):
+    """Each kernel file's own benchmark (but those in ``skip``): its rows, and its correctness as a check
+    (with the per-output errors where the row has them)."""
     for name, entry in kernel_benchmarks().items():
+        if name in skip:
+            continue
         for row in entry(device=device, measure=measure):
+            check = {k: row[k] for k in ("kernel", "case", "dtype", "ok", "worst_rel_error") if k in row}
+            if "errors" in row:
+                check["errors"] = row.pop("errors")
             result["rows"].append(row)
-            result["checks"].append(dict(kernel=row["kernel"], case=row["case"], ok=row["ok"],
-                                         worst_rel_error=row["worst_rel_error"]))
+            result["checks"].append(check)
             _progress(name, row)
 
 
@@ -525,17 +353,19 @@ def _progress(kind: str, row: dict):
 
 
 def _run_cuda(opts) -> dict:
+    from kernels import patch_attention as PA, pool_decode as PD
+
     settings = _settings(opts)
     measure = _timer(opts.quick)
     result = {"checks": [], "rows": [], "sweep": [], "settings": settings}
     if settings["checks"]:
         for d in settings["head_dims"]:
             for stack in ("local", "global"):
-                check = check_patch(PatchCase("2x2", (1, 2, 2), 1, (0, 1, 1), d, stack), "cuda", torch.bfloat16)
+                check = PA.check_case(PA.gate_case(d, stack), "cuda", torch.bfloat16)
                 result["checks"].append(check)
                 _progress("check", check)
             for splits in (None, 3):
-                check = check_decode("cuda", torch.bfloat16, d, splits)
+                check = PD.check_case("cuda", torch.bfloat16, d, splits)
                 result["checks"].append(check)
                 _progress("check", check)
     if settings["decode"]:
@@ -567,11 +397,11 @@ def _run_cuda(opts) -> dict:
             result["sweep"].append(row)
             _progress("decode-sweep", row)
     for d in settings["sweep"] or []:
-        for row in sweep_tiles(PatchCase("4x4", (1, 4, 4), 8, (0, 1, 1), d, "local"), measure):
+        for row in sweep_tiles(PA.PatchCase("4x4", (1, 4, 4), 8, (0, 1, 1), d, "local"), measure):
             result["sweep"].append(row)
             _progress("sweep", row)
     if settings["entries"]:
-        _run_entries(result, "cuda", measure)
+        _run_entries(result, "cuda", measure, skip=SUITE_OWN)
     result["ok"] = all(c["ok"] for c in result["checks"])
     result["metrics"] = ["fwd_ms", "fwd_tflops", "fwdbwd_ms", "fwdbwd_tflops", "flex_fwd_ms", "flex_fwdbwd_ms",
                          "flex_fwdbwd_tflops", "cudnn_fwd_ms", "cudnn_fwdbwd_ms", "cudnn_fwdbwd_tflops", "x_flex",
@@ -584,24 +414,10 @@ def _run_cuda(opts) -> dict:
 
 
 def _run_cpu(opts) -> dict:
-    """Interpreter smoke run: tiny shapes, correctness against the reference; times are the
-    interpreter's (not a speed figure)."""
+    """Interpreter smoke run: every kernel file's ``benchmark`` entry, each on tiny or odd shapes,
+    correctness against its reference; times are the interpreter's (not a speed figure)."""
     result = {"checks": [], "rows": [], "note": "Triton interpreter on CPU: correctness only; times are not speed"}
-    for stack in ("local", "global"):
-        case = PatchCase("1x2", (1, 1, 2), 1, (0, 1, 1), 16, stack, patch=4, num_heads=2)
-        start = time.perf_counter()
-        check = check_patch(case, "cpu", torch.float32, text_len=5)
-        seconds = time.perf_counter() - start
-        result["checks"].append(check)
-        result["rows"].append(dict(kernel="patch_attention", case=case.name, interpreter_s=seconds,
-                                   worst_rel_error=check["worst_rel_error"], ok=check["ok"]))
-    start = time.perf_counter()
-    check = check_decode("cpu", torch.float32, 16, 2)
-    result["checks"].append(check)
-    result["rows"].append(dict(kernel="pool_decode_attention", case=check["case"],
-                               interpreter_s=time.perf_counter() - start, worst_rel_error=check["worst_rel_error"],
-                               ok=check["ok"]))
-    _run_entries(result, "cpu")  # each on one small odd shape: its ms are the interpreter's
+    _run_entries(result, "cpu")
     result["ok"] = all(c["ok"] for c in result["checks"])
     result["metrics"] = ["interpreter_s"]
     result["required"] = ["kernel", "case", "ok"]
