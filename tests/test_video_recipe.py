@@ -60,8 +60,9 @@ def test_video_recipe_runs_every_stage_and_reports_floors(tmp_path):
     assert pf["clips"] == 4 and len(pf["all"]) == 4 and 0 <= pf["repeats_previous"]["share"] <= 1
     assert set(pf["caption"]) == {"own", "other_clip", "none"} and all(len(v) == 4 for v in pf["caption"].values())
     assert pf["caption"]["own"] == pf["all"] and pf["caption"]["none"] != pf["caption"]["own"]
-    seen = ev["per_frame_bits_training_clips"]  # as many training clips, read from the training shards
-    assert seen["clips"] == 4 and len(seen["all"]) == 4 and seen["all"] != pf["all"]
+    shards = ev["per_frame_bits_shards"]  # as many training and held-out clips, both read from the shards
+    assert shards["train"]["clips"] == shards["val"]["clips"] == 4
+    assert len(shards["train"]["all"]) == 4 and shards["train"]["all"] != shards["val"]["all"]
 
     for folder, frames in (("text2image_cfg3", 1), ("text2video", 16), ("animation", 16)):
         clips = sorted((out / "generated" / folder).iterdir())
