@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels._reference import rel_error  # noqa: F401  (torch only, for the tests too; kernels import it from here)
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 """Read once at import: the flag must be set before any ``@triton.jit`` is defined anyway."""
 
@@ -342,11 +344,6 @@ def raster_context(canvas: tuple[int, int, int], extents: tuple[int, int, int]) 
     return RasterContext(index.contiguous(), torch.where(index >= 0, ids, own_offset).contiguous(), own_offset,
                          num_bias)
 
-
-def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b||, in float64."""
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
 def wall_ms(fn) -> float:

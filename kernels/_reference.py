@@ -28,6 +28,12 @@ import torch.nn.functional as F
 NEG_INF = float("-inf")
 
 
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b||, in float64 (the kernels' gates and the tests' measure)."""
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
 @dataclass
 class TextContext:
     """Text keys/values for one layer: ``k, v [Bt, S, H, D]``, ``length [Bt]`` valid tokens

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import kernels._common as common
+from kernels._reference import rel_error as relative_error
 from kernels.patch_attention import patch_attention
 from nuwa_ds.model import ORDERS
 from nuwa_ds.model import orders as O
@@ -23,11 +24,6 @@ TOLERANCE = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 @pytest.fixture(autouse=True)
 def _poison_outputs(monkeypatch):
     monkeypatch.setattr(common, "POISON_OUTPUTS", True)
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
 def batch_context(shape, orders, extents):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import kernels._common as common
+from kernels._reference import rel_error as relative_error
 from kernels.pool_decode import pool_decode_attention
 from nuwa_ds.model.attention import TextContext, reference_pool_decode_attention
 
@@ -17,10 +18,6 @@ TOLERANCE = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 @pytest.fixture(autouse=True)
 def _poison_outputs(monkeypatch):
     monkeypatch.setattr(common, "POISON_OUTPUTS", True)
-
-
-def relative_error(a, b) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
 
 
 def make_decode(dtype=torch.float32, heads=3, head_dim=16, n=16, slots=7, layers=2, with_text=False,
