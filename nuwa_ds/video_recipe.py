@@ -56,9 +56,10 @@ from nuwa_ds.recipe_common import Stage, apply_assignments, write_report as _wri
 
 @dataclass
 class VideoRecipeSettings:
-    train_clips: int = 4800
+    train_clips: int = 3600
     """Training clips, each from its own training world (and place in it). With ``train_steps`` x
-    ``micro_batch`` the clips are seen ~7 times each: on CPU, 20 passes over 800 clips left frame 0 learnt by
+    ``micro_batch`` the clips are seen ~10 times each (4,800, 7 passes, made the clips stage 129 s of a
+    one-H100 run whose evaluation then ran out of time, 2026-12-07): on CPU, 20 passes over 800 clips left frame 0 learnt by
     heart (2.96 bits on training clips, 7.64 held out) where 6.7 passes over 2,400 did not (5.25 / 5.44)
     (docs/benchmarks.md, "Frame 0 was memorised"). Rendering costs ~0.04 s per frame on one core, whatever
     ``size`` (frames are drawn at the world's scale and box-filtered down)."""
@@ -81,7 +82,7 @@ class VideoRecipeSettings:
     tokenizer_clips: int = 400
     """Training clips whose frames the tokenizer trains on."""
     tokenizer_steps: int = 3000
-    tokenizer_seconds: float = 70.0
+    tokenizer_seconds: float = 55.0
     tokenizer_batch: int = 32
     tokenizer_crop: int = 128
     model: dict = field(default_factory=lambda: dict(
@@ -97,7 +98,7 @@ class VideoRecipeSettings:
     "Aligned-token bias")."""
     train_steps: int = 1100
     micro_batch: int = 32
-    """Clips per step: 1,100 x 32 / 4,800 clips = 7.3 passes (64, as first planned, made 29 over 2,400)."""
+    """Clips per step: 1,100 x 32 / 3,600 clips = 9.8 passes (64, as first planned, made 29 over 2,400)."""
     lr: float = 1e-3
     warmup_steps: int = 100
     eval_every: int = 275
@@ -407,13 +408,18 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
     _write_report(out, report)
 
     with Stage(report, "7 eval"):
-        report["eval"] = evaluate(tokenizer, s, val_clips[: s.videos], val_specs, image_sets, t2v, anim, LV)
-        report["eval"]["per_frame_bits"] = per_frame_bits(model, tokenizer, val_clips[:, :T], val_captions, val_specs)
+        # the report is written after each part (cheapest first), so a run cut by an outer limit keeps
+        # what its evaluation had measured
+        ev = report["eval"] = {}
+        ev["per_frame_bits"] = per_frame_bits(model, tokenizer, val_clips[:, :T], val_captions, val_specs)
         # memorisation: the same bits on training and held-out clips read alike (the shards' decoded MP4s,
         # first chunks); a frame 0 far cheaper on the training clips is learnt by heart
-        report["eval"]["per_frame_bits_shards"] = {
+        ev["per_frame_bits_shards"] = {
             split: bits_by_frame(model, *shard_clip_tokens(shards[split], specs, len(val_specs)))
             for split, specs in (("train", train_specs), ("val", val_specs))}
+        _write_report(out, report)
+        evaluate(tokenizer, s, val_clips[: s.videos], val_specs, image_sets, t2v, anim, LV,
+                 results=ev, save=lambda: _write_report(out, report))
         _sheet_gif([val_clips[0], t2v[0], anim[0], val_clips[1], t2v[1], anim[1]], out / "overview.gif", s.fps)
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     _write_report(out, report)
@@ -422,9 +428,10 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
 
 
 def evaluate(tokenizer, s: VideoRecipeSettings, real_clips: np.ndarray, specs: list, image_sets: dict,
-             t2v: np.ndarray, anim: np.ndarray, LV) -> dict:
+             t2v: np.ndarray, anim: np.ndarray, LV, results: Optional[dict] = None, save=lambda: None) -> dict:
     """Caption attributes and the video metrics of the generated sets, beside chance, real clips, their
-    VQ reconstructions and decoded random tokens (all through the same reader and the same code)."""
+    VQ reconstructions and decoded random tokens (all through the same reader and the same code). Each
+    part goes into ``results`` (a new dict if None) as it is measured, and ``save()`` is called after it."""
     import torch
 
     from nuwa_ds.metrics.video import video_report
@@ -436,7 +443,7 @@ def evaluate(tokenizer, s: VideoRecipeSettings, real_clips: np.ndarray, specs: l
     noise = _decode_clips(tokenizer, torch.randint(0, tokenizer.codebook_size, (n, *recon.shape[1:2],
                                                    recon.shape[2] // tokenizer.downsample,
                                                    recon.shape[3] // tokenizer.downsample), generator=g))
-    results: dict = {}
+    results = {} if results is None else results
 
     # caption attributes, read back from the pixels
     read = LV.read_attributes
@@ -458,13 +465,16 @@ def evaluate(tokenizer, s: VideoRecipeSettings, real_clips: np.ndarray, specs: l
         "random_tokens": attribute_scores(read, list(noise), attrs, video_keys),
         "text2video": attribute_scores(read, list(t2v), attrs, video_keys),
         "animation": attribute_scores(read, list(anim), attrs, video_keys)}
+    save()
 
     # per-frame SWD by frame index and motion (unpaired for text-to-video, paired for animation: clip i
     # continues real clip i's first frame); the real clips' true content shift is -(camera pan)
     true_dx = [-spec.true_shift for spec in specs[:n]]
     kwargs = dict(recon=list(recon), random_tokens=list(noise), seed=s.seed)
     results["text2video"] = video_report(list(real_clips), list(t2v), **kwargs)
+    save()
     results["animation"] = video_report(list(real_clips), list(anim), paired=True, true_dx=true_dx, **kwargs)
+    save()
     return results
 
 
