@@ -31,7 +31,9 @@ Python: ``load_clips``, ``video_report``, ``format_video_report``.
 from __future__ import annotations
 
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -187,6 +189,16 @@ def clip_motion(clip: np.ndarray) -> dict:
             "frame_diff_aligned": float(np.mean(aligned))}
 
 
+def _parallel_map(fn, items: list) -> list:
+    """``[fn(x) for x in items]`` on threads (NumPy's FFTs and sorts release the GIL): the same results in
+    the same order, each item computed alone, so the figures do not depend on the thread count."""
+    workers = min(len(items), os.cpu_count() or 1, 16)
+    if workers <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
+
+
 def _set_motion(motions: list[dict]) -> dict:
     velocity = np.array([m["velocity"] for m in motions])
     return {"clips": len(motions),
@@ -267,16 +279,22 @@ def _frame_swd(sets: dict[str, list[np.ndarray]], reference: list[np.ndarray], *
         for k, clip in enumerate(clips):
             for t, bands in enumerate(_clip_pyramids(clip[:length], levels)):
                 by_index[name][t].add_pyramid(bands, per_frame[name], k * 100_000 + t)
+    counts = [min([descriptors, len(ref)] + [len(by_index[name][t]) for name in sets if by_index[name][t] is not None])
+              for t in range(length)]
+    jobs = [(name, t) for t in range(length) for name in sets]
+    for d in [ref] + [d for row in by_index.values() for d in row if d is not None]:
+        for level in range(levels):
+            d.level(level)  # joined once here: the threads below only read the sets
+
+    def one(job) -> Optional[float]:
+        name, t = job
+        d = by_index[name][t]
+        return None if d is None else swd_between(d, ref, count=counts[t], dir_repeats=dir_repeats,
+                                                  dirs_per_repeat=dirs_per_repeat, seed=seed)["mean"]
+
     rows = {name: [] for name in sets}
-    counts = []
-    for t in range(length):
-        here = [name for name in sets if by_index[name][t] is not None]
-        n = min([descriptors, len(ref)] + [len(by_index[name][t]) for name in here])
-        counts.append(n)
-        for name in sets:
-            d = by_index[name][t]
-            rows[name].append(None if d is None else swd_between(
-                d, ref, count=n, dir_repeats=dir_repeats, dirs_per_repeat=dirs_per_repeat, seed=seed)["mean"])
+    for (name, _), value in zip(jobs, _parallel_map(one, jobs)):
+        rows[name].append(value)
     return {"rows": rows, "descriptors": counts, "descriptors_per_frame": per_frame,
             "reference": {"clips": len(reference), "frames": ref_frames, "descriptors_per_frame": ref_count,
                           "descriptors": len(ref)}}
@@ -389,13 +407,13 @@ def video_report(real: ClipSource, fake: ClipSource, *, recon: Optional[ClipSour
     swd_s = time.perf_counter() - start
 
     if temporal:
-        motion = {"real": [clip_motion(c) for c in real_clips], "fake": [clip_motion(c) for c in fake_clips]}
+        motion = {"real": _parallel_map(clip_motion, real_clips), "fake": _parallel_map(clip_motion, fake_clips)}
         shuffled = [shuffle_frames(c, np.random.default_rng([seed, _TAG_SHUFFLE_FRAMES, i]))
                     for i, c in enumerate(real_clips)]
-        motion["shuffled_real"] = [clip_motion(c) for c in shuffled]
+        motion["shuffled_real"] = _parallel_map(clip_motion, shuffled)
         for role in ("recon", "random_tokens"):
             if role in loaded:
-                motion[role] = [clip_motion(c) for c in loaded[role][1]]
+                motion[role] = _parallel_map(clip_motion, loaded[role][1])
         sets = {role: _set_motion(m) for role, m in motion.items()}
         sets["real_a"] = _set_motion([motion["real"][i] for i in half_a])
         real_b = _set_motion([motion["real"][i] for i in half_b])
