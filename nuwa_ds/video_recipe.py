@@ -112,6 +112,11 @@ class VideoRecipeSettings:
     num_workers: int = 4
     temperature: float = 1.0
     top_k: Optional[int] = 64
+    video_temperatures: tuple[float, ...] = ()
+    """Further temperatures for text-to-video and animation (the main sets use ``temperature``): each
+    draws both sets again (same captions, first frames and seeds) and measures them as the main ones
+    (attributes, per-frame SWD, motion), under ``eval.by_temperature``. A copy the model predicts at
+    70% is broken in 30% of the places each frame at temperature 1: the flicker / fidelity trade-off."""
     cfg_scales: tuple[float, ...] = (1.0, 2.0, 3.0, 5.0)
     """Guidance scales of the text-to-image curve (1: no guidance)."""
     video_cfg_scale: float = 3.0
@@ -359,13 +364,13 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
         if dev.type == "cpu":
             torch.set_num_threads(1)  # thousands of small ops: one thread (see nuwa_ds.recipe)
 
-        def generate(name, shape, captions, cfg_scale, prompt=None, mask=None, seed=0):
+        def generate(name, shape, captions, cfg_scale, prompt=None, mask=None, seed=0, temperature=None):
             tic = time.perf_counter()
             clips = []
             for start in range(0, len(captions), s.gen_batch):
                 part = captions[start:start + s.gen_batch]
-                gen = GenerationConfig(temperature=s.temperature, top_k=s.top_k, seed=seed + start,
-                                       cfg_scale=cfg_scale, wavefront=True)
+                gen = GenerationConfig(temperature=s.temperature if temperature is None else temperature,
+                                       top_k=s.top_k, seed=seed + start, cfg_scale=cfg_scale, wavefront=True)
                 p = None if prompt is None else prompt[start:start + len(part)].to(dev)
                 m = None if mask is None else mask[start:start + len(part)].to(dev)
                 tokens = model.generate(shape, order="down", batch_size=len(part), prompt=p, prompt_mask=m,
@@ -386,22 +391,28 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
                                   seed=s.seed)
                 image_sets[scale] = _decode_clips(tokenizer, tokens)
                 _clip_folder(image_sets[scale], generated / f"text2image_cfg{scale:g}", s.fps)
-            # text-to-video, long_factor x the training clips
+            # text-to-video, long_factor x the training clips, and animation: the held-out clip's first
+            # frame (its tokens kept) and caption; at the main temperature, then at each further one
             video_caps = val_captions[: s.videos]
-            t2v_tokens = generate("text2video", (long_T, canvas[1], canvas[2]), video_caps, s.video_cfg_scale,
-                                  seed=s.seed)
-            t2v = _decode_clips(tokenizer, t2v_tokens)
-            _clip_folder(t2v, generated / "text2video", s.fps)
-            # animation: the held-out clip's first frame (its tokens kept) and caption
             first = _encode_clips(tokenizer, val_clips[: s.videos, :1])
             prompt = torch.zeros(s.videos, long_T, canvas[1], canvas[2], dtype=torch.long)
             mask = torch.zeros_like(prompt, dtype=torch.bool)
             prompt[:, :1], mask[:, :1] = first, True
-            anim_tokens = generate("animation", (long_T, canvas[1], canvas[2]), video_caps, s.video_cfg_scale,
-                                   prompt=prompt, mask=mask, seed=s.seed + 1)
-            anim = _decode_clips(tokenizer, anim_tokens)
-            _clip_folder(anim, generated / "animation", s.fps)
-            report["animation_first_frame_tokens_kept"] = bool(torch.equal(anim_tokens[:, 0], first[:, 0]))
+            videos, kept = {}, True
+            for temperature in (None, *s.video_temperatures):
+                tag = "" if temperature is None else f"_t{temperature:g}"
+                t2v_tokens = generate(f"text2video{tag}", (long_T, canvas[1], canvas[2]), video_caps,
+                                      s.video_cfg_scale, seed=s.seed, temperature=temperature)
+                anim_tokens = generate(f"animation{tag}", (long_T, canvas[1], canvas[2]), video_caps,
+                                       s.video_cfg_scale, prompt=prompt, mask=mask, seed=s.seed + 1,
+                                       temperature=temperature)
+                kept = kept and bool(torch.equal(anim_tokens[:, 0], first[:, 0]))
+                pair = (_decode_clips(tokenizer, t2v_tokens), _decode_clips(tokenizer, anim_tokens))
+                _clip_folder(pair[0], generated / f"text2video{tag}", s.fps)
+                _clip_folder(pair[1], generated / f"animation{tag}", s.fps)
+                videos[temperature] = pair
+            t2v, anim = videos.pop(None)
+            report["animation_first_frame_tokens_kept"] = kept
         finally:
             torch.set_num_threads(threads)
         report["generate"] = {"seconds": timings}
@@ -420,6 +431,10 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
         _write_report(out, report)
         evaluate(tokenizer, s, val_clips[: s.videos], val_specs, image_sets, t2v, anim, LV,
                  results=ev, save=lambda: _write_report(out, report))
+        for temperature, (t2v_t, anim_t) in videos.items():
+            by_t = ev.setdefault("by_temperature", {})[f"{temperature:g}"] = {}
+            evaluate(tokenizer, s, val_clips[: s.videos], val_specs, None, t2v_t, anim_t, LV,
+                     results=by_t, save=lambda: _write_report(out, report))
         _sheet_gif([val_clips[0], t2v[0], anim[0], val_clips[1], t2v[1], anim[1]], out / "overview.gif", s.fps)
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     _write_report(out, report)
@@ -449,15 +464,16 @@ def evaluate(tokenizer, s: VideoRecipeSettings, real_clips: np.ndarray, specs: l
     read = LV.read_attributes
     image_keys = [k for k in LV.ATTRIBUTES if k != "motion"]
     video_keys = list(LV.ATTRIBUTES)
-    m = len(next(iter(image_sets.values())))
-    expected = [attrs[i % n] for i in range(m)]
-    results["text2image_attributes"] = {
-        "chance": chance_scores(expected, image_keys),
-        "real": attribute_scores(read, [c[:1] for c in real_clips], attrs, image_keys),
-        "recon": attribute_scores(read, [c[:1] for c in recon], attrs, image_keys),
-        "random_tokens": attribute_scores(read, [c[:1] for c in noise], attrs, image_keys),
-        "by_cfg_scale": {f"{k:g}": attribute_scores(read, [c[:1] for c in v], expected, image_keys)
-                         for k, v in image_sets.items()}}
+    if image_sets:  # None: the video sets alone (a further temperature)
+        m = len(next(iter(image_sets.values())))
+        expected = [attrs[i % n] for i in range(m)]
+        results["text2image_attributes"] = {
+            "chance": chance_scores(expected, image_keys),
+            "real": attribute_scores(read, [c[:1] for c in real_clips], attrs, image_keys),
+            "recon": attribute_scores(read, [c[:1] for c in recon], attrs, image_keys),
+            "random_tokens": attribute_scores(read, [c[:1] for c in noise], attrs, image_keys),
+            "by_cfg_scale": {f"{k:g}": attribute_scores(read, [c[:1] for c in v], expected, image_keys)
+                             for k, v in image_sets.items()}}
     results["text2video_attributes"] = {
         "chance": chance_scores(attrs, video_keys),
         "real": attribute_scores(read, list(real_clips), attrs, video_keys),
@@ -567,6 +583,13 @@ def _print_summary(report: dict):
         if rows:
             print(f"{name} per-frame SWD last/first quarter: "
                   + ", ".join(f"{k} {v.get('last_over_first', float('nan')):.2f}" for k, v in rows.items()))
+    for temperature, by_t in [(None, ev), *ev.get("by_temperature", {}).items()]:
+        sets = {name: by_t.get(name, {}).get("temporal", {}).get("sets", {}).get("fake") for name in ("text2video", "animation")}
+        attrs = by_t.get("text2video_attributes", {})
+        if all(sets.values()) and attrs:
+            print(f"temperature {'main' if temperature is None else temperature}: "
+                  + "; ".join(f"{name} jitter {m['jitter']:.2f}, aligned frame difference {m['frame_diff_aligned']:.2f}, "
+                              f"motion attribute {attrs[name]['per_attribute'].get('motion')}" for name, m in sets.items()))
     pf = ev.get("per_frame_bits")
     if pf:
         rep = {k: "none" if v is None else f"{v:.2f}" for k, v in pf["repeats_previous"].items()}

@@ -20,7 +20,7 @@ def test_video_recipe_runs_every_stage_and_reports_floors(tmp_path):
     # scores the model (10 steps stay inside the warm-up); 2 clips a step, not 8
     sets = ["train_clips=24", "val_clips=4", "videos=4", "image_prompts=4", "tokenizer_clips=8",
             "tokenizer_steps=2", "text_mlm_steps=2", "train_steps=10", "eval_every=5", "micro_batch=2", "workers=2",
-            "cfg_scales=[1, 3]"]
+            "cfg_scales=[1, 3]", "video_temperatures=[0.5]"]
     cmd = [sys.executable, "-m", "nuwa_ds.cli", "recipe", "landscape-videos", "--preset", "cpu", "--out", str(out),
            "--device", "cpu"] + [a for s in sets for a in ("--set", s)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -64,7 +64,16 @@ def test_video_recipe_runs_every_stage_and_reports_floors(tmp_path):
     assert shards["train"]["clips"] == shards["val"]["clips"] == 4
     assert len(shards["train"]["all"]) == 4 and shards["train"]["all"] != shards["val"]["all"]
 
-    for folder, frames in (("text2image_cfg3", 1), ("text2video", 16), ("animation", 16)):
+    # a further temperature: both video sets drawn again and measured as the main ones
+    by_t = ev["by_temperature"]["0.5"]
+    assert "text2image_attributes" not in by_t and set(by_t["text2video_attributes"]["animation"]["per_attribute"]) \
+        == {"sky", "sun", "motion"}
+    for name in ("text2video", "animation"):
+        assert len(by_t[name]["swd"]["rows"]["fake"]) == 16
+        assert by_t[name]["swd"]["rows"]["real_a"] == ev[name]["swd"]["rows"]["real_a"]  # the same floors
+        assert by_t[name]["temporal"]["sets"]["fake"] != ev[name]["temporal"]["sets"]["fake"]
+    for folder, frames in (("text2image_cfg3", 1), ("text2video", 16), ("animation", 16), ("text2video_t0.5", 16),
+                           ("animation_t0.5", 16)):
         clips = sorted((out / "generated" / folder).iterdir())
         assert len(clips) == 4 and len(list(clips[0].glob("*.png"))) == frames
     with Image.open(clips[0] / "frame_000.png") as img:
