@@ -134,10 +134,11 @@ class VideoRecipeSettings:
 
 
 PRESETS: dict[str, dict] = {
-    # One GPU, planned at about 9 minutes; not yet run to its end (docs/benchmarks.md, "The video
-    # recipe on one H100": what a first run measured and why the budgets are what they are). Since
-    # 2026-12-07 twice the clips at half the micro-batch (fewer passes per clip, see train_clips): the
-    # clips stage is predicted ~30-60 s longer and training ~half as long; not yet measured on a GPU.
+    # One GPU, planned at about 9 minutes. Measured on one H100 on 2026-12-07 with 4,800 clips and a 70 s
+    # tokenizer: clips 129 s, text encoder 40, tokenizer 69, shards 27, training 176 (1,100 steps),
+    # export + generation 17, then the call's limit cut the evaluation (docs/benchmarks.md, "The video
+    # recipe on one H100 ... evaluation cut"). With 3,600 clips and a 55 s tokenizer the stages before
+    # the evaluation are predicted at ~410 s, leaving ~2 minutes for it (threaded since).
     "gpu": {},
     # Two CPU cores, a couple of minutes: 64 x 64 frames (8 x 8 tokens), the `small` model's widths.
     "cpu": dict(train_clips=200, val_clips=8, size=(64, 64), window=(512, 512), text_preset="tiny",
