@@ -345,7 +345,6 @@ def raster_context(canvas: tuple[int, int, int], extents: tuple[int, int, int]) 
                          num_bias)
 
 
-
 def wall_ms(fn) -> float:
     """One call's wall-clock milliseconds: the default ``measure`` (in the interpreter, the
     interpreter's time, not a speed figure)."""

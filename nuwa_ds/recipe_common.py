@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -45,4 +46,8 @@ class Stage:
 
 
 def write_report(out: Path, report: dict):
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    """``out/report.json``, replaced whole (written beside it, then renamed): a run killed or copied
+    while it writes never leaves a truncated report."""
+    tmp = out / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    os.replace(tmp, out / "report.json")

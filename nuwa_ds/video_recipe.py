@@ -162,11 +162,28 @@ def settings_for(preset: str, assignments) -> VideoRecipeSettings:
         raise ValueError("clip_frames must be >= 2 and long_factor >= 1")
     if s.videos > s.val_clips or s.image_prompts > s.val_clips * 8:
         raise ValueError(f"videos ({s.videos}) must be <= val_clips ({s.val_clips})")
+    temps = s.video_temperatures
+    temps = (temps,) if isinstance(temps, (int, float)) and not isinstance(temps, bool) else temps
+    if not isinstance(temps, (list, tuple)) or not all(
+            isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t >= 0 for t in temps):
+        raise ValueError(f"video_temperatures must be a list of finite numbers >= 0, got {s.video_temperatures!r}")
+    names = [f"{t:g}" for t in temps]
+    if len(set(names)) != len(names) or f"{s.temperature:g}" in names:
+        raise ValueError(f"video_temperatures {list(temps)} must differ from each other and from temperature "
+                         f"{s.temperature:g} (the main sets)")
+    s.video_temperatures = tuple(float(t) for t in temps)
     return s
 
 
 # ----------------------------------------------------------------------------------------------
 # helpers
+
+
+def _cycled(items: list, count: int) -> list:
+    """``count`` items, going round ``items``: the held-out captions the text-to-image prompts take, and
+    the clips whose attributes score them (one function for both, so prompt i is scored against its own
+    caption's clip)."""
+    return [items[i % len(items)] for i in range(count)]
 
 
 def _clip_folder(clips: np.ndarray, folder: Path, fps: float) -> None:
@@ -387,7 +404,7 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
 
         try:
             # text-to-image: frame 0 of held-out captions, at each guidance scale
-            image_caps = [val_captions[i % len(val_captions)] for i in range(s.image_prompts)]
+            image_caps = _cycled(val_captions, s.image_prompts)
             image_sets = {}
             for scale in s.cfg_scales:
                 tokens = generate(f"text2image_cfg{scale:g}", (1, canvas[1], canvas[2]), image_caps, scale,
@@ -401,7 +418,7 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
             prompt = torch.zeros(s.videos, long_T, canvas[1], canvas[2], dtype=torch.long)
             mask = torch.zeros_like(prompt, dtype=torch.bool)
             prompt[:, :1], mask[:, :1] = first, True
-            videos, kept = {}, True
+            video_sets, kept = {}, True
             for temperature in (None, *s.video_temperatures):
                 tag = "" if temperature is None else f"_t{temperature:g}"
                 t2v_tokens = generate(f"text2video{tag}", (long_T, canvas[1], canvas[2]), video_caps,
@@ -413,8 +430,8 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
                 pair = (_decode_clips(tokenizer, t2v_tokens), _decode_clips(tokenizer, anim_tokens))
                 _clip_folder(pair[0], generated / f"text2video{tag}", s.fps)
                 _clip_folder(pair[1], generated / f"animation{tag}", s.fps)
-                videos[temperature] = pair
-            t2v, anim = videos.pop(None)
+                video_sets[temperature] = pair
+            t2v, anim = video_sets.pop(None)
             report["animation_first_frame_tokens_kept"] = kept
         finally:
             torch.set_num_threads(threads)
@@ -434,33 +451,40 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
         _write_report(out, report)
         evaluate(tokenizer, s, val_clips[: s.videos], val_specs, image_sets, t2v, anim, LV,
                  results=ev, save=lambda: _write_report(out, report))
-        for temperature, (t2v_t, anim_t) in videos.items():
+        _sheet_gif([val_clips[0], t2v[0], anim[0], val_clips[1], t2v[1], anim[1]], out / "overview.gif", s.fps)
+        for temperature, (t2v_t, anim_t) in video_sets.items():
             by_t = ev.setdefault("by_temperature", {})[f"{temperature:g}"] = {}
             evaluate(tokenizer, s, val_clips[: s.videos], val_specs, None, t2v_t, anim_t, LV,
-                     results=by_t, save=lambda: _write_report(out, report))
-        _sheet_gif([val_clips[0], t2v[0], anim[0], val_clips[1], t2v[1], anim[1]], out / "overview.gif", s.fps)
+                     results=by_t, save=lambda: _write_report(out, report), floors=False)
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     _write_report(out, report)
     _print_summary(report)
     return report
 
 
-def evaluate(tokenizer, s: VideoRecipeSettings, real_clips: np.ndarray, specs: list, image_sets: dict,
-             t2v: np.ndarray, anim: np.ndarray, LV, results: Optional[dict] = None, save=lambda: None) -> dict:
+def evaluate(tokenizer, s: VideoRecipeSettings, real_clips: np.ndarray, specs: list, image_sets: Optional[dict],
+             t2v: np.ndarray, anim: np.ndarray, LV, results: Optional[dict] = None, save=lambda: None,
+             floors: bool = True) -> dict:
     """Caption attributes and the video metrics of the generated sets, beside chance, real clips, their
     VQ reconstructions and decoded random tokens (all through the same reader and the same code). Each
-    part goes into ``results`` (a new dict if None) as it is measured, and ``save()`` is called after it."""
+    part goes into ``results`` (a new dict if None) as it is measured, and ``save()`` is called after it.
+    ``specs``: every held-out clip's spec (text-to-image prompt i is held-out caption i % len(specs));
+    ``real_clips`` the first of them. ``floors=False`` (a further temperature's sets): the generated sets
+    only, beside real clips (the SWD and motion references), without VQ reconstructions, random tokens and
+    the real clips' attribute rows, which the main call measured already."""
     import torch
 
     from nuwa_ds.metrics.video import video_report
 
     n = len(real_clips)
     attrs = [LV.true_attributes(spec) for spec in specs[:n]]
-    recon = _decode_clips(tokenizer, _encode_clips(tokenizer, real_clips))
-    g = torch.Generator().manual_seed(s.seed)
-    noise = _decode_clips(tokenizer, torch.randint(0, tokenizer.codebook_size, (n, *recon.shape[1:2],
-                                                   recon.shape[2] // tokenizer.downsample,
-                                                   recon.shape[3] // tokenizer.downsample), generator=g))
+    recon = noise = None
+    if floors:
+        recon = _decode_clips(tokenizer, _encode_clips(tokenizer, real_clips))
+        g = torch.Generator().manual_seed(s.seed)
+        noise = _decode_clips(tokenizer, torch.randint(0, tokenizer.codebook_size, (n, *recon.shape[1:2],
+                                                       recon.shape[2] // tokenizer.downsample,
+                                                       recon.shape[3] // tokenizer.downsample), generator=g))
     results = {} if results is None else results
 
     # caption attributes, read back from the pixels
@@ -469,7 +493,7 @@ def evaluate(tokenizer, s: VideoRecipeSettings, real_clips: np.ndarray, specs: l
     video_keys = list(LV.ATTRIBUTES)
     if image_sets:  # None: the video sets alone (a further temperature)
         m = len(next(iter(image_sets.values())))
-        expected = [attrs[i % n] for i in range(m)]
+        expected = [LV.true_attributes(spec) for spec in _cycled(specs, m)]  # as the prompts were drawn
         results["text2image_attributes"] = {
             "chance": chance_scores(expected, image_keys),
             "real": attribute_scores(read, [c[:1] for c in real_clips], attrs, image_keys),
@@ -477,19 +501,20 @@ def evaluate(tokenizer, s: VideoRecipeSettings, real_clips: np.ndarray, specs: l
             "random_tokens": attribute_scores(read, [c[:1] for c in noise], attrs, image_keys),
             "by_cfg_scale": {f"{k:g}": attribute_scores(read, [c[:1] for c in v], expected, image_keys)
                              for k, v in image_sets.items()}}
-    results["text2video_attributes"] = {
-        "chance": chance_scores(attrs, video_keys),
-        "real": attribute_scores(read, list(real_clips), attrs, video_keys),
-        "recon": attribute_scores(read, list(recon), attrs, video_keys),
-        "random_tokens": attribute_scores(read, list(noise), attrs, video_keys),
-        "text2video": attribute_scores(read, list(t2v), attrs, video_keys),
-        "animation": attribute_scores(read, list(anim), attrs, video_keys)}
+    video_attrs = results["text2video_attributes"] = {}
+    if floors:
+        video_attrs.update(chance=chance_scores(attrs, video_keys),
+                           real=attribute_scores(read, list(real_clips), attrs, video_keys),
+                           recon=attribute_scores(read, list(recon), attrs, video_keys),
+                           random_tokens=attribute_scores(read, list(noise), attrs, video_keys))
+    video_attrs.update(text2video=attribute_scores(read, list(t2v), attrs, video_keys),
+                       animation=attribute_scores(read, list(anim), attrs, video_keys))
     save()
 
     # per-frame SWD by frame index and motion (unpaired for text-to-video, paired for animation: clip i
     # continues real clip i's first frame); the real clips' true content shift is -(camera pan)
     true_dx = [-spec.true_shift for spec in specs[:n]]
-    kwargs = dict(recon=list(recon), random_tokens=list(noise), seed=s.seed)
+    kwargs = dict(recon=list(recon), random_tokens=list(noise), seed=s.seed) if floors else dict(seed=s.seed)
     results["text2video"] = video_report(list(real_clips), list(t2v), **kwargs)
     save()
     results["animation"] = video_report(list(real_clips), list(anim), paired=True, true_dx=true_dx, **kwargs)

@@ -34,5 +34,3 @@ def write_tiny_text_encoder(directory) -> str:
     T5EncoderModel(config).save_pretrained(directory)
     ByT5Tokenizer().save_pretrained(directory)
     return str(directory)
-
-

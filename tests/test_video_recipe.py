@@ -18,7 +18,8 @@ def test_video_recipe_runs_every_stage_and_reports_floors(tmp_path):
     # tokenizer / text encoder steps: neither is scored here (the export must carry the encoder it was
     # given, whatever its training); 2 steps each still train, save and evaluate them. micro_batch: nothing
     # scores the model (10 steps stay inside the warm-up); 2 clips a step, not 8
-    sets = ["train_clips=24", "val_clips=4", "videos=4", "image_prompts=4", "tokenizer_clips=8",
+    # val_clips > videos: text-to-image prompts go round every held-out caption, videos take the first ones
+    sets = ["train_clips=24", "val_clips=6", "videos=4", "image_prompts=6", "tokenizer_clips=8",
             "tokenizer_steps=2", "text_mlm_steps=2", "train_steps=10", "eval_every=5", "micro_batch=2", "workers=2",
             "cfg_scales=[1, 3]", "video_temperatures=[0.5]"]
     cmd = [sys.executable, "-m", "nuwa_ds.cli", "recipe", "landscape-videos", "--preset", "cpu", "--out", str(out),
@@ -28,7 +29,7 @@ def test_video_recipe_runs_every_stage_and_reports_floors(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert set(report["stage_seconds"]) == {"1 clips", "2 text encoder", "3 tokenizer", "4 shards", "5 train",
                                             "6 export + generate", "7 eval"}
-    assert report["clips"] == {"train": 24, "val": 4, "train_frames": 4, "val_frames": 16}
+    assert report["clips"] == {"train": 24, "val": 6, "train_frames": 4, "val_frames": 16}
     assert report["train"]["steps"] == 10 and [e["step"] for e in report["train"]["val"]] == [5, 10]
     # the export carries the text path: its tokenizer and the encoder's weights
     assert "text_tokenizer" in report["export"]["files"]
@@ -44,7 +45,7 @@ def test_video_recipe_runs_every_stage_and_reports_floors(tmp_path):
 
     ev = report["eval"]
     ti = ev["text2image_attributes"]
-    assert set(ti["by_cfg_scale"]) == {"1", "3"} and ti["by_cfg_scale"]["3"]["count"] == 4
+    assert set(ti["by_cfg_scale"]) == {"1", "3"} and ti["by_cfg_scale"]["3"]["count"] == 6
     assert set(ti["real"]["per_attribute"]) == {"sky", "sun"}
     tv = ev["text2video_attributes"]
     assert set(tv["text2video"]["per_attribute"]) == {"sky", "sun", "motion"}
@@ -57,26 +58,41 @@ def test_video_recipe_runs_every_stage_and_reports_floors(tmp_path):
         assert {"real", "fake", "shuffled_real"} <= set(ev[name]["temporal"]["sets"])
     assert ev["animation"]["temporal"]["truth"]["real"]["clips_scored"] >= 1
     pf = ev["per_frame_bits"]   # teacher-forced on held-out clips of the training length
-    assert pf["clips"] == 4 and len(pf["all"]) == 4 and 0 <= pf["repeats_previous"]["share"] <= 1
+    assert pf["clips"] == 6 and len(pf["all"]) == 4 and 0 <= pf["repeats_previous"]["share"] <= 1
     assert set(pf["caption"]) == {"own", "other_clip", "none"} and all(len(v) == 4 for v in pf["caption"].values())
     assert pf["caption"]["own"] == pf["all"] and pf["caption"]["none"] != pf["caption"]["own"]
     shards = ev["per_frame_bits_shards"]  # as many training and held-out clips, both read from the shards
-    assert shards["train"]["clips"] == shards["val"]["clips"] == 4
+    assert shards["train"]["clips"] == shards["val"]["clips"] == 6
     assert len(shards["train"]["all"]) == 4 and shards["train"]["all"] != shards["val"]["all"]
 
     # a further temperature: both video sets drawn again and measured as the main ones
     by_t = ev["by_temperature"]["0.5"]
-    assert "text2image_attributes" not in by_t and set(by_t["text2video_attributes"]["animation"]["per_attribute"]) \
-        == {"sky", "sun", "motion"}
+    assert "text2image_attributes" not in by_t and set(by_t["text2video_attributes"]) == {"text2video", "animation"}
+    assert set(by_t["text2video_attributes"]["animation"]["per_attribute"]) == {"sky", "sun", "motion"}
     for name in ("text2video", "animation"):
         assert len(by_t[name]["swd"]["rows"]["fake"]) == 16
-        assert by_t[name]["swd"]["rows"]["real_a"] == ev[name]["swd"]["rows"]["real_a"]  # the same floors
+        assert by_t[name]["swd"]["rows"]["real_a"] == ev[name]["swd"]["rows"]["real_a"]  # the same reference
+        assert "recon" not in by_t[name]["swd"]["rows"]  # floors measured once, by the main sets
         assert by_t[name]["temporal"]["sets"]["fake"] != ev[name]["temporal"]["sets"]["fake"]
-    for folder, frames in (("text2image_cfg3", 1), ("text2video", 16), ("animation", 16), ("text2video_t0.5", 16),
-                           ("animation_t0.5", 16)):
+    for folder, count, frames in (("text2image_cfg3", 6, 1), ("text2video", 4, 16), ("animation", 4, 16),
+                                  ("text2video_t0.5", 4, 16), ("animation_t0.5", 4, 16)):
         clips = sorted((out / "generated" / folder).iterdir())
-        assert len(clips) == 4 and len(list(clips[0].glob("*.png"))) == frames
+        assert len(clips) == count and len(list(clips[0].glob("*.png"))) == frames
     with Image.open(clips[0] / "frame_000.png") as img:
         assert img.size == (64, 64)
     with Image.open(out / "overview.gif") as gif:
         assert gif.n_frames == 16
+
+
+@pytest.mark.parametrize("value, ok", [("[0.7, 0.4]", (0.7, 0.4)), ("0.7", (0.7,)), ("[]", ()), ("[0.7, 0.70]", None),
+                                       ("[1.0]", None), ("[-0.5]", None), ('["hot"]', None), ("null", None)])
+def test_video_temperatures_are_checked_before_anything_runs(value, ok):
+    """A bad list fails at once, not after the training (the further temperatures are drawn in stage 6);
+    a duplicate, or the main temperature again, would overwrite the same folder and report key."""
+    from nuwa_ds.video_recipe import settings_for
+
+    if ok is None:
+        with pytest.raises(ValueError, match="video_temperatures"):
+            settings_for("cpu", [f"video_temperatures={value}"])
+    else:
+        assert settings_for("cpu", [f"video_temperatures={value}"]).video_temperatures == ok
