@@ -7,7 +7,8 @@ dest=${OUT:-/tmp/out}
 mkdir -p "$dest"
 # the clips are written as MP4 through PyAV, which the GPU machines' image lacks: carry its wheel
 # (pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 av==18.1.0)
-python3 -c 'import av' 2>/dev/null || { echo "PyAV (av==18.1.0, requirements.txt) is missing here: carry its wheel" >&2; exit 1; }
+python3 -c 'import av' 2>/dev/null || { echo "PyAV (av==18.1.0, requirements.txt) is missing here: carry its wheel in .whl" \
+  | tee "$dest/video_recipe.log" >&2; exit 1; }
 # KERNEL_CHECK=1: first the compiled Triton kernels against the reference with the aligned-token bias (the
 # recipe's model uses it; about a minute), and no recipe if they fail
 if [ "${KERNEL_CHECK:-0}" = 1 ]; then
