@@ -296,7 +296,8 @@ def _check(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_v, own_slot, ow
 def pool_decode_attention(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_v, own_slot, own_len,
                           own_bias_id: int, bias, text=None, num_splits: Optional[int] = None,
                           block_n: Optional[int] = None, num_warps: int = 4, num_stages: int = 3,
-                          lanes: bool = True, prefetch: bool = True, aligned_bias=None) -> torch.Tensor:
+                          lanes: bool = True, prefetch: bool = True, aligned_bias=None,
+                          split_units: Optional[int] = None) -> torch.Tensor:
     """One query per row against pool slots; same contract as
     ``nuwa_ds.model.attention.pool_decode_attention``. Returns [R, H, D] in q's dtype.
 
@@ -304,7 +305,13 @@ def pool_decode_attention(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_
     every token, and checking them would cost a device sync per layer per token. Context slots and
     text indices are checked (once per tensor, cached). ``num_splits``/``block_n``/``num_warps``/
     ``num_stages``/``lanes`` (v2 per-lane softmax, else v1)/``prefetch`` (v3) override the launch
-    (tests, benchmarks)."""
+    (tests, benchmarks).
+
+    ``split_units`` (batch-invariant decode, issue 16): every split holds this many ``block_n``-key units,
+    whatever the batch, instead of ``num_splits`` equal ranges of the batch's longest row. A row's keys
+    then fall into the same splits, reduced in the same order, alone or beside any other rows: its
+    output does not depend on the batch (the splits a longer row adds are empty for it, and an empty
+    split combines as an exact zero). The split count follows the batch's longest row."""
     text_tables = _check(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_v, own_slot, own_len, own_bias_id,
                          bias, text, aligned_bias)
     R, H, D = q.shape
@@ -322,9 +329,14 @@ def pool_decode_attention(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_
     BLOCK_D = block_d(D)
     max_units = (triton.cdiv(n, BLOCK_N) + ctx_slots.shape[1] * triton.cdiv(m, BLOCK_N)
                  + (triton.cdiv(tk.shape[1], BLOCK_N) if has_text else 0))
-    splits = num_splits or choose_splits(R * H, max_units, q.device)
-    splits = max(1, min(splits, max_units))
-    units_per_split = triton.cdiv(max_units, splits)
+    if split_units is not None:
+        if num_splits is not None or split_units < 1:
+            raise ValueError(f"split_units must be >= 1 and excludes num_splits, got {split_units} and {num_splits}")
+        units_per_split, splits = split_units, triton.cdiv(max_units, split_units)
+    else:
+        splits = num_splits or choose_splits(R * H, max_units, q.device)
+        splits = max(1, min(splits, max_units))
+        units_per_split = triton.cdiv(max_units, splits)
     single = splits == 1
     part_m = part_l = part_acc = out
     if not single:

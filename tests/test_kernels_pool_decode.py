@@ -95,6 +95,43 @@ def test_default_launch_with_broadcast_lengths():
     check(args)
 
 
+def alone(args: dict, row: int) -> dict:
+    """Row ``row`` of a decode batch as a batch of its own, its context list cut to its valid entries
+    (the width a batch pads to follows its longest row)."""
+    keep = args["ctx_slots"][row] >= 0
+    one = dict(args, q=args["q"][row:row + 1], ctx_slots=args["ctx_slots"][row:row + 1, keep],
+               ctx_bias_id=args["ctx_bias_id"][row:row + 1, keep], own_slot=args["own_slot"][row:row + 1],
+               own_len=args["own_len"][row:row + 1])
+    if args["text"] is not None:
+        t = args["text"]
+        one["text"] = TextContext(t.k, t.v, t.length, t.index[row:row + 1])
+    return one
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("split_units", [1, 2, 1000])
+def test_fixed_split_size_makes_a_row_independent_of_its_batch(split_units, dtype):
+    """Batch-invariant decode (issue 16): with ``split_units`` a row's output is the same bits alone as
+    beside rows with longer or shorter contexts, own caches and captions (1000 units: one split, the
+    single-pass kernel, for every batch); and it still matches the reference."""
+    args = make_decode(dtype=dtype, with_text=True, aligned=True)
+    batch = pool_decode_attention(**args, split_units=split_units, block_n=8)
+    check(args, split_units=split_units, block_n=8)
+    for row in range(len(batch)):
+        assert torch.equal(pool_decode_attention(**alone(args, row), split_units=split_units, block_n=8)[0],
+                           batch[row]), row
+
+
+def test_a_fixed_split_count_depends_on_the_batch():
+    """What ``split_units`` fixes: with 3 equal ranges of the batch's longest row, a row's keys are cut
+    elsewhere when it is decoded alone, and its output changes in the last bits (the test above could
+    not tell a fixed split size from a fixed split count without this)."""
+    args = make_decode(with_text=True, aligned=True)
+    batch = pool_decode_attention(**args, num_splits=3, block_n=8)
+    assert any(not torch.equal(pool_decode_attention(**alone(args, row), num_splits=3, block_n=8)[0], batch[row])
+               for row in range(len(batch)))
+
+
 BAD = {
     "q not [R, H, D]": (lambda a: a.update(q=a["q"][None]), "q must have 3 dimensions"),
     "pool of another head size": (lambda a: a.update(pool_k=a["pool_k"][..., :8], pool_v=a["pool_v"][..., :8]),
@@ -104,6 +141,8 @@ BAD = {
     "own_bias_id": (lambda a: a.update(own_bias_id=10), "own_bias_id"),
     "aligned bias of another shape": (lambda a: a.update(aligned_bias=a["bias"][:, :4]),
                                       "aligned_bias must be shaped like bias"),
+    "split size and count": (lambda a: a.update(split_units=2, num_splits=3), "split_units"),
+    "split size 0": (lambda a: a.update(split_units=0), "split_units"),
 }
 
 
