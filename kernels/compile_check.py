@@ -105,15 +105,16 @@ EXAMPLE_OWN_OFFSET, EXAMPLE_BIAS_COLUMNS = 4, 10
 
 def record_model_launches(dtype: torch.dtype, head_dim: int, n: int = 256) -> list:
     """Launches of a training step (global + local stack, with text; with and without the aligned-token
-    bias) and a decode step."""
+    bias), a decode step (split counts and a fixed split size) and the batch-invariant matmul and norm."""
     # the kernels are defined when imported: here, after main() refused TRITON_INTERPRET
+    import kernels.batch_invariant as BI
     import kernels.patch_attention as PA
     import kernels.pool_decode as PD
 
     log: list = []
     originals = {}
     for module, names in ((PA, ("_fwd_kernel", "_bwd_dq_kernel", "_bwd_dkv_kernel")),
-                          (PD, ("_split_kernel", "_combine_kernel"))):
+                          (PD, ("_split_kernel", "_combine_kernel")), (BI, ("_linear_kernel", "_rms_norm_kernel"))):
         for name in names:
             originals[(module, name)] = getattr(module, name)
             setattr(module, name, _Recorder(getattr(module, name), log))
@@ -141,6 +142,11 @@ def record_model_launches(dtype: torch.dtype, head_dim: int, n: int = 256) -> li
         for splits, aligned in ((1, None), (4, None), (1, bias), (4, bias)):
             PD.pool_decode_attention(q[:, 0], pk, pv, ctx_index, ctx_offset, pk, pv, torch.arange(R),
                                      torch.full((R,), n), own, bias, text, num_splits=splits, aligned_bias=aligned)
+        PD.pool_decode_attention(q[:, 0], pk, pv, ctx_index, ctx_offset, pk, pv, torch.arange(R),
+                                 torch.full((R,), n), own, bias, text, split_units=2, aligned_bias=bias)
+        width = H * D * 8
+        BI.batch_invariant_linear(torch.randn(3, width, dtype=dtype), torch.randn(3 * width, width, dtype=dtype))
+        BI.batch_invariant_rms_norm(torch.randn(3, width, dtype=dtype), torch.ones(width, dtype=dtype), 1e-5)
     finally:
         for (module, name), fn in originals.items():
             setattr(module, name, fn)

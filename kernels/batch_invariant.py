@@ -1,0 +1,117 @@
+"""Batch-invariant matmul and RMSNorm for the token step (issue 16).
+
+On a GPU the same row can come out of ``x @ w.T`` or ``rms_norm(x)`` with other last bits depending on
+how many rows are computed together: cuBLAS picks its algorithm (tile shape, split-K) by the row count,
+and a reduction kernel picks how to split a row by the tensor's shape. In generation a last-bit logit
+difference flips a near-tie and every later patch inherits it, so the wavefront schedule (many rows)
+and the sequential one (few rows) draw different canvases from one seed.
+
+Here each row's result is computed the same way whatever the batch:
+  * ``batch_invariant_linear``: ``y = x @ w.T``, fixed tiles (``BLOCK_M`` x ``BLOCK_N``, ``BLOCK_K``) for
+    every row count, no split-K: output element (i, j) is the fp32 sum over K in ``BLOCK_K`` chunks in
+    one order, whichever rows share its tile (a tile's other rows only fill other lanes of the same
+    MMA). Rows are padded to the tile by masked loads, never by copies.
+  * ``batch_invariant_rms_norm``: one program per row, the whole row in one block: a row's sum of
+    squares is reduced by the same tree whatever the other rows.
+The decode attention's piece is ``pool_decode_attention(split_units=...)``: a split size fixed in keys.
+
+In the Triton tutorials' manner this file holds the kernels, their launchers and the torch references
+(``reference_linear``, ``reference_rms_norm``). The tests (``tests/test_kernels_batch_invariant.py``)
+check both against the references on fresh random inputs and check the invariance itself: every row's
+bits alone equal its bits in batches of other sizes. The GPU cost against cuBLAS / torch is measured by
+``nuwa-ds bench decode`` once the token step uses them (issue 16).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._common import INTERPRET, SUPPORTED_DTYPES, alloc_output, check_tensor
+
+BLOCK_M = 16
+"""Rows per tile: the smallest MMA height; a token step of 1-16 rows reads each weight tile once."""
+BLOCK_N = 64
+BLOCK_K = 64
+
+
+@triton.jit
+def _linear_kernel(X, W, Y, M, N, K, s_xm, s_xk, s_wn, s_wk, s_ym, s_yn,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr):
+    pid_m, pid_n = tl.program_id(0), tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + offs_k
+        x = tl.load(X + rows[:, None].to(tl.int64) * s_xm + ks[None, :] * s_xk,
+                    mask=(rows[:, None] < M) & (ks[None, :] < K), other=0.0)
+        w = tl.load(W + cols[None, :].to(tl.int64) * s_wn + ks[:, None] * s_wk,
+                    mask=(cols[None, :] < N) & (ks[:, None] < K), other=0.0)
+        if UPCAST:  # the interpreter's dot of 16-bit tiles is not exact: fp32 there (products of 16-bit values are)
+            x, w = x.to(tl.float32), w.to(tl.float32)
+        acc = tl.dot(x, w, acc)
+    tl.store(Y + rows[:, None].to(tl.int64) * s_ym + cols[None, :] * s_yn, acc.to(Y.dtype.element_ty),
+             mask=(rows[:, None] < M) & (cols[None, :] < N))
+
+
+def batch_invariant_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight.T`` (``F.linear`` without bias): x [..., K], weight [N, K], one dtype; returns
+    [..., N] in x's dtype, each row's bits independent of the other rows and of their count."""
+    check_tensor("weight", weight, 2, SUPPORTED_DTYPES)
+    if not isinstance(x, torch.Tensor) or x.dim() < 1:
+        raise ValueError("x must be a tensor [..., K]")
+    if x.dtype != weight.dtype or x.device != weight.device:
+        raise ValueError(f"x and weight must share dtype and device, got {x.dtype}/{x.device} and "
+                         f"{weight.dtype}/{weight.device}")
+    N, K = weight.shape
+    if x.shape[-1] != K:
+        raise ValueError(f"x's last dimension {x.shape[-1]} != weight's {K}")
+    x2 = x.reshape(-1, K)
+    M = x2.shape[0]
+    y = alloc_output((M, N), x.dtype, x.device)
+    if M:
+        grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
+        _linear_kernel[grid](x2, weight, y, M, N, K, *x2.stride(), *weight.stride(), *y.stride(),
+                             BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, UPCAST=INTERPRET)
+    return y.view(*x.shape[:-1], N)
+
+
+@triton.jit
+def _rms_norm_kernel(X, Wt, Y, D, s_xm, s_ym, eps, BLOCK_D: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK_D)
+    mask = offs < D
+    x = tl.load(X + row * s_xm + offs, mask=mask, other=0.0).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(x * x, 0) / D + eps)
+    w = tl.load(Wt + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(Y + row * s_ym + offs, (x * rstd * w).to(Y.dtype.element_ty), mask=mask)
+
+
+def batch_invariant_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``F.rms_norm(x, (D,), weight, eps)`` for x [..., D] (last dimension contiguous), in fp32 inside,
+    x's dtype out; one program per row."""
+    check_tensor("weight", weight, 1)
+    if not isinstance(x, torch.Tensor) or x.dtype not in SUPPORTED_DTYPES or x.shape[-1:] != weight.shape:
+        raise ValueError(f"x must be a tensor [..., {weight.shape[0]}] of {[str(d) for d in SUPPORTED_DTYPES]}")
+    D = weight.shape[0]
+    x2 = x.reshape(-1, D)
+    if x2.shape[0] and x2.stride(1) != 1:
+        x2 = x2.contiguous()
+    y = alloc_output(x2.shape, x.dtype, x.device)
+    if x2.shape[0]:
+        _rms_norm_kernel[(x2.shape[0],)](x2, weight, y, D, x2.stride(0), y.stride(0), float(eps),
+                                         BLOCK_D=triton.next_power_of_2(D))
+    return y.view(x.shape)
+
+
+def reference_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Ground truth in float64."""
+    return x.double() @ weight.double().T
+
+
+def reference_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x = x.double()
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.double()

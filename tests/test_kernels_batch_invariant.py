@@ -1,0 +1,71 @@
+"""Batch-invariant matmul and RMSNorm (issue 16): against float64 references on fresh random inputs,
+and the invariance itself: a row's bits alone equal its bits in batches of other sizes and contents."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kernels._common as common
+from kernels._reference import rel_error
+from kernels.batch_invariant import (batch_invariant_linear, batch_invariant_rms_norm, reference_linear,
+                                     reference_rms_norm)
+
+DEVICE = "cuda" if torch.cuda.is_available() and not common.INTERPRET else "cpu"
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+
+
+@pytest.fixture(autouse=True)
+def fresh_inputs():
+    """Fresh random inputs on every run (the seed is printed by pytest's -rP when a check fails)."""
+    seed = torch.seed() % 2 ** 31
+    torch.manual_seed(seed)
+    print(f"seed {seed}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows,n,k", [(1, 96, 80), (37, 64, 128), (5, 130, 72)])
+def test_linear_matches_reference(rows, n, k, dtype):
+    """Odd sizes: rows, outputs and the reduction each end inside a tile."""
+    x = torch.randn(rows, k, dtype=dtype, device=DEVICE)
+    w = torch.randn(n, k, dtype=dtype, device=DEVICE) / k ** 0.5
+    y = batch_invariant_linear(x, w)
+    assert y.dtype == dtype and y.shape == (rows, n)
+    assert rel_error(y, reference_linear(x, w)) <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_rows_are_the_same_bits_in_any_batch(dtype):
+    """Row i alone, inside batches of 3, 17 and 40 rows (other contents around it, other tile
+    positions), and through a strided view: the same bits."""
+    x = torch.randn(40, 96, dtype=dtype, device=DEVICE)
+    w = torch.randn(72, 96, dtype=dtype, device=DEVICE)
+    full = batch_invariant_linear(x, w)
+    for batch in (1, 3, 17):
+        for start in (0, 5, 40 - batch):
+            assert torch.equal(batch_invariant_linear(x[start:start + batch], w), full[start:start + batch])
+    padded = torch.randn(40, 2, 96, dtype=dtype, device=DEVICE)
+    padded[:, 1] = x
+    assert torch.equal(batch_invariant_linear(padded[:, 1], w), full)  # rows 2 x 96 apart in memory
+    assert torch.equal(batch_invariant_linear(x.view(8, 5, 96), w), full.view(8, 5, 72))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dim", [64, 100])
+def test_rms_norm_matches_reference_and_is_batch_invariant(dim, dtype):
+    x = torch.randn(23, dim, dtype=dtype, device=DEVICE) * 3
+    weight = torch.randn(dim, dtype=dtype, device=DEVICE)
+    y = batch_invariant_rms_norm(x, weight, 1e-5)
+    assert y.dtype == dtype and rel_error(y, reference_rms_norm(x, weight, 1e-5)) <= TOLERANCE[dtype]
+    for start, batch in ((0, 1), (7, 1), (3, 9)):
+        assert torch.equal(batch_invariant_rms_norm(x[start:start + batch], weight, 1e-5), y[start:start + batch])
+
+
+def test_bad_input_raises_value_error():
+    x = torch.randn(4, 32, device=DEVICE)
+    with pytest.raises(ValueError, match="last dimension"):
+        batch_invariant_linear(x, torch.randn(8, 16, device=DEVICE))
+    with pytest.raises(ValueError, match="share dtype"):
+        batch_invariant_linear(x, torch.randn(8, 32, device=DEVICE, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="x must be a tensor"):
+        batch_invariant_rms_norm(x, torch.ones(16, device=DEVICE), 1e-5)
