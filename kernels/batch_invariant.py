@@ -16,7 +16,9 @@ Here each row's result is computed the same way whatever the batch:
 The decode attention's piece is ``pool_decode_attention(split_units=...)``: a split size fixed in keys.
 
 In the Triton tutorials' manner this file holds the kernels, their launchers and the torch references
-(``reference_linear``, ``reference_rms_norm``). The tests (``tests/test_kernels_batch_invariant.py``)
+(``reference_linear``, ``reference_rms_norm``) and the benchmark entry (``benchmark``) that ``nuwa-ds
+bench kernels`` finds here: each kernel beside the torch op it stands in for (cuBLAS, ``F.rms_norm``)
+at the token step's row counts, with its error and its invariance. The tests (``tests/test_kernels_batch_invariant.py``)
 check both against the references on fresh random inputs and check the invariance itself: every row's
 bits alone equal its bits in batches of other sizes. The GPU cost against cuBLAS / torch is measured by
 ``nuwa-ds bench decode`` once the token step uses them (issue 16).
@@ -24,11 +26,14 @@ bits alone equal its bits in batches of other sizes. The GPU cost against cuBLAS
 
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels._common import INTERPRET, SUPPORTED_DTYPES, alloc_output, check_tensor
+from kernels._common import INTERPRET, SUPPORTED_DTYPES, alloc_output, check_tensor, rel_error, wall_ms
 
 BLOCK_M = 16
 """Rows per tile: the smallest MMA height; a token step of 1-16 rows reads each weight tile once."""
@@ -115,3 +120,50 @@ def reference_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def reference_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     x = x.double()
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.double()
+
+
+# ----------------------------------------------------------------------------------------------
+# Benchmark: ``nuwa-ds bench kernels`` calls ``benchmark`` (on CPU in the interpreter, tiny shapes)
+
+BENCH_SHAPES = {"cuda": [(1024, 3072), (1024, 4096), (4096, 1024)], "cpu": [(48, 40)]}
+"""(K, N) of the token step's matmuls at nuwa-350m's width: qkv, MLP up, MLP down."""
+BENCH_ROWS = {"cuda": (1, 32, 128), "cpu": (3,)}
+
+
+def benchmark(device: str = "cuda", measure: Optional[Callable] = None,
+              dtype: Optional[torch.dtype] = None) -> list[dict]:
+    """Rows of each kernel beside the torch op it replaces, same inputs: ``x_ref`` = torch's time / ours
+    (below 1: the invariance costs that much), ``gbps`` the weight (matmul) or row (norm) bytes read,
+    ``invariant`` whether row 0 alone has the same bits as row 0 of the batch, ``ok`` that and the error
+    against the float64 reference. ``measure(fn) -> milliseconds`` (default: one wall-clock call)."""
+    measure = measure or wall_ms
+    dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    gen = torch.Generator(device=device).manual_seed(0)
+    name = str(dtype).replace("torch.", "")
+    rows = []
+    for K, N in BENCH_SHAPES["cuda" if device == "cuda" else "cpu"]:
+        w = torch.randn(N, K, device=device, dtype=dtype, generator=gen) / K ** 0.5
+        for M in BENCH_ROWS["cuda" if device == "cuda" else "cpu"]:
+            x = torch.randn(M, K, device=device, dtype=dtype, generator=gen)
+            y = batch_invariant_linear(x, w)
+            error = rel_error(y, reference_linear(x, w))
+            invariant = bool(torch.equal(batch_invariant_linear(x[:1], w)[0], y[0]))
+            ms = measure(lambda: batch_invariant_linear(x, w))
+            ref_ms = measure(lambda: F.linear(x, w))
+            rows.append(dict(kernel="batch_invariant_linear", case=f"{M}x{K}->{N}", dtype=name, ms=ms, ref_ms=ref_ms,
+                             x_ref=ref_ms / ms, gbps=w.numel() * w.element_size() / ms / 1e6, worst_rel_error=error,
+                             invariant=invariant, ok=invariant and error < tol))
+        if N == BENCH_SHAPES["cuda" if device == "cuda" else "cpu"][0][1]:  # the norm, once, at width K
+            weight = torch.randn(K, device=device, dtype=dtype, generator=gen)
+            for M in BENCH_ROWS["cuda" if device == "cuda" else "cpu"]:
+                x = torch.randn(M, K, device=device, dtype=dtype, generator=gen)
+                y = batch_invariant_rms_norm(x, weight, 1e-5)
+                error = rel_error(y, reference_rms_norm(x, weight, 1e-5))
+                invariant = bool(torch.equal(batch_invariant_rms_norm(x[:1], weight, 1e-5)[0], y[0]))
+                ms = measure(lambda: batch_invariant_rms_norm(x, weight, 1e-5))
+                ref_ms = measure(lambda: F.rms_norm(x, (K,), weight, 1e-5))
+                rows.append(dict(kernel="batch_invariant_rms_norm", case=f"{M}x{K}", dtype=name, ms=ms, ref_ms=ref_ms,
+                                 x_ref=ref_ms / ms, gbps=2 * x.numel() * x.element_size() / ms / 1e6,
+                                 worst_rel_error=error, invariant=invariant, ok=invariant and error < tol))
+    return rows

@@ -69,3 +69,15 @@ def test_bad_input_raises_value_error():
         batch_invariant_linear(x, torch.randn(8, 32, device=DEVICE, dtype=torch.bfloat16))
     with pytest.raises(ValueError, match="x must be a tensor"):
         batch_invariant_rms_norm(x, torch.ones(16, device=DEVICE), 1e-5)
+
+
+def test_benchmark_entry_is_found_and_checks_its_rows():
+    """The file's ``benchmark`` is what ``nuwa-ds bench kernels`` finds; on CPU its rows (interpreter)
+    carry the error against the reference and the invariance of row 0."""
+    import kernels.batch_invariant as BI
+    from nuwa_ds.bench.kernels import kernel_benchmarks
+
+    assert kernel_benchmarks()["batch_invariant"] is BI.benchmark
+    rows = BI.benchmark(device="cpu")
+    assert {r["kernel"] for r in rows} == {"batch_invariant_linear", "batch_invariant_rms_norm"}
+    assert all(r["ok"] and r["invariant"] and r["worst_rel_error"] < 1e-5 and r["ms"] > 0 for r in rows)
