@@ -167,8 +167,9 @@ def same_parse(old_parser, new_parser, command, argv, new_fields: dict, renamed:
 def test_generate_parses_as_before(argv):
     from nuwa_ds.generate import GenerateOptions
 
-    # --cuda-graph is new: the command captured CUDA graphs before too
-    same_parse(old_generate_parser(), new_generate_parser(), GenerateOptions, argv, {"cuda_graph": True})
+    # --cuda-graph is new: the command captured CUDA graphs before too; --batch-invariant is new (off by default)
+    same_parse(old_generate_parser(), new_generate_parser(), GenerateOptions, argv,
+               {"cuda_graph": True, "batch_invariant": False})
 
 
 def keeps_every_flag(old, new):

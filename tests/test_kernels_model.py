@@ -63,3 +63,30 @@ def test_teacher_forced_decode_through_the_pool_equals_parallel_forward(text_dir
         parallel = model(tokens, order="right", text=text).logits
     pooled = model.teacher_forced_decode(tokens, order="right", text=text)
     assert relative_error(pooled, parallel) <= 1e-4
+
+
+@pytest.mark.slow
+def test_batch_invariant_generation_wiring(text_dir):
+    """GenerationConfig(batch_invariant=True) on the triton backend: every matmul, norm and decode
+    attention of generation runs the batch-invariant kernels, and captions are encoded one by one
+    (issue 16). Here (CPU: the interpreter) it gives the reference backend's logits for given tokens,
+    and example 0's canvas alone equals example 0 of a batch of two, with guidance (whether the GPU's
+    default path would differ is for the GPU tests)."""
+    from nuwa_ds.model import GenerationConfig
+    from nuwa_ds.model.generation import run_generation
+
+    shape, text = (1, 4, 8), ["a red fox", "a blue sea"]
+    tokens = torch.randint(0, 256, (1, *shape), device=DEVICE)
+    mask = torch.ones_like(tokens, dtype=torch.bool)
+    logits = {}
+    for backend in ("reference", "triton"):
+        model = _model(backend, text_dir, aligned=True).eval()
+        result = run_generation(model, shape, "right", 1, prompt=tokens, prompt_mask=mask, text=text[:1],
+                                config=GenerationConfig(batch_invariant=True), return_logits=True)
+        assert result.stats["batch_invariant"] is (backend == "triton")
+        logits[backend] = result.logits
+    assert relative_error(logits["triton"], logits["reference"]) <= 1e-5
+
+    cfg = GenerationConfig(batch_invariant=True, top_k=50, seed=7, cfg_scale=2.0, wavefront=True)
+    both = model.generate((1, 4, 4), "right", batch_size=2, text=text, config=cfg)  # one patch: the interpreter is slow
+    assert torch.equal(model.generate((1, 4, 4), "right", batch_size=1, text=text[:1], config=cfg)[0], both[0])

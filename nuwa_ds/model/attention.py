@@ -68,7 +68,8 @@ def patch_attention(q, k, v, ctx_k, ctx_v, ctx_index, ctx_bias_id, own_bias_id: 
 
 def pool_decode_attention(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_v, own_slot, own_len,
                           own_bias_id: int, bias, text: Optional[TextContext] = None,
-                          backend: str = "reference", aligned_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+                          backend: str = "reference", aligned_bias: Optional[torch.Tensor] = None,
+                          split_units: Optional[int] = None) -> torch.Tensor:
     """One query token per row against pool slots; returns [R, H, D].
 
     q:              [R, H, D] the current token's query.
@@ -77,11 +78,13 @@ def pool_decode_attention(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_
     own_k, own_v:   [S, n, H, D] own-patch KV caches at this layer (views of the pool).
     own_slot:       [R] slot holding each row's cache; own_len [R] valid cache entries (incl. current).
     aligned_bias:   [H, I] or None, as in ``patch_attention`` (the query's index is own_len - 1).
+    split_units:    ``triton`` backend: a split size fixed in key units, so that a row's output does not
+                    depend on the batch (batch-invariant generation); the reference has no splits.
     """
     if backend == "triton":
         from kernels.pool_decode import pool_decode_attention as triton_pool_decode  # lazily: see patch_attention
 
         return triton_pool_decode(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_v, own_slot, own_len,
-                                  own_bias_id, bias, text, aligned_bias=aligned_bias)
+                                  own_bias_id, bias, text, aligned_bias=aligned_bias, split_units=split_units)
     return reference_pool_decode_attention(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_v, own_slot,
                                            own_len, own_bias_id, bias, text, aligned_bias)

@@ -16,6 +16,7 @@ sequential and wavefront schedules give the same canvas.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -26,6 +27,7 @@ from nuwa_ds.model import orders as O
 from nuwa_ds.model import rope as rope_
 from nuwa_ds.model.attention import TextContext, patch_attention, pool_decode_attention
 from nuwa_ds.model.geometry import from_patches, patch_canvas, to_patches
+from nuwa_ds.model.layers import batch_invariant_ops
 
 
 @dataclass
@@ -46,6 +48,12 @@ class GenerationConfig(ConfigBase):
     """Decode every patch whose context is finished together (same canvas, fewer steps)."""
     cuda_graph: bool = True
     """On CUDA, capture the token step in a CUDA graph (one per number of rows) and replay it."""
+    batch_invariant: bool = False
+    """With the ``triton`` attention backend (CUDA; the interpreter on CPU): every matmul, norm and
+    decode attention of generation runs kernels whose rows are the same bits whatever the batch, and
+    each caption is encoded alone, so that a canvas should not depend on the schedule, the batch or its
+    place in it (issue 16; off until its GPU cost and bitwise result are measured). No effect with the
+    ``reference`` backend."""
 
     def uses_guidance(self, has_text: bool) -> bool:
         """Whether classifier-free guidance runs: a caption and a scale other than None or 1 (then every
@@ -162,12 +170,18 @@ class RotatingPool:
 # Layouts: the pool side of the blocks' attention (see layers.py)
 
 
+INVARIANT_SPLIT_UNITS = 4
+"""Key units (of the kernel's block size) per split of the batch-invariant decode attention: a fixed
+split size instead of a split count chosen by the number of rows."""
+
+
 class _PoolLayout:
     def __init__(self, pool: RotatingPool, slots, ctx_slots, ctx_offset, own_offset, backend, text,
-                 rotation: rope_.Rotation = None):
+                 rotation: rope_.Rotation = None, split_units: Optional[int] = None):
         self.pool, self.slots, self.ctx_slots, self.ctx_offset = pool, slots, ctx_slots, ctx_offset
         self.own_offset, self.backend, self.text = own_offset, backend, text
         self.rotation = rotation  # (cos, sin) [R, n, rope_dims/2] of the rows' tokens, or None
+        self.split_units = split_units  # batch-invariant decode (see INVARIANT_SPLIT_UNITS), or None
 
     def _text(self, key, layer, kv_fn) -> Optional[TextContext]:
         return self.text(key, layer, kv_fn) if self.text is not None else None
@@ -205,7 +219,7 @@ class DecodeStepLayout(_PoolLayout):
         out = pool_decode_attention(q[:, 0], ctx_k, ctx_v, self.ctx_slots, self.ctx_offset, own_k, own_v,
                                     self.slots, own_len, self.own_offset, bias,
                                     text=self._text("local", layer, context_kv), backend=self.backend,
-                                    aligned_bias=aligned)
+                                    aligned_bias=aligned, split_units=self.split_units)
         return out.unsqueeze(1)
 
 
@@ -292,6 +306,8 @@ class _Shared:
     text: Optional[_TextCache]
     guided: bool
     """Classifier-free guidance: internal rows B..2B-1 are the same canvases without their text."""
+    invariant: bool
+    """Batch-invariant kernels in use (``GenerationConfig.batch_invariant`` with the triton backend)."""
     canvas: torch.Tensor  # [B, N, n] tokens, written as they are decoded
     prompt: Optional[torch.Tensor]  # [B, N, n] given tokens (zero elsewhere)
     mask: Optional[torch.Tensor]  # [B, N, n] where they are given
@@ -343,9 +359,11 @@ class _Generation:
                                                                              device=device)
         logits = (torch.empty(batch_size, N, self.n, cfg.vocab_size, dtype=torch.float32, device=device)
                   if return_logits else None)
-        self.shared = _Shared(model=model, config=config, pool=pool, backend=model.attention_backend(device),
+        backend = model.attention_backend(device)
+        self.shared = _Shared(model=model, config=config, pool=pool, backend=backend,
                               own_offset=O.own_offset_id(cfg.extents), order_id=order_id,
-                              max_context=table.max_context, text=text_cache, guided=guided, canvas=canvas,
+                              max_context=table.max_context, text=text_cache, guided=guided,
+                              invariant=invariant_generation(config, backend), canvas=canvas,
                               prompt=prompt_p, mask=to_patches(mask, self.P) if mask is not None else None,
                               logits=logits)
 
@@ -434,6 +452,7 @@ class _Generation:
         tokens = from_patches(shared.canvas, self.shape, self.P)
         logits = from_patches(shared.logits, self.shape, self.P) if shared.logits is not None else None
         stats = dict(steps=len(self.schedule), patches=self.table.num_patches, decoded_patches=self.decoded,
+                     batch_invariant=shared.invariant,
                      slots_per_canvas=self.slots_per_canvas, pool_slots=pool.num_slots,
                      peak_slots_in_use=pool.peak_in_use, slots_in_use_at_end=pool.in_use,
                      pool_bytes=pool.num_slots * RotatingPool.bytes_per_slot(shared.model.config, self.dtype))
@@ -458,16 +477,25 @@ def run_generation(model, shape, order: str, batch_size: int, prompt=None, promp
                    config: Optional[GenerationConfig] = None, return_logits: bool = False,
                    progress: Optional[Callable[[int], None]] = None, rows=None) -> GenerationResult:
     """The four steps of the module docstring for each step of the schedule; see ``NuwaInfinity.generate``."""
-    generation = _Generation(model, shape, order, batch_size, prompt, prompt_mask, text,
-                             config or GenerationConfig(), return_logits, rows)
-    for step, patches in enumerate(generation.schedule):
-        step_rows = generation.place(patches)
-        generation.decode(step_rows)
-        generation.feed_pool(step_rows)
-        generation.release(step)
-        if progress is not None:
-            progress(step_rows.width)
-    return generation.result()
+    config = config or GenerationConfig()
+    param = next(model.parameters())
+    invariant = invariant_generation(config, model.attention_backend(param.device))
+    with batch_invariant_ops() if invariant else contextlib.nullcontext():
+        generation = _Generation(model, shape, order, batch_size, prompt, prompt_mask, text, config, return_logits,
+                                 rows)
+        for step, patches in enumerate(generation.schedule):
+            step_rows = generation.place(patches)
+            generation.decode(step_rows)
+            generation.feed_pool(step_rows)
+            generation.release(step)
+            if progress is not None:
+                progress(step_rows.width)
+        return generation.result()
+
+
+def invariant_generation(config: GenerationConfig, backend: str) -> bool:
+    """Whether a generation runs the batch-invariant kernels: asked for, and the triton backend."""
+    return bool(config.batch_invariant) and backend == "triton"
 
 
 class TokenStep:
@@ -503,7 +531,8 @@ class TokenStep:
         self.rotation = (tuple(torch.zeros(rows, cfg.tokens_per_patch, cfg.rope_dims // 2, device=device)
                                for _ in range(2)) if cfg.rope_dims else None)
         self.layout = DecodeStepLayout(shared.pool, self.slots, self.ctx_slots, self.ctx_offset, shared.own_offset,
-                                       shared.backend, shared.text, self.rotation)
+                                       shared.backend, shared.text, self.rotation,
+                                       INVARIANT_SPLIT_UNITS if shared.invariant else None)
         self.layout.position = self.position
         self.graph = None
 

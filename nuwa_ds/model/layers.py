@@ -9,10 +9,43 @@ is how one set of blocks serves training, teacher-forced decoding and sampling, 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+class _InvariantOps:
+    """The matmul and norm the blocks use while ``batch_invariant_ops`` is on (None: the modules' own
+    forward, cuBLAS and torch's norm): kernels whose rows are the same bits whatever the batch."""
+
+    linear: Optional[Callable] = None  # (x, weight) -> x @ weight.T
+    rms_norm: Optional[Callable] = None  # (x, weight, eps)
+
+
+INVARIANT = _InvariantOps()
+
+
+@contextmanager
+def batch_invariant_ops():
+    """Within it, every matmul and RMSNorm of the blocks, the head and the text projection runs the
+    batch-invariant Triton kernels (``kernels/batch_invariant.py``; generation with the ``triton``
+    backend, issue 16). Not for training: it calls the weights directly, past ZeRO-3's module hooks."""
+    from kernels.batch_invariant import batch_invariant_linear, batch_invariant_rms_norm  # lazily: no triton here
+
+    saved = INVARIANT.linear, INVARIANT.rms_norm
+    INVARIANT.linear, INVARIANT.rms_norm = batch_invariant_linear, batch_invariant_rms_norm
+    try:
+        yield
+    finally:
+        INVARIANT.linear, INVARIANT.rms_norm = saved
+
+
+def linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``, or the batch-invariant matmul of its weight while ``batch_invariant_ops`` is on."""
+    return module(x) if INVARIANT.linear is None else INVARIANT.linear(x, module.weight)
 
 
 class RMSNorm(nn.Module):
@@ -22,6 +55,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if INVARIANT.rms_norm is not None:
+            return INVARIANT.rms_norm(x, self.weight, self.eps)
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
@@ -33,7 +68,7 @@ class MLP(nn.Module):
         self.proj = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+        return linear(self.proj, F.gelu(linear(self.fc, x), approximate="tanh"))
 
 
 class Block(nn.Module):
@@ -59,9 +94,9 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, layout, layer: int) -> torch.Tensor:
         R, n, dim = x.shape  # rows (patches), positions, width
-        q, k, v = self.qkv(self.norm1(x)).view(R, n, 3, self.heads, self.head_dim).unbind(2)
+        q, k, v = linear(self.qkv, self.norm1(x)).view(R, n, 3, self.heads, self.head_dim).unbind(2)
         attn = self.attend(layout, layer, q, k, v)  # [R, n, H, D]
-        x = x + self.proj(attn.reshape(R, n, dim))
+        x = x + linear(self.proj, attn.reshape(R, n, dim))
         return x + self.mlp(self.norm2(x))
 
 
@@ -73,7 +108,7 @@ class GlobalBlock(Block):
         """Keys/values of the text block from the same projections as the tokens: [Bt, S, H, D] x2.
         Goes through ``self.qkv(...)`` (not its weight) so ZeRO-3 gathers the weight; the unused
         query third costs little at caption lengths."""
-        qkv = self.qkv(text_states).view(*text_states.shape[:2], 3, self.heads, self.head_dim)
+        qkv = linear(self.qkv, text_states).view(*text_states.shape[:2], 3, self.heads, self.head_dim)
         return qkv[:, :, 1], qkv[:, :, 2]
 
     def attend(self, layout, layer, q, k, v):
@@ -91,7 +126,7 @@ class LocalBlock(Block):
 
     def context_kv(self, states: torch.Tensor):
         """Context keys/values from global-stack states (or text states) [..., S, context_dim]."""
-        kv = self.context(states)
+        kv = linear(self.context, states)
         return kv.view(*states.shape[:-1], 2, self.heads, self.head_dim).unbind(-3)
 
     def attend(self, layout, layer, q, k, v):
@@ -163,7 +198,7 @@ class LMHead(nn.Module):
                             for s in range(0, h.shape[0], self.chunk))
                 loss = total / h.shape[0]
         if return_logits:
-            logits = h @ self.weight.t()
+            logits = h @ self.weight.t() if INVARIANT.linear is None else INVARIANT.linear(h, self.weight)
         return loss, logits
 
 
