@@ -72,9 +72,10 @@ def roofline_ms_per_token(model, bandwidth: float) -> float:
     return 1000 * elt * (per_token + per_patch / model.config.tokens_per_patch) / bandwidth
 
 
-def timed_generation(model, shape, order, wavefront, batch=1, seed=0):
+def timed_generation(model, shape, order, wavefront, batch=1, seed=0, batch_invariant=False):
     device = next(model.parameters()).device
-    config = GenerationConfig(temperature=1.0, top_k=100, seed=seed, wavefront=wavefront)
+    config = GenerationConfig(temperature=1.0, top_k=100, seed=seed, wavefront=wavefront,
+                              batch_invariant=batch_invariant)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sync(device)
