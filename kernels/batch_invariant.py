@@ -33,7 +33,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels._common import INTERPRET, SUPPORTED_DTYPES, alloc_output, check_tensor, rel_error, wall_ms
+from kernels._common import (INTERPRET, SUPPORTED_DTYPES, alloc_output, check_tensor, dot_precision, rel_error,
+                             wall_ms)
 
 BLOCK_M = 16
 """Rows per tile: the smallest MMA height; a token step of 1-16 rows reads each weight tile once."""
@@ -43,7 +44,8 @@ BLOCK_K = 64
 
 @triton.jit
 def _linear_kernel(X, W, Y, M, N, K, s_xm, s_xk, s_wn, s_wk, s_ym, s_yn,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr,
+                   DOT_PREC: tl.constexpr):
     pid_m, pid_n = tl.program_id(0), tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -57,7 +59,7 @@ def _linear_kernel(X, W, Y, M, N, K, s_xm, s_xk, s_wn, s_wk, s_ym, s_yn,
                     mask=(cols[None, :] < N) & (ks[:, None] < K), other=0.0)
         if UPCAST:  # the interpreter's dot of 16-bit tiles is not exact: fp32 there (products of 16-bit values are)
             x, w = x.to(tl.float32), w.to(tl.float32)
-        acc = tl.dot(x, w, acc)
+        acc = tl.dot(x, w, acc, input_precision=DOT_PREC)
     tl.store(Y + rows[:, None].to(tl.int64) * s_ym + cols[None, :] * s_yn, acc.to(Y.dtype.element_ty),
              mask=(rows[:, None] < M) & (cols[None, :] < N))
 
@@ -80,7 +82,8 @@ def batch_invariant_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tenso
     if M:
         grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
         _linear_kernel[grid](x2, weight, y, M, N, K, *x2.stride(), *weight.stride(), *y.stride(),
-                             BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, UPCAST=INTERPRET)
+                             BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, UPCAST=INTERPRET,
+                             DOT_PREC=dot_precision(x.dtype))
     return y.view(*x.shape[:-1], N)
 
 
@@ -98,9 +101,12 @@ def _rms_norm_kernel(X, Wt, Y, D, s_xm, s_ym, eps, BLOCK_D: tl.constexpr):
 def batch_invariant_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """``F.rms_norm(x, (D,), weight, eps)`` for x [..., D] (last dimension contiguous), in fp32 inside,
     x's dtype out; one program per row."""
-    check_tensor("weight", weight, 1)
+    check_tensor("weight", weight, 1, SUPPORTED_DTYPES)
     if not isinstance(x, torch.Tensor) or x.dtype not in SUPPORTED_DTYPES or x.shape[-1:] != weight.shape:
         raise ValueError(f"x must be a tensor [..., {weight.shape[0]}] of {[str(d) for d in SUPPORTED_DTYPES]}")
+    if x.device != weight.device:
+        raise ValueError(f"x and weight must be on one device, got {x.device} and {weight.device}")
+    weight = weight.contiguous()
     D = weight.shape[0]
     x2 = x.reshape(-1, D)
     if x2.shape[0] and x2.stride(1) != 1:

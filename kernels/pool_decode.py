@@ -311,7 +311,8 @@ def pool_decode_attention(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_
     whatever the batch, instead of ``num_splits`` equal ranges of the batch's longest row. A row's keys
     then fall into the same splits, reduced in the same order, alone or beside any other rows: its
     output does not depend on the batch (the splits a longer row adds are empty for it, and an empty
-    split combines as an exact zero). The split count follows the batch's longest row."""
+    split combines as an exact zero). The split count follows the call's padded widths (context
+    entries, text length), not the row count."""
     text_tables = _check(q, pool_k, pool_v, ctx_slots, ctx_bias_id, own_k, own_v, own_slot, own_len, own_bias_id,
                          bias, text, aligned_bias)
     R, H, D = q.shape

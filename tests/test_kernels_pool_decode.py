@@ -126,6 +126,7 @@ def test_a_fixed_split_count_depends_on_the_batch():
     """What ``split_units`` fixes: with 3 equal ranges of the batch's longest row, a row's keys are cut
     elsewhere when it is decoded alone, and its output changes in the last bits (the test above could
     not tell a fixed split size from a fixed split count without this)."""
+    torch.manual_seed(0)  # fixed inputs: that some last bit differs is certain for these, not for every draw
     args = make_decode(with_text=True, aligned=True)
     batch = pool_decode_attention(**args, num_splits=3, block_n=8)
     assert any(not torch.equal(pool_decode_attention(**alone(args, row), num_splits=3, block_n=8)[0], batch[row])

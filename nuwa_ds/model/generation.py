@@ -16,7 +16,6 @@ sequential and wavefront schedules give the same canvas.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -100,9 +99,17 @@ def keyed_uniform(seed: int, example: torch.Tensor, patch: torch.Tensor, token) 
     return (h >> 8).to(torch.float32) / float(1 << 24)
 
 
-def sample_tokens(logits: torch.Tensor, uniform: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
+EXACT_CDF_BITS = 29
+"""Fixed-point bits of a probability in the exact CDF (batch-invariant sampling): the threshold
+uniform (24 bits) x total (< 2^31) stays exact in float64."""
+
+
+def sample_tokens(logits: torch.Tensor, uniform: torch.Tensor, cfg: GenerationConfig,
+                  exact: bool = False) -> torch.Tensor:
     """logits [R, K] (float) + one uniform per row -> tokens [R] by inverse CDF over the filtered
-    distribution (temperature, top-k, top-p); greedy when temperature is 0."""
+    distribution (temperature, top-k, top-p); greedy when temperature is 0. ``exact`` (batch-invariant
+    generation): the CDF is summed in integers (probabilities in fixed point), which add exactly in any
+    order: a float cumsum's order, and so its last bits, depends on the row count on a GPU."""
     if cfg.temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / cfg.temperature
@@ -112,13 +119,19 @@ def sample_tokens(logits: torch.Tensor, uniform: torch.Tensor, cfg: GenerationCo
         probs = torch.softmax(top, dim=-1)
     else:
         probs, index = torch.sort(torch.softmax(logits, dim=-1), dim=-1, descending=True, stable=True)
+    if exact:
+        probs = torch.floor(probs.double() * float(1 << EXACT_CDF_BITS)).long()  # elementwise: the same bits
     keep = torch.ones_like(probs, dtype=torch.bool)
     if cfg.top_p is not None:
         before = probs.cumsum(-1) - probs  # mass strictly above each token
-        keep &= before < cfg.top_p
+        keep &= before < (round(cfg.top_p * (1 << EXACT_CDF_BITS)) if exact else cfg.top_p)
     probs = probs * keep
     cdf = probs.cumsum(-1)
-    pick = torch.searchsorted(cdf, (uniform * cdf[:, -1]).unsqueeze(1), right=True).clamp(max=probs.shape[1] - 1)
+    if exact:
+        threshold = torch.floor(uniform.double() * cdf[:, -1].double()).long()  # exact: 24 x 31 bits < 53
+    else:
+        threshold = uniform * cdf[:, -1]
+    pick = torch.searchsorted(cdf, threshold.unsqueeze(1), right=True).clamp(max=probs.shape[1] - 1)
     return index.gather(1, pick).squeeze(1)
 
 
@@ -480,7 +493,7 @@ def run_generation(model, shape, order: str, batch_size: int, prompt=None, promp
     config = config or GenerationConfig()
     param = next(model.parameters())
     invariant = invariant_generation(config, model.attention_backend(param.device))
-    with batch_invariant_ops() if invariant else contextlib.nullcontext():
+    with batch_invariant_ops(invariant):
         generation = _Generation(model, shape, order, batch_size, prompt, prompt_mask, text, config, return_logits,
                                  rows)
         for step, patches in enumerate(generation.schedule):
@@ -511,6 +524,7 @@ class TokenStep:
     def __init__(self, shared: _Shared, rows: int):
         model = shared.model
         self.model, self.config, self.guided = model, shared.config, shared.guided
+        self.exact_cdf = shared.invariant
         self.canvas, self.prompt_p, self.mask_p = shared.canvas, shared.prompt, shared.mask
         self.logits_out = shared.logits
         self.text_cache, self.order_id = shared.text, shared.order_id
@@ -562,7 +576,7 @@ class TokenStep:
             logits = logits[self.half :] + self.config.cfg_scale * (logits[: self.half] - logits[self.half :])
         if self.logits_out is not None:
             self.logits_out[self.b, self.p, k] = logits
-        token = sample_tokens(logits, self.uniform.index_select(1, k).squeeze(1), self.config)
+        token = sample_tokens(logits, self.uniform.index_select(1, k).squeeze(1), self.config, self.exact_cdf)
         if self.mask_p is not None:
             token = torch.where(self.mask_p[self.b, self.p, k], self.prompt_p[self.b, self.p, k], token)
         self.canvas[self.b, self.p, k] = token

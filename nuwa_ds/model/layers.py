@@ -9,6 +9,7 @@ is how one set of blocks serves training, teacher-forced decoding and sampling, 
 from __future__ import annotations
 
 import math
+import threading
 from contextlib import contextmanager
 from typing import Callable, Optional
 
@@ -17,9 +18,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-class _InvariantOps:
-    """The matmul and norm the blocks use while ``batch_invariant_ops`` is on (None: the modules' own
-    forward, cuBLAS and torch's norm): kernels whose rows are the same bits whatever the batch."""
+class _InvariantOps(threading.local):
+    """The matmul and norm the blocks use while ``batch_invariant_ops`` is on in this thread (None: the
+    modules' own forward, cuBLAS and torch's norm): kernels whose rows are the same bits whatever the
+    batch. Only where no gradient is recorded (generation): ``linear`` and ``RMSNorm`` ignore it
+    otherwise."""
 
     linear: Optional[Callable] = None  # (x, weight) -> x @ weight.T
     rms_norm: Optional[Callable] = None  # (x, weight, eps)
@@ -29,14 +32,19 @@ INVARIANT = _InvariantOps()
 
 
 @contextmanager
-def batch_invariant_ops():
+def batch_invariant_ops(enabled: bool = True):
     """Within it, every matmul and RMSNorm of the blocks, the head and the text projection runs the
     batch-invariant Triton kernels (``kernels/batch_invariant.py``; generation with the ``triton``
-    backend, issue 16). Not for training: it calls the weights directly, past ZeRO-3's module hooks."""
-    from kernels.batch_invariant import batch_invariant_linear, batch_invariant_rms_norm  # lazily: no triton here
-
+    backend, issue 16); ``enabled=False`` turns them off inside (a default generation nested in an
+    invariant one). Not for training: it calls the weights directly, past ZeRO-3's module hooks, so it
+    acts only where no gradient is recorded."""
     saved = INVARIANT.linear, INVARIANT.rms_norm
-    INVARIANT.linear, INVARIANT.rms_norm = batch_invariant_linear, batch_invariant_rms_norm
+    if enabled:
+        from kernels.batch_invariant import batch_invariant_linear, batch_invariant_rms_norm  # lazily: no triton here
+
+        INVARIANT.linear, INVARIANT.rms_norm = batch_invariant_linear, batch_invariant_rms_norm
+    else:
+        INVARIANT.linear = INVARIANT.rms_norm = None
     try:
         yield
     finally:
@@ -44,8 +52,12 @@ def batch_invariant_ops():
 
 
 def linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)``, or the batch-invariant matmul of its weight while ``batch_invariant_ops`` is on."""
-    return module(x) if INVARIANT.linear is None else INVARIANT.linear(x, module.weight)
+    """``module(x)``, or the batch-invariant matmul of its weight while ``batch_invariant_ops`` is on
+    (and no gradient is recorded)."""
+    if INVARIANT.linear is None or torch.is_grad_enabled():
+        return module(x)
+    y = INVARIANT.linear(x, module.weight)
+    return y if module.bias is None else y + module.bias
 
 
 class RMSNorm(nn.Module):
@@ -55,7 +67,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if INVARIANT.rms_norm is not None:
+        if INVARIANT.rms_norm is not None and not torch.is_grad_enabled():
             return INVARIANT.rms_norm(x, self.weight, self.eps)
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
@@ -106,8 +118,8 @@ class GlobalBlock(Block):
 
     def text_kv(self, text_states: torch.Tensor):
         """Keys/values of the text block from the same projections as the tokens: [Bt, S, H, D] x2.
-        Goes through ``self.qkv(...)`` (not its weight) so ZeRO-3 gathers the weight; the unused
-        query third costs little at caption lengths."""
+        Goes through ``linear(self.qkv, ...)`` (in training the module's own forward, so ZeRO-3 gathers
+        the weight); the unused query third costs little at caption lengths."""
         qkv = linear(self.qkv, text_states).view(*text_states.shape[:2], 3, self.heads, self.head_dim)
         return qkv[:, :, 1], qkv[:, :, 2]
 
@@ -198,7 +210,8 @@ class LMHead(nn.Module):
                             for s in range(0, h.shape[0], self.chunk))
                 loss = total / h.shape[0]
         if return_logits:
-            logits = h @ self.weight.t() if INVARIANT.linear is None else INVARIANT.linear(h, self.weight)
+            invariant = INVARIANT.linear is not None and not torch.is_grad_enabled()
+            logits = INVARIANT.linear(h, self.weight) if invariant else h @ self.weight.t()
         return loss, logits
 
 

@@ -258,11 +258,17 @@ class NuwaInfinity(nn.Module):
         if not torch.equal(mask.bool(), torch.arange(mask.shape[1], device=device) < length.unsqueeze(1)):
             raise ValueError("text attention_mask must be right-padded (ones, then zeros)")
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_text_encoder):
-            if INVARIANT.linear is None:
+            if INVARIANT.linear is None or torch.is_grad_enabled():
                 states = self.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-            else:  # batch-invariant generation: each caption alone, so its states never depend on the others
-                states = torch.cat([self.text_encoder(input_ids=ids[i:i + 1], attention_mask=mask[i:i + 1])
-                                    .last_hidden_state for i in range(ids.shape[0])])
+            else:  # batch-invariant generation: each caption alone, at its own length (the batch's padding
+                # would change the encoder's shapes), zero states after it (never attended: ``length``)
+                states = None
+                for i, n in enumerate(length.tolist()):
+                    one = self.text_encoder(input_ids=ids[i:i + 1, :max(n, 1)],
+                                            attention_mask=mask[i:i + 1, :max(n, 1)]).last_hidden_state
+                    if states is None:
+                        states = one.new_zeros(ids.shape[0], ids.shape[1], one.shape[-1])
+                    states[i, :one.shape[1]] = one[0]
         return linear(self.text_proj, states.to(self.text_proj.weight.dtype)), length
 
     # -- checks -----------------------------------------------------------------------------------
