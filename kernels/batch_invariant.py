@@ -147,10 +147,12 @@ def benchmark(device: str = "cuda", measure: Optional[Callable] = None,
     tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
     gen = torch.Generator(device=device).manual_seed(0)
     name = str(dtype).replace("torch.", "")
+    key = "cuda" if device == "cuda" else "cpu"
+    shapes, row_counts = BENCH_SHAPES[key], BENCH_ROWS[key]
     rows = []
-    for K, N in BENCH_SHAPES["cuda" if device == "cuda" else "cpu"]:
+    for K, N in shapes:
         w = torch.randn(N, K, device=device, dtype=dtype, generator=gen) / K ** 0.5
-        for M in BENCH_ROWS["cuda" if device == "cuda" else "cpu"]:
+        for M in row_counts:
             x = torch.randn(M, K, device=device, dtype=dtype, generator=gen)
             y = batch_invariant_linear(x, w)
             error = rel_error(y, reference_linear(x, w))
@@ -160,9 +162,9 @@ def benchmark(device: str = "cuda", measure: Optional[Callable] = None,
             rows.append(dict(kernel="batch_invariant_linear", case=f"{M}x{K}->{N}", dtype=name, ms=ms, ref_ms=ref_ms,
                              x_ref=ref_ms / ms, gbps=w.numel() * w.element_size() / ms / 1e6, worst_rel_error=error,
                              invariant=invariant, ok=invariant and error < tol))
-        if N == BENCH_SHAPES["cuda" if device == "cuda" else "cpu"][0][1]:  # the norm, once, at width K
+        if (K, N) == shapes[0]:  # the norm, once, at width K
             weight = torch.randn(K, device=device, dtype=dtype, generator=gen)
-            for M in BENCH_ROWS["cuda" if device == "cuda" else "cpu"]:
+            for M in row_counts:
                 x = torch.randn(M, K, device=device, dtype=dtype, generator=gen)
                 y = batch_invariant_rms_norm(x, weight, 1e-5)
                 error = rel_error(y, reference_rms_norm(x, weight, 1e-5))

@@ -26,7 +26,7 @@ from nuwa_ds.model import orders as O
 from nuwa_ds.model import rope as rope_
 from nuwa_ds.model.attention import TextContext, patch_attention, pool_decode_attention
 from nuwa_ds.model.geometry import from_patches, patch_canvas, to_patches
-from nuwa_ds.model.layers import batch_invariant_ops
+from nuwa_ds.model.layers import batch_invariant_ops, invariant_active
 
 
 @dataclass
@@ -372,11 +372,10 @@ class _Generation:
                                                                              device=device)
         logits = (torch.empty(batch_size, N, self.n, cfg.vocab_size, dtype=torch.float32, device=device)
                   if return_logits else None)
-        backend = model.attention_backend(device)
-        self.shared = _Shared(model=model, config=config, pool=pool, backend=backend,
+        self.shared = _Shared(model=model, config=config, pool=pool, backend=model.attention_backend(device),
                               own_offset=O.own_offset_id(cfg.extents), order_id=order_id,
                               max_context=table.max_context, text=text_cache, guided=guided,
-                              invariant=invariant_generation(config, backend), canvas=canvas,
+                              invariant=invariant_active(), canvas=canvas,
                               prompt=prompt_p, mask=to_patches(mask, self.P) if mask is not None else None,
                               logits=logits)
 
@@ -491,9 +490,9 @@ def run_generation(model, shape, order: str, batch_size: int, prompt=None, promp
                    progress: Optional[Callable[[int], None]] = None, rows=None) -> GenerationResult:
     """The four steps of the module docstring for each step of the schedule; see ``NuwaInfinity.generate``."""
     config = config or GenerationConfig()
-    param = next(model.parameters())
-    invariant = invariant_generation(config, model.attention_backend(param.device))
-    with batch_invariant_ops(invariant):
+    backend = model.attention_backend(next(model.parameters()).device)
+    # the kernels run with the triton backend only; _Generation reads the switch (invariant_active)
+    with batch_invariant_ops(bool(config.batch_invariant) and backend == "triton"):
         generation = _Generation(model, shape, order, batch_size, prompt, prompt_mask, text, config, return_logits,
                                  rows)
         for step, patches in enumerate(generation.schedule):
@@ -505,10 +504,6 @@ def run_generation(model, shape, order: str, batch_size: int, prompt=None, promp
                 progress(step_rows.width)
         return generation.result()
 
-
-def invariant_generation(config: GenerationConfig, backend: str) -> bool:
-    """Whether a generation runs the batch-invariant kernels: asked for, and the triton backend."""
-    return bool(config.batch_invariant) and backend == "triton"
 
 
 class TokenStep:

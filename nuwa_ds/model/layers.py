@@ -51,10 +51,15 @@ def batch_invariant_ops(enabled: bool = True):
         INVARIANT.linear, INVARIANT.rms_norm = saved
 
 
+def invariant_active() -> bool:
+    """Whether the batch-invariant kernels run here: ``batch_invariant_ops`` is on in this thread and no
+    gradient is recorded."""
+    return INVARIANT.linear is not None and not torch.is_grad_enabled()
+
+
 def linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)``, or the batch-invariant matmul of its weight while ``batch_invariant_ops`` is on
-    (and no gradient is recorded)."""
-    if INVARIANT.linear is None or torch.is_grad_enabled():
+    """``module(x)``, or the batch-invariant matmul of its weight where ``invariant_active()``."""
+    if not invariant_active():
         return module(x)
     y = INVARIANT.linear(x, module.weight)
     return y if module.bias is None else y + module.bias
@@ -67,7 +72,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if INVARIANT.rms_norm is not None and not torch.is_grad_enabled():
+        if invariant_active():
             return INVARIANT.rms_norm(x, self.weight, self.eps)
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
@@ -210,8 +215,7 @@ class LMHead(nn.Module):
                             for s in range(0, h.shape[0], self.chunk))
                 loss = total / h.shape[0]
         if return_logits:
-            invariant = INVARIANT.linear is not None and not torch.is_grad_enabled()
-            logits = INVARIANT.linear(h, self.weight) if invariant else h @ self.weight.t()
+            logits = INVARIANT.linear(h, self.weight) if invariant_active() else h @ self.weight.t()
         return loss, logits
 
 

@@ -24,7 +24,8 @@ from nuwa_ds.model.attention import TextContext, patch_attention, resolve_backen
 from nuwa_ds.model.config import NuwaConfig
 from nuwa_ds.model.generation import GenerationConfig, run_generation
 from nuwa_ds.model.geometry import from_patches, patch_canvas, to_patches
-from nuwa_ds.model.layers import INVARIANT, GlobalBlock, LMHead, LocalBlock, RMSNorm, init_weights, linear
+from nuwa_ds.model.layers import (GlobalBlock, LMHead, LocalBlock, RMSNorm, init_weights, invariant_active,
+                                  linear)
 from nuwa_ds.model.persistence import load_config_json  # noqa: F401 - re-exported from its former home
 from nuwa_ds.model.text import build_text_encoder, check_text_length, load_text_encoder
 
@@ -258,7 +259,7 @@ class NuwaInfinity(nn.Module):
         if not torch.equal(mask.bool(), torch.arange(mask.shape[1], device=device) < length.unsqueeze(1)):
             raise ValueError("text attention_mask must be right-padded (ones, then zeros)")
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_text_encoder):
-            if INVARIANT.linear is None or torch.is_grad_enabled():
+            if not invariant_active():
                 states = self.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
             else:  # batch-invariant generation: each caption alone, at its own length (the batch's padding
                 # would change the encoder's shapes), zero states after it (never attended: ``length``)
