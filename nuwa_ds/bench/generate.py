@@ -9,6 +9,10 @@ Rows (GPU defaults; ``--quick``/CPU use smaller canvases):
   * ``paper_canvas``: the NUWA-Infinity paper's 38912 x 2048 painting (8 x 152 patches, 311,296 tokens),
     order ``right``, wavefront: wall time and peak memory.
 
+``--set batch_invariant=true``: the ``compare`` pair again with ``GenerationConfig(batch_invariant=True)``
+(case ``compare_invariant``, in the same run: its cost is ``x_default``, the ratio of its wall time to the
+default pair's, and ``identical_canvas`` must hold there in bf16 too).
+
 Weights are random (timing does not depend on them); ``--set canvas=WxH`` etc. override the sizes.
 """
 
@@ -119,15 +123,30 @@ def run(opts) -> dict:
     for wavefront in (False, True):
         result, seconds, peak = timed_generation(model, canv["image"], "down", wavefront)
         rows.append(_row("image", canv["image"], "down", wavefront, result, seconds, peak, roof))
-    seq, t_seq, p_seq = timed_generation(model, canv["compare"], "right", False)
-    wav, t_wav, p_wav = timed_generation(model, canv["compare"], "right", True)
-    same = bool(torch.equal(seq.tokens, wav.tokens))
-    agree = float((seq.tokens == wav.tokens).float().mean())  # < 1 where bf16 kernels are not batch-invariant
-    rows.append(_row("compare", canv["compare"], "right", False, seq, t_seq, p_seq))
-    rows.append({**_row("compare", canv["compare"], "right", True, wav, t_wav, p_wav),
-                 "speedup_vs_sequential": t_seq / t_wav, "identical_canvas": same, "tokens_equal": agree})
-    big, t_big, p_big = timed_generation(model, canv["paper"], "right", True)
-    rows.append(_row("paper_canvas", canv["paper"], "right", True, big, t_big, p_big))
+    same, default_seconds = {}, {}
+    for invariant in (False, True) if opts.extra.get("batch_invariant") else (False,):
+        case = "compare_invariant" if invariant else "compare"
+        if invariant:  # its kernels compile and its graphs capture outside the timing
+            timed_generation(model, (1, P, 2 * P), "right", True, batch_invariant=True)
+        seq, t_seq, p_seq = timed_generation(model, canv["compare"], "right", False, batch_invariant=invariant)
+        wav, t_wav, p_wav = timed_generation(model, canv["compare"], "right", True, batch_invariant=invariant)
+        identical = bool(torch.equal(seq.tokens, wav.tokens))
+        agree = float((seq.tokens == wav.tokens).float().mean())  # < 1 where the kernels are not batch-invariant
+        same[case] = identical
+        for wavefront, result, seconds, peak in ((False, seq, t_seq, p_seq), (True, wav, t_wav, p_wav)):
+            row = {**_row(case, canv["compare"], "right", wavefront, result, seconds, peak),
+                   "batch_invariant": bool(result.stats["batch_invariant"])}
+            if invariant:
+                row["x_default"] = seconds / default_seconds[wavefront]
+            else:
+                default_seconds[wavefront] = seconds
+            if wavefront:
+                row.update(speedup_vs_sequential=t_seq / t_wav, identical_canvas=identical, tokens_equal=agree)
+            rows.append(row)
+    if opts.extra.get("paper_canvas", True):  # --set paper_canvas=false: without it (72 s on an H200)
+        big, t_big, p_big = timed_generation(model, canv["paper"], "right", True)
+        rows.append(_row("paper_canvas", canv["paper"], "right", True, big, t_big, p_big))
     return {"rows": rows, "metrics": METRICS, "required": REQUIRED, "copy_bandwidth_tb_s": bandwidth / 1e12,
             "preset": opts.preset, "dtype": str(dtype), "params": model.num_parameters(),
-            "wavefront_identical": same}
+            "wavefront_identical": same["compare"], **(
+                {"wavefront_identical_invariant": same["compare_invariant"]} if "compare_invariant" in same else {})}
