@@ -120,6 +120,13 @@ class VideoRecipeSettings:
     CPU scale 0.7 beat 1.0 on every video figure but the animations' mean speed (both within 10%) and 0.4
     lost the captioned motion (docs/benchmarks.md,
     "Sampling temperature of the videos")."""
+    continuation_frames: int = 2
+    """A third video set (0: none): the held-out clip's first ``continuation_frames`` frames given (tokens
+    kept) with its caption, the rest drawn at ``temperature``. The pan speed is neither in a caption nor
+    in one frame, so animation from frame 0 can match a clip's speed only on average; from two frames the
+    speed is visible and the per-clip shift error says whether the model reads and keeps it. Scored from
+    the last given frame on (every interval measured has a drawn frame in it), paired, against the true
+    pan (docs/decisions.md, "Continuation from two frames")."""
     cfg_scales: tuple[float, ...] = (1.0, 2.0, 3.0, 5.0)
     """Guidance scales of the text-to-image curve (1: no guidance)."""
     video_cfg_scale: float = 3.0
@@ -168,6 +175,10 @@ def settings_for(preset: str, assignments) -> VideoRecipeSettings:
     if not isinstance(temps, (list, tuple)) or not all(
             isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t >= 0 for t in temps):
         raise ValueError(f"video_temperatures must be a list of finite numbers >= 0, got {s.video_temperatures!r}")
+    k = s.continuation_frames
+    if isinstance(k, bool) or not isinstance(k, int) or not (k == 0 or 2 <= k < s.clip_frames * s.long_factor):
+        raise ValueError(f"continuation_frames must be 0 (none) or 2..{s.clip_frames * s.long_factor - 1} "
+                         f"(fewer than the generated videos' frames), got {k!r}")
     names = [f"{t:g}" for t in temps]
     if len(set(names)) != len(names) or f"{s.temperature:g}" in names:
         raise ValueError(f"video_temperatures {list(temps)} must differ from each other and from temperature "
@@ -434,6 +445,17 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
                 video_sets[temperature] = pair
             t2v, anim = video_sets.pop(None)
             report["animation_first_frame_tokens_kept"] = kept
+            cont = None
+            if s.continuation_frames:  # the first frames given: the clip's own speed is visible
+                k = s.continuation_frames
+                given = _encode_clips(tokenizer, val_clips[: s.videos, :k])
+                prompt, mask = torch.zeros_like(prompt), torch.zeros_like(mask)
+                prompt[:, :k], mask[:, :k] = given, True
+                cont_tokens = generate("continuation", (long_T, canvas[1], canvas[2]), video_caps,
+                                       s.video_cfg_scale, prompt=prompt, mask=mask, seed=s.seed + 2)
+                report["continuation_given_frames_tokens_kept"] = bool(torch.equal(cont_tokens[:, :k], given))
+                cont = _decode_clips(tokenizer, cont_tokens)
+                _clip_folder(cont, generated / "continuation", s.fps)
         finally:
             torch.set_num_threads(threads)
         report["generate"] = {"seconds": timings}
@@ -452,6 +474,9 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
         _write_report(out, report)
         evaluate(tokenizer, s, val_clips[: s.videos], val_specs, image_sets, t2v, anim, LV,
                  results=ev, save=lambda: _write_report(out, report))
+        if cont is not None:
+            ev["continuation"] = evaluate_continuation(s, val_clips[: s.videos], val_specs, cont, LV, seed=s.seed)
+            _write_report(out, report)
         _sheet_gif([val_clips[0], t2v[0], anim[0], val_clips[1], t2v[1], anim[1]], out / "overview.gif", s.fps)
         for temperature, (t2v_t, anim_t) in video_sets.items():
             by_t = ev.setdefault("by_temperature", {})[f"{temperature:g}"] = {}
@@ -461,6 +486,23 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
     _write_report(out, report)
     _print_summary(report)
     return report
+
+
+def evaluate_continuation(s: VideoRecipeSettings, real_clips: np.ndarray, specs: list, cont: np.ndarray, LV,
+                          seed: int = 0) -> dict:
+    """The continuation set (clip i continues real clip i's first ``s.continuation_frames`` frames): its
+    caption attributes, and the video metrics paired with the real clips from the last given frame on
+    (that frame is real in both, so every interval scored has a drawn frame; frame 0 of the scored clips
+    must be equal), the per-clip shift error against the true pan included."""
+    from nuwa_ds.metrics.video import video_report
+
+    n, k = len(real_clips), s.continuation_frames
+    attrs = [LV.true_attributes(spec) for spec in specs[:n]]
+    true_dx = [-spec.true_shift for spec in specs[:n]]
+    return {"given_frames": k, "scored_from_frame": k - 1,
+            "attributes": attribute_scores(LV.read_attributes, list(cont), attrs, list(LV.ATTRIBUTES)),
+            "video": video_report(list(real_clips[:, k - 1:]), list(cont[:, k - 1:]), paired=True, true_dx=true_dx,
+                                  seed=seed)}
 
 
 def evaluate(tokenizer, s: VideoRecipeSettings, real_clips: np.ndarray, specs: list, image_sets: Optional[dict],
@@ -619,6 +661,12 @@ def _print_summary(report: dict):
             print(f"temperature {'main' if temperature is None else temperature}: "
                   + "; ".join(f"{name} jitter {m['jitter']:.2f}, aligned frame difference {m['frame_diff_aligned']:.2f}, "
                               f"motion attribute {attrs[name]['per_attribute'].get('motion')}" for name, m in sets.items()))
+    cont = ev.get("continuation", {}).get("video", {}).get("temporal", {})
+    if cont.get("truth", {}).get("fake"):
+        fake, real = cont["truth"]["fake"], cont["truth"]["real"]
+        print(f"continuation from {ev['continuation']['given_frames']} given frames: clips within 10% of the true "
+              f"pan {fake['within_10pct']}/{fake['clips_scored']} (real clips {real['within_10pct']}/"
+              f"{real['clips_scored']}), mean error {fake['error']:.3f}; jitter {cont['sets']['fake']['jitter']:.2f}")
     pf = ev.get("per_frame_bits")
     if pf:
         rep = {k: "none" if v is None else f"{v:.2f}" for k, v in pf["repeats_previous"].items()}

@@ -57,6 +57,11 @@ def test_video_recipe_runs_every_stage_and_reports_floors(tmp_path):
         assert rows["real_a"]["mean"] < rows["random_tokens"]["mean"]  # floor below ceiling
         assert {"real", "fake", "shuffled_real"} <= set(ev[name]["temporal"]["sets"])
     assert ev["animation"]["temporal"]["truth"]["real"]["clips_scored"] >= 1
+    # continuation: frames 0-1 given and kept, scored paired from frame 1 on against the true pan
+    cont = ev["continuation"]
+    assert report["continuation_given_frames_tokens_kept"] is True and cont["given_frames"] == 2
+    assert len(cont["video"]["swd"]["rows"]["fake"]) == 15 and cont["attributes"]["count"] == 4
+    assert cont["video"]["temporal"]["truth"]["fake"]["clips_scored"] >= 1
     pf = ev["per_frame_bits"]   # teacher-forced on held-out clips of the training length
     assert pf["clips"] == 6 and len(pf["all"]) == 4 and 0 <= pf["repeats_previous"]["share"] <= 1
     assert set(pf["caption"]) == {"own", "other_clip", "none"} and all(len(v) == 4 for v in pf["caption"].values())
@@ -75,7 +80,7 @@ def test_video_recipe_runs_every_stage_and_reports_floors(tmp_path):
         assert "recon" not in by_t[name]["swd"]["rows"]  # floors measured once, by the main sets
         assert by_t[name]["temporal"]["sets"]["fake"] != ev[name]["temporal"]["sets"]["fake"]
     for folder, count, frames in (("text2image_cfg3", 6, 1), ("text2video", 4, 16), ("animation", 4, 16),
-                                  ("text2video_t0.5", 4, 16), ("animation_t0.5", 4, 16)):
+                                  ("text2video_t0.5", 4, 16), ("animation_t0.5", 4, 16), ("continuation", 4, 16)):
         clips = sorted((out / "generated" / folder).iterdir())
         assert len(clips) == count and len(list(clips[0].glob("*.png"))) == frames
     with Image.open(clips[0] / "frame_000.png") as img:
@@ -96,3 +101,16 @@ def test_video_temperatures_are_checked_before_anything_runs(value, ok):
             settings_for("cpu", [f"video_temperatures={value}"])
     else:
         assert settings_for("cpu", [f"video_temperatures={value}"]).video_temperatures == ok
+
+
+@pytest.mark.parametrize("value, ok", [("0", True), ("2", True), ("15", True), ("1", False), ("16", False),
+                                       ("true", False), ("2.5", False)])
+def test_continuation_frames_are_checked_before_anything_runs(value, ok):
+    """1 given frame is the animation set; as many as the videos have leave nothing to draw."""
+    from nuwa_ds.video_recipe import settings_for
+
+    if ok:
+        assert settings_for("cpu", [f"continuation_frames={value}"]).continuation_frames == int(value)
+    else:
+        with pytest.raises(ValueError, match="continuation_frames"):
+            settings_for("cpu", [f"continuation_frames={value}"])
