@@ -568,6 +568,10 @@ class RecipeCommand(ConfigBase):
     assignments: list[str] = field(default_factory=list, metadata=cli(flag="--set", append=True,
                                                                        metavar="KEY=VALUE"))
     """Change one setting of the preset (the recipe's settings fields), e.g. train_steps=500; repeatable."""
+    from_stage: Optional[Literal["generate"]] = None
+    """landscape-videos only: reuse the finished run in --out (clips, text encoder, tokenizer, shards,
+    training) and run export, generation and evaluation again, e.g. with other temperatures; only the
+    drawing settings (nuwa_ds.video_recipe.DRAW_SETTINGS) may differ from that run's."""
 
 
 def add_arguments(parser):
@@ -577,7 +581,10 @@ def add_arguments(parser):
 def run(args) -> int:
     command = RecipeCommand.from_args(args)
     if command.recipe == "landscape-videos":
-        run_video_recipe(command.out or "outputs/video-recipe", command.preset, command.device, command.assignments)
+        run_video_recipe(command.out or "outputs/video-recipe", command.preset, command.device, command.assignments,
+                         from_stage=command.from_stage)
+    elif command.from_stage:
+        raise SystemExit(f"--from-stage is for the landscape-videos recipe; {command.recipe} runs every stage")
     else:
         run_recipe(command.out or "outputs/recipe", command.preset, command.device, command.assignments)
     return 0

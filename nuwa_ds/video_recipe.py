@@ -276,113 +276,40 @@ def _sheet_gif(rows: list[np.ndarray], path: Path, fps: float) -> Path:
 # the recipe
 
 
-def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -> dict:
+FROM_STAGES = (None, "generate")
+"""``from_stage``: None runs every stage; "generate" reuses a finished run's clips, text encoder, tokenizer,
+shards and training in ``out`` and runs export, generation and evaluation again."""
+DRAW_SETTINGS = ("temperature", "top_k", "video_temperatures", "continuation_frames", "cfg_scales", "video_cfg_scale",
+                 "image_prompts", "videos", "gen_batch", "workers")
+"""The settings only stages 6 and 7 read (and ``workers``, which changes no result): a resumed run may
+change them; any other setting must equal the run's it resumes."""
+
+
+def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=(), from_stage: Optional[str] = None) -> dict:
     import torch
 
-    from data_pipelines.prepare import prepare_shards
     from nuwa_ds.model import GenerationConfig, NuwaInfinity
     from nuwa_ds.model_dir import export_checkpoint
-    from nuwa_ds.text_encoder import make_text_encoder
-    from nuwa_ds.tokenizer import train_tokenizer
-    from nuwa_ds.train import train
 
+    if from_stage not in FROM_STAGES:
+        raise ValueError(f"from_stage must be one of {FROM_STAGES}, got {from_stage!r}")
     s = settings_for(preset, list(assignments))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    workers = s.workers or min(16, os.cpu_count() or 1)
     report: dict = {"recipe": "landscape-videos", "preset": preset, "settings": dataclasses.asdict(s),
                     "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
                     "versions": {"torch": torch.__version__}}
     started = time.perf_counter()
-    for folder in ("real", "generated", "recon", "random_tokens", "run", "shards", "model", "text_encoder"):
-        shutil.rmtree(out / folder, ignore_errors=True)  # a rerun starts fresh
-
+    if from_stage is None:
+        train_specs, val_specs, tokenizer, shards = _train_stages(s, out, dev, report)
+    else:
+        train_specs, val_specs, tokenizer, shards = _resumed_stages(s, out, dev, report)
     T, long_T = s.clip_frames, s.clip_frames * s.long_factor
-    with Stage(report, "1 clips"):
-        train_specs = LV.sample_clip_specs(s.train_clips, split="train", frames=T, size=tuple(s.size),
-                                           window=tuple(s.window), seed=s.seed)
-        val_specs = LV.sample_clip_specs(s.val_clips, split="val", frames=long_T, size=tuple(s.size),
-                                         window=tuple(s.window), seed=s.seed)
-        real = out / "real"
-        LV.write_clips(real / "train", train_specs, formats=("mp4",), workers=workers, split="train", seed=s.seed,
-                       progress=True)
-        LV.write_clips(real / "val", val_specs, formats=("mp4", "frames"), workers=workers, split="val", seed=s.seed)
-        # the tokenizer's pictures: lossless frames of some training clips
-        LV.write_clips(real / "tokenizer", train_specs[: s.tokenizer_clips], formats=("frames",), workers=workers,
-                       split="train", seed=s.seed)
-        report["clips"] = {"train": len(train_specs), "val": len(val_specs), "train_frames": T, "val_frames": long_T}
-    _write_report(out, report)
-
-    with Stage(report, "2 text encoder"):
-        captions = [LV.caption(LV.true_attributes(spec)) for spec in train_specs]
-        text_dir = out / "text_encoder"
-        extra = {} if s.text_mlm_steps is None else {"mlm_steps": s.text_mlm_steps}
-        info = make_text_encoder(captions, text_dir, preset=s.text_preset, seed=s.seed, **extra)
-        report["text_encoder"] = info
-    _write_report(out, report)
-
-    with Stage(report, "3 tokenizer"):
-        frames = sorted((real / "tokenizer" / "frames").rglob("*.png"))
-        tokenizer, metrics = train_tokenizer([str(p) for p in frames], out / "tokenizer",
-                                             config=s.tokenizer_preset, device=str(dev), steps=s.tokenizer_steps,
-                                             batch_size=s.tokenizer_batch, crop=s.tokenizer_crop,
-                                             time_limit=s.tokenizer_seconds, seed=s.seed, log_every=200)
-        report["tokenizer"] = {k: metrics[k] for k in ("psnr", "codebook_usage", "steps", "seconds", "restarts")}
-    _write_report(out, report)
-    tokenizer = tokenizer.to(dev).eval()
     f = tokenizer.downsample
-    P = s.model["patch_size"]
-    w_px, h_px = s.size
-    if w_px % (f * P) or h_px % (f * P):
-        raise ValueError(f"frames of {w_px}x{h_px} px are not whole patches of {f * P} px")
-
-    with Stage(report, "4 shards"):
-        shards = {}
-        for split in ("train", "val"):
-            folder = real / split
-            manifest = prepare_shards([str(folder / "mp4")], out / "shards" / split, tokenizer,
-                                      captions=str(folder / LV.CAPTIONS_FILE), image_size=0, patch_size=P,
-                                      fps=s.fps, clip_frames=T, progress=True, overwrite=True, device=str(dev))
-            shards[split] = str(out / "shards" / split / manifest["shards"])
-            report.setdefault("shards", {})[split] = manifest["num_samples"]
-    _write_report(out, report)
-
-    canvas = [T, h_px // f, w_px // f]
-    with Stage(report, "5 train"):
-        run_dir = out / "run"
-        overrides = [f"model.{k}={json.dumps(v)}" for k, v in s.model.items()] + [
-            f"model.freeze_text_encoder={json.dumps(s.freeze_text_encoder)}",
-            f"data.shards={shards['train']}", f"data.canvas={json.dumps(canvas)}", 'data.orders={"down": 1.0}',
-            f"data.num_workers={s.num_workers}", f"data.caption_dropout={s.caption_dropout}",
-            "data.shuffle_buffer=500", f"train.text_encoder_path={text_dir}",
-            f"train.run_dir={run_dir}", f"train.steps={s.train_steps}", f"train.save_every={s.train_steps}",
-            "train.log_every=50", f"train.samples={s.train_samples}", f"train.warmup_steps={s.warmup_steps}", f"train.lr={s.lr}",
-            f"train.micro_batch_size={s.micro_batch}", f"train.ds_config={s.ds_config}", "train.tensorboard=true",
-            f"train.seed={s.seed}", "train.weight_decay=0.0",
-            f"data.val_shards={shards['val']}", f"train.eval_every={s.eval_every}", "train.eval_batches=4"] + (
-            [f"train.time_limit={s.train_seconds}"] if s.train_seconds else [])
-        cfg = RunConfig.load("small", overrides)
-        tic = time.perf_counter()
-        result = train(cfg, progress=True)
-        seconds = time.perf_counter() - tic
-        if result.status == "diverged" or result.step < 1:
-            raise RuntimeError(f"training stopped ({result.status}) at step {result.step}")
-        lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        steps = [x for x in lines if "loss" in x and "event" not in x]
-        evals = [x for x in lines if x.get("event") == "eval"]
-        tokens = s.micro_batch * math.prod(canvas) * result.step
-        report["train"] = {"steps": result.step, "planned_steps": s.train_steps, "status": result.status,
-                           "seconds": round(seconds, 1), "tokens_per_s": tokens / seconds,
-                           "first_loss": steps[0]["loss"], "final_loss": steps[-1]["loss"],
-                           "final_train_bits_per_token": steps[-1]["loss"] / math.log(2),
-                           "val": [{k: e[k] for k in ("step", "val_loss", "val_bits_per_token") if k in e}
-                                   for e in evals]}
-        if evals:
-            report["train"]["final_val_bits_per_token"] = evals[-1].get("val_bits_per_token")
-    _write_report(out, report)
-
+    canvas = [T, s.size[1] // f, s.size[0] // f]
+    run_dir = out / "run"
     val_clips = np.stack([LV.render_clip(spec) for spec in val_specs])  # lossless, as the frames folders
     val_attrs = [LV.true_attributes(spec) for spec in val_specs]
     val_captions = [LV.caption(a) for a in val_attrs]
@@ -486,6 +413,142 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=()) -
     _write_report(out, report)
     _print_summary(report)
     return report
+
+
+def _train_stages(s: VideoRecipeSettings, out: Path, dev, report: dict):
+    """Stages 1-5 (clips, text encoder, tokenizer, shards, training) into ``out`` and ``report``;
+    returns the clips' specs, the tokenizer and the shards' paths that the later stages read."""
+    from data_pipelines.prepare import prepare_shards
+    from nuwa_ds.text_encoder import make_text_encoder
+    from nuwa_ds.tokenizer import train_tokenizer
+    from nuwa_ds.train import train
+
+    workers = s.workers or min(16, os.cpu_count() or 1)
+    for folder in ("real", "generated", "recon", "random_tokens", "run", "shards", "model", "text_encoder"):
+        shutil.rmtree(out / folder, ignore_errors=True)  # a rerun starts fresh
+
+    T, long_T = s.clip_frames, s.clip_frames * s.long_factor
+    with Stage(report, "1 clips"):
+        train_specs, val_specs = _specs(s)
+        real = out / "real"
+        LV.write_clips(real / "train", train_specs, formats=("mp4",), workers=workers, split="train", seed=s.seed,
+                       progress=True)
+        LV.write_clips(real / "val", val_specs, formats=("mp4", "frames"), workers=workers, split="val", seed=s.seed)
+        # the tokenizer's pictures: lossless frames of some training clips
+        LV.write_clips(real / "tokenizer", train_specs[: s.tokenizer_clips], formats=("frames",), workers=workers,
+                       split="train", seed=s.seed)
+        report["clips"] = {"train": len(train_specs), "val": len(val_specs), "train_frames": T, "val_frames": long_T}
+    _write_report(out, report)
+
+    with Stage(report, "2 text encoder"):
+        captions = [LV.caption(LV.true_attributes(spec)) for spec in train_specs]
+        text_dir = out / "text_encoder"
+        extra = {} if s.text_mlm_steps is None else {"mlm_steps": s.text_mlm_steps}
+        info = make_text_encoder(captions, text_dir, preset=s.text_preset, seed=s.seed, **extra)
+        report["text_encoder"] = info
+    _write_report(out, report)
+
+    with Stage(report, "3 tokenizer"):
+        frames = sorted((real / "tokenizer" / "frames").rglob("*.png"))
+        tokenizer, metrics = train_tokenizer([str(p) for p in frames], out / "tokenizer",
+                                             config=s.tokenizer_preset, device=str(dev), steps=s.tokenizer_steps,
+                                             batch_size=s.tokenizer_batch, crop=s.tokenizer_crop,
+                                             time_limit=s.tokenizer_seconds, seed=s.seed, log_every=200)
+        report["tokenizer"] = {k: metrics[k] for k in ("psnr", "codebook_usage", "steps", "seconds", "restarts")}
+    _write_report(out, report)
+    tokenizer = tokenizer.to(dev).eval()
+    f = tokenizer.downsample
+    P = s.model["patch_size"]
+    w_px, h_px = s.size
+    if w_px % (f * P) or h_px % (f * P):
+        raise ValueError(f"frames of {w_px}x{h_px} px are not whole patches of {f * P} px")
+
+    with Stage(report, "4 shards"):
+        shards = {}
+        for split in ("train", "val"):
+            folder = real / split
+            manifest = prepare_shards([str(folder / "mp4")], out / "shards" / split, tokenizer,
+                                      captions=str(folder / LV.CAPTIONS_FILE), image_size=0, patch_size=P,
+                                      fps=s.fps, clip_frames=T, progress=True, overwrite=True, device=str(dev))
+            shards[split] = str(out / "shards" / split / manifest["shards"])
+            report.setdefault("shards", {})[split] = manifest["num_samples"]
+    _write_report(out, report)
+
+    canvas = [T, h_px // f, w_px // f]
+    with Stage(report, "5 train"):
+        run_dir = out / "run"
+        overrides = [f"model.{k}={json.dumps(v)}" for k, v in s.model.items()] + [
+            f"model.freeze_text_encoder={json.dumps(s.freeze_text_encoder)}",
+            f"data.shards={shards['train']}", f"data.canvas={json.dumps(canvas)}", 'data.orders={"down": 1.0}',
+            f"data.num_workers={s.num_workers}", f"data.caption_dropout={s.caption_dropout}",
+            "data.shuffle_buffer=500", f"train.text_encoder_path={text_dir}",
+            f"train.run_dir={run_dir}", f"train.steps={s.train_steps}", f"train.save_every={s.train_steps}",
+            "train.log_every=50", f"train.samples={s.train_samples}", f"train.warmup_steps={s.warmup_steps}", f"train.lr={s.lr}",
+            f"train.micro_batch_size={s.micro_batch}", f"train.ds_config={s.ds_config}", "train.tensorboard=true",
+            f"train.seed={s.seed}", "train.weight_decay=0.0",
+            f"data.val_shards={shards['val']}", f"train.eval_every={s.eval_every}", "train.eval_batches=4"] + (
+            [f"train.time_limit={s.train_seconds}"] if s.train_seconds else [])
+        cfg = RunConfig.load("small", overrides)
+        tic = time.perf_counter()
+        result = train(cfg, progress=True)
+        seconds = time.perf_counter() - tic
+        if result.status == "diverged" or result.step < 1:
+            raise RuntimeError(f"training stopped ({result.status}) at step {result.step}")
+        lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        steps = [x for x in lines if "loss" in x and "event" not in x]
+        evals = [x for x in lines if x.get("event") == "eval"]
+        tokens = s.micro_batch * math.prod(canvas) * result.step
+        report["train"] = {"steps": result.step, "planned_steps": s.train_steps, "status": result.status,
+                           "seconds": round(seconds, 1), "tokens_per_s": tokens / seconds,
+                           "first_loss": steps[0]["loss"], "final_loss": steps[-1]["loss"],
+                           "final_train_bits_per_token": steps[-1]["loss"] / math.log(2),
+                           "val": [{k: e[k] for k in ("step", "val_loss", "val_bits_per_token") if k in e}
+                                   for e in evals]}
+        if evals:
+            report["train"]["final_val_bits_per_token"] = evals[-1].get("val_bits_per_token")
+    _write_report(out, report)
+    return train_specs, val_specs, tokenizer, shards
+
+
+def _specs(s: VideoRecipeSettings) -> tuple[list, list]:
+    T, long_T = s.clip_frames, s.clip_frames * s.long_factor
+    return (LV.sample_clip_specs(s.train_clips, split="train", frames=T, size=tuple(s.size), window=tuple(s.window),
+                                 seed=s.seed),
+            LV.sample_clip_specs(s.val_clips, split="val", frames=long_T, size=tuple(s.size), window=tuple(s.window),
+                                 seed=s.seed))
+
+
+def _resumed_stages(s: VideoRecipeSettings, out: Path, dev, report: dict):
+    """What :func:`_train_stages` returns, read from the finished run in ``out`` (its report's figures of
+    stages 1-5 carried over; its earlier report kept as ``report.previous.json``)."""
+    from nuwa_ds.tokenizer import VQTokenizer
+
+    path = out / "report.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: from_stage=generate needs a run of this recipe in {out}")
+    old = json.loads(path.read_text())
+    if old.get("recipe") != "landscape-videos" or "train" not in old:
+        raise ValueError(f"{path}: not a landscape-videos run whose training finished; run every stage instead")
+    new = json.loads(json.dumps(dataclasses.asdict(s), default=str))
+    changed = sorted(k for k in new if k not in DRAW_SETTINGS and old["settings"].get(k) != new[k])
+    if changed:
+        diffs = ", ".join(f"{k} ({old['settings'].get(k)!r} -> {new[k]!r})" for k in changed)
+        raise ValueError(f"from_stage=generate reuses the trained stages in {out}, but these settings differ from "
+                         f"that run's: {diffs}; only {', '.join(DRAW_SETTINGS)} may change")
+    shutil.copyfile(path, out / "report.previous.json")
+    for key in ("clips", "text_encoder", "tokenizer", "shards", "train"):
+        report[key] = old[key]
+    report["stage_seconds"] = {k: v for k, v in old.get("stage_seconds", {}).items() if k[:1] in "12345"}
+    report["resumed_from"] = {"stage": "6 export + generate",
+                              "earlier_settings": {k: old["settings"].get(k) for k in DRAW_SETTINGS}}
+    for folder in ("generated", "model"):
+        shutil.rmtree(out / folder, ignore_errors=True)
+    train_specs, val_specs = _specs(s)
+    shards = {}
+    for split in ("train", "val"):
+        manifest = json.loads((out / "shards" / split / "manifest.json").read_text())
+        shards[split] = str(out / "shards" / split / manifest["shards"])
+    return train_specs, val_specs, VQTokenizer.from_pretrained(out / "tokenizer", device=dev), shards
 
 
 def evaluate_continuation(s: VideoRecipeSettings, real_clips: np.ndarray, specs: list, cont: np.ndarray, LV,

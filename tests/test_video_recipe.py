@@ -88,6 +88,25 @@ def test_video_recipe_runs_every_stage_and_reports_floors(tmp_path):
     with Image.open(out / "overview.gif") as gif:
         assert gif.n_frames == 16
 
+    # --from-stage generate: the trained run drawn and scored again; a setting of the trained stages that
+    # differs is refused before anything is touched
+    bad = subprocess.run(cmd + ["--from-stage", "generate", "--set", "train_steps=11"], capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode != 0 and "train_steps (10 -> 11)" in bad.stderr
+    assert (out / "generated" / "continuation").is_dir() and not (out / "report.previous.json").exists()
+    again = subprocess.run(cmd + ["--from-stage", "generate", "--set", "video_temperatures=[]",
+                                  "--set", "continuation_frames=3"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    resumed = json.loads((out / "report.json").read_text())
+    assert json.loads((out / "report.previous.json").read_text()) == report
+    assert resumed["train"] == report["train"] and resumed["resumed_from"]["earlier_settings"]["continuation_frames"] == 2
+    assert set(resumed["stage_seconds"]) == set(report["stage_seconds"])
+    assert "by_temperature" not in resumed["eval"] and resumed["eval"]["continuation"]["given_frames"] == 3
+    # the same model, seeds and settings draw the same clips: every score of the main sets is repeated
+    assert resumed["eval"]["text2video_attributes"] == ev["text2video_attributes"]
+    assert resumed["eval"]["animation"]["swd"]["rows"] == ev["animation"]["swd"]["rows"]
+    assert not (out / "generated" / "text2video_t0.5").exists()
+
 
 @pytest.mark.parametrize("value, ok", [("[0.7, 0.4]", (0.7, 0.4)), ("0.7", (0.7,)), ("[]", ()), ("[0.7, 0.70]", None),
                                        ("[1.0]", None), ("[-0.5]", None), ('["hot"]', None), ("null", None)])
