@@ -12,13 +12,14 @@ step() {  # step NAME SECONDS command...: its output in $dest/NAME.log, its exit
   timeout "$limit" "$@" > "$dest/$name.log" 2>&1
   echo "$name: rc $? in $((SECONDS - tic)) s" | tee -a "$dest/summary.txt"
 }
-step kernels 180 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_batch_invariant.py \
-  tests/test_kernels_pool_decode.py -k "invariant or split"
-step gpu_generation 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_generation.py
-step bench_decode 120 python3 -m nuwa_ds.cli bench decode --device cuda --set batch_invariant=true \
+# most telling first: a call cut short keeps what ran (each step's log is in $dest as it goes)
+step gpu_generation ${LIMIT_TESTS:-180} python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_generation.py
+step bench_decode ${LIMIT_DECODE:-90} python3 -m nuwa_ds.cli bench decode --device cuda --set batch_invariant=true \
   --out "$dest/bench_decode.json"
-step bench_generate 180 python3 -m nuwa_ds.cli bench generate --device cuda --set batch_invariant=true \
+step kernels ${LIMIT_KERNELS:-100} python3 -m pytest -q -p no:cacheprovider tests/test_kernels_batch_invariant.py \
+  tests/test_kernels_pool_decode.py -k "invariant or split"
+step bench_generate ${LIMIT_GENERATE:-120} python3 -m nuwa_ds.cli bench generate --device cuda --set batch_invariant=true \
   --set paper_canvas=false --out "$dest/bench_generate.json"
-step bench_kernels 120 python3 -m nuwa_ds.cli bench kernels --device cuda --quick --set checks=false \
-  --set decode=false --set 'cases=[]' --set peers=false --out "$dest/bench_kernels.json"
+[ "${KERNEL_BENCH:-0}" = 1 ] && step bench_kernels 120 python3 -m nuwa_ds.cli bench kernels --device cuda --quick \
+  --set checks=false --set decode=false --set 'cases=[]' --set peers=false --out "$dest/bench_kernels.json"
 tail -n 25 "$dest"/*.log
