@@ -43,30 +43,61 @@ BLOCK_K = 64
 
 
 @triton.jit
-def _linear_kernel(X, W, Y, M, N, K, s_xm, s_xk, s_wn, s_wk, s_ym, s_yn,
+def _gelu_tanh(x):
+    """GELU, tanh approximation (as ``F.gelu(approximate="tanh")``), tanh written with exp (one spelling
+    for every triton version): tanh(z) = 1 - 2 / (exp(2z) + 1), z clamped to +-10 where tanh is +-1."""
+    z = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+    z = tl.minimum(tl.maximum(z, -10.0), 10.0)  # tanh(10) is 1 in fp32; exp(2z) stays finite
+    return 0.5 * x * (2.0 - 2.0 / (tl.exp(2.0 * z) + 1.0))
+
+
+@triton.jit
+def _linear_kernel(X, W, Y, NW, R, M, N, K, s_xm, s_xk, s_wn, s_wk, s_ym, s_yn, s_rm, s_rn, eps,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr,
-                   DOT_PREC: tl.constexpr):
+                   DOT_PREC: tl.constexpr, NORM: tl.constexpr, GELU: tl.constexpr, RESIDUAL: tl.constexpr):
     pid_m, pid_n = tl.program_id(0), tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
+    x_rows = X + rows[:, None].to(tl.int64) * s_xm
+    if NORM:  # the row's RMS first: its sum of squares over K in BLOCK_K chunks, one order for every batch
+        squares = tl.zeros((BLOCK_M, BLOCK_K), tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + offs_k
+            x = tl.load(x_rows + ks[None, :] * s_xk, mask=(rows[:, None] < M) & (ks[None, :] < K),
+                        other=0.0).to(tl.float32)
+            squares += x * x
+        rstd = 1.0 / tl.sqrt(tl.sum(squares, 1) / K + eps)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + offs_k
-        x = tl.load(X + rows[:, None].to(tl.int64) * s_xm + ks[None, :] * s_xk,
-                    mask=(rows[:, None] < M) & (ks[None, :] < K), other=0.0)
+        x = tl.load(x_rows + ks[None, :] * s_xk, mask=(rows[:, None] < M) & (ks[None, :] < K), other=0.0)
+        if NORM:  # the normalised row in x's dtype, as the unfused norm would have written it
+            nw = tl.load(NW + ks, mask=ks < K, other=0.0).to(tl.float32)
+            x = (x.to(tl.float32) * rstd[:, None] * nw[None, :]).to(X.dtype.element_ty)
         w = tl.load(W + cols[None, :].to(tl.int64) * s_wn + ks[:, None] * s_wk,
                     mask=(cols[None, :] < N) & (ks[:, None] < K), other=0.0)
         if UPCAST:  # the interpreter's dot of 16-bit tiles is not exact: fp32 there (products of 16-bit values are)
             x, w = x.to(tl.float32), w.to(tl.float32)
         acc = tl.dot(x, w, acc, input_precision=DOT_PREC)
-    tl.store(Y + rows[:, None].to(tl.int64) * s_ym + cols[None, :] * s_yn, acc.to(Y.dtype.element_ty),
-             mask=(rows[:, None] < M) & (cols[None, :] < N))
+    if GELU:
+        acc = _gelu_tanh(acc)
+    out_mask = (rows[:, None] < M) & (cols[None, :] < N)
+    if RESIDUAL:  # y = residual + x @ w.T, rounded once
+        acc += tl.load(R + rows[:, None].to(tl.int64) * s_rm + cols[None, :] * s_rn, mask=out_mask,
+                       other=0.0).to(tl.float32)
+    tl.store(Y + rows[:, None].to(tl.int64) * s_ym + cols[None, :] * s_yn, acc.to(Y.dtype.element_ty), mask=out_mask)
 
 
-def batch_invariant_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def batch_invariant_linear(x: torch.Tensor, weight: torch.Tensor, *, norm_weight: Optional[torch.Tensor] = None,
+                           eps: float = 1e-5, gelu: bool = False, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``x @ weight.T`` (``F.linear`` without bias): x [..., K], weight [N, K], one dtype; returns
-    [..., N] in x's dtype, each row's bits independent of the other rows and of their count."""
+    [..., N] in x's dtype, each row's bits independent of the other rows and of their count.
+
+    Fused around it for the token step (issue 19), each optional: ``norm_weight`` [K] normalises x's rows
+    first (``F.rms_norm(x, (K,), norm_weight, eps)``, its result in x's dtype as that op would write it),
+    ``gelu`` applies ``F.gelu(approximate="tanh")`` to the fp32 product, ``residual`` [..., N] is added
+    before the one rounding to x's dtype. One kernel instead of two or three; the same invariance."""
     check_tensor("weight", weight, 2, SUPPORTED_DTYPES)
     if not isinstance(x, torch.Tensor) or x.dim() < 1:
         raise ValueError("x must be a tensor [..., K]")
@@ -76,14 +107,28 @@ def batch_invariant_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tenso
     N, K = weight.shape
     if x.shape[-1] != K:
         raise ValueError(f"x's last dimension {x.shape[-1]} != weight's {K}")
+    if norm_weight is not None:
+        check_tensor("norm_weight", norm_weight, 1, SUPPORTED_DTYPES)
+        if norm_weight.shape[0] != K or norm_weight.device != x.device:
+            raise ValueError(f"norm_weight must have x's row length {K} and device {x.device}, got "
+                             f"{norm_weight.shape[0]} on {norm_weight.device}")
+        norm_weight = norm_weight.contiguous()
     x2 = x.reshape(-1, K)
     M = x2.shape[0]
+    if residual is not None:
+        if not isinstance(residual, torch.Tensor) or residual.shape != (*x.shape[:-1], N) \
+                or residual.dtype != x.dtype or residual.device != x.device:
+            raise ValueError(f"residual must be a {x.dtype} tensor of shape {(*x.shape[:-1], N)} on {x.device}")
+        residual = residual.reshape(M, N)
     y = alloc_output((M, N), x.dtype, x.device)
     if M:
+        r = residual if residual is not None else y
         grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
-        _linear_kernel[grid](x2, weight, y, M, N, K, *x2.stride(), *weight.stride(), *y.stride(),
+        _linear_kernel[grid](x2, weight, y, norm_weight if norm_weight is not None else weight, r, M, N, K,
+                             *x2.stride(), *weight.stride(), *y.stride(), *r.stride(), float(eps),
                              BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, UPCAST=INTERPRET,
-                             DOT_PREC=dot_precision(x.dtype))
+                             DOT_PREC=dot_precision(x.dtype), NORM=norm_weight is not None, GELU=bool(gelu),
+                             RESIDUAL=residual is not None)
     return y.view(*x.shape[:-1], N)
 
 
@@ -118,9 +163,16 @@ def batch_invariant_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) 
     return y.view(x.shape)
 
 
-def reference_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Ground truth in float64."""
-    return x.double() @ weight.double().T
+def reference_linear(x: torch.Tensor, weight: torch.Tensor, *, norm_weight: Optional[torch.Tensor] = None,
+                     eps: float = 1e-5, gelu: bool = False, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Ground truth in float64 (the normalised rows rounded to x's dtype first, as the kernel feeds its
+    matmul)."""
+    if norm_weight is not None:
+        x = reference_rms_norm(x, norm_weight, eps).to(x.dtype)
+    y = x.double() @ weight.double().T
+    if gelu:
+        y = F.gelu(y, approximate="tanh")
+    return y if residual is None else y + residual.double()
 
 
 def reference_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -146,6 +146,11 @@ def record_model_launches(dtype: torch.dtype, head_dim: int, n: int = 256) -> li
                                  torch.full((R,), n), own, bias, text, split_units=2, aligned_bias=bias)
         width = H * D * 8
         BI.batch_invariant_linear(torch.randn(3, width, dtype=dtype), torch.randn(3 * width, width, dtype=dtype))
+        # the token step's fusions: norm + matmul + GELU, and matmul + residual
+        BI.batch_invariant_linear(torch.randn(3, width, dtype=dtype), torch.randn(4 * width, width, dtype=dtype),
+                                  norm_weight=torch.ones(width, dtype=dtype), gelu=True)
+        BI.batch_invariant_linear(torch.randn(3, 4 * width, dtype=dtype), torch.randn(width, 4 * width, dtype=dtype),
+                                  residual=torch.randn(3, width, dtype=dtype))
         BI.batch_invariant_rms_norm(torch.randn(3, width, dtype=dtype), torch.ones(width, dtype=dtype), 1e-5)
     finally:
         for (module, name), fn in originals.items():

@@ -81,3 +81,51 @@ def test_benchmark_entry_is_found_and_checks_its_rows():
     rows = BI.benchmark(device="cpu")
     assert {r["kernel"] for r in rows} == {"batch_invariant_linear", "batch_invariant_rms_norm"}
     assert all(r["ok"] and r["invariant"] and r["worst_rel_error"] < 1e-5 and r["ms"] > 0 for r in rows)
+
+
+FUSIONS = {"norm": dict(norm=True), "gelu": dict(gelu=True), "norm+gelu": dict(norm=True, gelu=True),
+           "residual": dict(residual=True)}
+
+
+def _fused_args(x, n, kind, dtype):
+    k = x.shape[-1]
+    return dict(norm_weight=torch.randn(k, dtype=dtype, device=DEVICE) if kind.get("norm") else None, eps=1e-5,
+                gelu=bool(kind.get("gelu")),
+                residual=torch.randn(*x.shape[:-1], n, dtype=dtype, device=DEVICE) if kind.get("residual") else None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("fusion", list(FUSIONS))
+def test_fused_linear_matches_reference_and_is_batch_invariant(fusion, dtype):
+    """The token step's fusions (norm before, GELU after, residual added): against the float64 reference
+    of the same ops, and row i alone = row i of batches of other sizes, bit for bit. Odd sizes: K ends
+    inside a chunk, so the norm's sum of squares has a ragged last chunk."""
+    x = torch.randn(21, 2, 100, dtype=dtype, device=DEVICE) * 3
+    w = torch.randn(72, 100, dtype=dtype, device=DEVICE) / 10
+    args = _fused_args(x, 72, FUSIONS[fusion], dtype)
+    y = batch_invariant_linear(x, w, **args)
+    assert y.dtype == dtype and y.shape == (21, 2, 72)
+    assert rel_error(y, reference_linear(x, w, **args)) <= TOLERANCE[dtype]
+    for start, batch in ((0, 1), (9, 1), (4, 7)):
+        part = {k: (v[start:start + batch] if k == "residual" and v is not None else v) for k, v in args.items()}
+        assert torch.equal(batch_invariant_linear(x[start:start + batch], w, **part), y[start:start + batch])
+
+
+def test_fused_norm_feeds_the_matmul_what_the_norm_kernel_writes():
+    """fp32: the fused norm's rows, rounded as the norm writes them, give the matmul of the unfused pair
+    within the last bits (the two sum the squares in different orders)."""
+    x = torch.randn(9, 130, device=DEVICE)
+    w, nw = torch.randn(40, 130, device=DEVICE), torch.randn(130, device=DEVICE)
+    fused = batch_invariant_linear(x, w, norm_weight=nw, eps=1e-6)
+    unfused = batch_invariant_linear(batch_invariant_rms_norm(x, nw, 1e-6), w)
+    assert rel_error(fused, unfused) <= 1e-6
+
+
+def test_fused_linear_rejects_bad_inputs():
+    x, w = torch.randn(3, 8, device=DEVICE), torch.randn(5, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="norm_weight"):
+        batch_invariant_linear(x, w, norm_weight=torch.ones(7, device=DEVICE))
+    with pytest.raises(ValueError, match="residual"):
+        batch_invariant_linear(x, w, residual=torch.zeros(3, 4, device=DEVICE))
+    with pytest.raises(ValueError, match="residual"):
+        batch_invariant_linear(x, w, residual=torch.zeros(3, 5, dtype=torch.float64, device=DEVICE))
