@@ -24,7 +24,7 @@ class _InvariantOps(threading.local):
     batch. Only where no gradient is recorded (generation): ``linear`` and ``RMSNorm`` ignore it
     otherwise."""
 
-    linear: Optional[Callable] = None  # (x, weight) -> x @ weight.T
+    linear: Optional[Callable] = None  # (x, weight, *, norm_weight, eps, gelu, residual) -> x @ weight.T
     rms_norm: Optional[Callable] = None  # (x, weight, eps)
 
 
@@ -37,7 +37,9 @@ def batch_invariant_ops(enabled: bool = True):
     batch-invariant Triton kernels (``kernels/batch_invariant.py``; generation with the ``triton``
     backend, issue 16); ``enabled=False`` turns them off inside (a default generation nested in an
     invariant one). Not for training: it calls the weights directly, past ZeRO-3's module hooks, so it
-    acts only where no gradient is recorded."""
+    acts only where no gradient is recorded. Each block then runs as four matmul kernels with the norms,
+    the GELU and the residual adds inside them (``Block._fused_forward``), the head's norm inside its
+    matmul (issue 19: fewer kernels per token step)."""
     saved = INVARIANT.linear, INVARIANT.rms_norm
     if enabled:
         from kernels.batch_invariant import batch_invariant_linear, batch_invariant_rms_norm  # lazily: no triton here
@@ -111,10 +113,24 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, layout, layer: int) -> torch.Tensor:
         R, n, dim = x.shape  # rows (patches), positions, width
+        if invariant_active():  # generation, batch-invariant: four matmul kernels with the rest inside them
+            return self._fused_forward(x, layout, layer)
         q, k, v = linear(self.qkv, self.norm1(x)).view(R, n, 3, self.heads, self.head_dim).unbind(2)
         attn = self.attend(layout, layer, q, k, v)  # [R, n, H, D]
         x = x + linear(self.proj, attn.reshape(R, n, dim))
         return x + self.mlp(self.norm2(x))
+
+    def _fused_forward(self, x: torch.Tensor, layout, layer: int) -> torch.Tensor:
+        """The same block (its linears have no bias): norm1 + qkv, attention, proj + residual, norm2 + fc +
+        GELU, proj + residual."""
+        R, n, dim = x.shape
+        mm = INVARIANT.linear
+        qkv = mm(x, self.qkv.weight, norm_weight=self.norm1.weight, eps=self.norm1.eps)
+        q, k, v = qkv.view(R, n, 3, self.heads, self.head_dim).unbind(2)
+        attn = self.attend(layout, layer, q, k, v)
+        x = mm(attn.reshape(R, n, dim), self.proj.weight, residual=x)
+        h = mm(x, self.mlp.fc.weight, norm_weight=self.norm2.weight, eps=self.norm2.eps, gelu=True)
+        return mm(h, self.mlp.proj.weight, residual=x)
 
 
 class GlobalBlock(Block):
@@ -203,6 +219,8 @@ class LMHead(nn.Module):
 
     def forward(self, h: torch.Tensor, targets: torch.Tensor | None = None, return_logits: bool = False):
         """h [M, d] -> (mean loss or None, logits [M, V] or None)."""
+        if targets is None and return_logits and invariant_active():  # the norm inside the matmul
+            return None, INVARIANT.linear(h, self.weight, norm_weight=self.norm.weight, eps=self.norm.eps)
         h = self.norm(h)
         loss = logits = None
         if targets is not None:
