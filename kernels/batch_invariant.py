@@ -183,7 +183,7 @@ def reference_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
 # ----------------------------------------------------------------------------------------------
 # Benchmark: ``nuwa-ds bench kernels`` calls ``benchmark`` (on CPU in the interpreter, tiny shapes)
 
-BENCH_SHAPES = {"cuda": [(1024, 3072), (1024, 4096), (4096, 1024)], "cpu": [(48, 40)]}
+BENCH_SHAPES = {"cuda": [(1024, 3072), (1024, 4096), (4096, 1024)], "cpu": [(48, 40), (40, 80)]}
 """(K, N) of the token step's matmuls at nuwa-350m's width: qkv, MLP up, MLP down."""
 BENCH_ROWS = {"cuda": (1, 32, 128), "cpu": (3,)}
 
@@ -214,6 +214,28 @@ def benchmark(device: str = "cuda", measure: Optional[Callable] = None,
             rows.append(dict(kernel="batch_invariant_linear", case=f"{M}x{K}->{N}", dtype=name, ms=ms, ref_ms=ref_ms,
                              x_ref=ref_ms / ms, gbps=w.numel() * w.element_size() / ms / 1e6, worst_rel_error=error,
                              invariant=invariant, ok=invariant and error < tol))
+        # the fusions of the token step against the unfused torch ops they replace (norm + matmul [+ GELU];
+        # matmul + residual): what the fewer launches buy at these sizes
+        for M in row_counts:
+            x = torch.randn(M, K, device=device, dtype=dtype, generator=gen)
+            nw = torch.randn(K, device=device, dtype=dtype, generator=gen)
+            res = torch.randn(M, N, device=device, dtype=dtype, generator=gen)
+            gelu = N > K  # the MLP's up projection
+            cases = {"norm_linear" + ("_gelu" if gelu else ""): (
+                         dict(norm_weight=nw, gelu=gelu),
+                         lambda: (F.gelu if gelu else (lambda t, approximate: t))(
+                             F.linear(F.rms_norm(x, (K,), nw, 1e-5), w), approximate="tanh")),
+                     "linear_residual": (dict(residual=res), lambda: res + F.linear(x, w))}
+            for kernel, (args, torch_op) in cases.items():
+                y = batch_invariant_linear(x, w, **args)
+                error = rel_error(y, reference_linear(x, w, **args))
+                part = {k: (v[:1] if k == "residual" else v) for k, v in args.items()}
+                invariant = bool(torch.equal(batch_invariant_linear(x[:1], w, **part)[0], y[0]))
+                ms = measure(lambda: batch_invariant_linear(x, w, **args))
+                ref_ms = measure(torch_op)
+                rows.append(dict(kernel=f"batch_invariant_{kernel}", case=f"{M}x{K}->{N}", dtype=name, ms=ms,
+                                 ref_ms=ref_ms, x_ref=ref_ms / ms, gbps=w.numel() * w.element_size() / ms / 1e6,
+                                 worst_rel_error=error, invariant=invariant, ok=invariant and error < tol))
         if (K, N) == shapes[0]:  # the norm, once, at width K
             weight = torch.randn(K, device=device, dtype=dtype, generator=gen)
             for M in row_counts:

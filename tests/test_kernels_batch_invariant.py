@@ -79,7 +79,9 @@ def test_benchmark_entry_is_found_and_checks_its_rows():
 
     assert kernel_benchmarks()["batch_invariant"] is BI.benchmark
     rows = BI.benchmark(device="cpu")
-    assert {r["kernel"] for r in rows} == {"batch_invariant_linear", "batch_invariant_rms_norm"}
+    assert {r["kernel"] for r in rows} == {"batch_invariant_linear", "batch_invariant_rms_norm",
+                                          "batch_invariant_norm_linear", "batch_invariant_norm_linear_gelu",
+                                          "batch_invariant_linear_residual"}
     assert all(r["ok"] and r["invariant"] and r["worst_rel_error"] < 1e-5 and r["ms"] > 0 for r in rows)
 
 
