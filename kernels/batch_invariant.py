@@ -44,11 +44,11 @@ BLOCK_K = 64
 
 @triton.jit
 def _gelu_tanh(x):
-    """GELU, tanh approximation (as ``F.gelu(approximate="tanh")``), tanh written with exp (one spelling
-    for every triton version): tanh(z) = 1 - 2 / (exp(2z) + 1), z clamped to +-10 where tanh is +-1."""
+    """GELU, tanh approximation (as ``F.gelu(approximate="tanh")``), written with exp (one spelling for
+    every triton version): 0.5 x (1 + tanh z) = x / (1 + exp(-2z)), which keeps its relative accuracy for
+    negative x (1 - 2/(exp(2z)+1) cancels there); z held above -40 so that exp(-2z) stays finite."""
     z = 0.7978845608028654 * (x + 0.044715 * x * x * x)
-    z = tl.minimum(tl.maximum(z, -10.0), 10.0)  # tanh(10) is 1 in fp32; exp(2z) stays finite
-    return 0.5 * x * (2.0 - 2.0 / (tl.exp(2.0 * z) + 1.0))
+    return x / (1.0 + tl.exp(-2.0 * tl.maximum(z, -40.0)))
 
 
 @triton.jit

@@ -90,3 +90,28 @@ def test_batch_invariant_generation_wiring(text_dir):
     cfg = GenerationConfig(batch_invariant=True, top_k=50, seed=7, cfg_scale=2.0, wavefront=True)
     both = model.generate((1, 4, 4), "right", batch_size=2, text=text, config=cfg)  # one patch: the interpreter is slow
     assert torch.equal(model.generate((1, 4, 4), "right", batch_size=1, text=text[:1], config=cfg)[0], both[0])
+
+
+def test_fused_block_and_head_compute_the_block_and_head():
+    """In the batch-invariant mode a block is four fused matmuls (norm1+qkv, proj+residual,
+    norm2+fc+GELU, proj+residual) and the head's norm runs inside its matmul: the same functions as
+    the modules' own forwards (fp32: within 1e-5), and a row alone has the bits it has in the batch.
+    Random norm weights, so a norm left out or applied twice would show."""
+    from nuwa_ds.model.layers import Block, LMHead, batch_invariant_ops
+
+    class Mixing(Block):  # a stand-in for the pool attention: any function of q, k and v
+        def attend(self, layout, layer, q, k, v):
+            return 0.5 * q + k * v
+
+    torch.manual_seed(0)
+    block, head = Mixing(64, 16, 4.0, 3, 1e-5).to(DEVICE), LMHead(64, 96, 1e-5, 1024).to(DEVICE)
+    with torch.no_grad():
+        for p in (*block.parameters(), *head.parameters()):
+            p.normal_(0, 0.3)
+        x = torch.randn(5, 3, 64, device=DEVICE)
+        plain, (_, plain_logits) = block(x, None, 0), head(x[:, 0], return_logits=True)
+        with batch_invariant_ops():
+            fused, (_, logits) = block(x, None, 0), head(x[:, 0], return_logits=True)
+            row, (_, row_logits) = block(x[2:3], None, 0), head(x[2:3, 0], return_logits=True)
+    assert relative_error(fused, plain) <= 1e-5 and relative_error(logits, plain_logits) <= 1e-5
+    assert torch.equal(row[0], fused[2]) and torch.equal(row_logits[0], logits[2])
