@@ -520,7 +520,9 @@ def _specs(s: VideoRecipeSettings) -> tuple[list, list]:
 
 def _resumed_stages(s: VideoRecipeSettings, out: Path, dev, report: dict):
     """What :func:`_train_stages` returns, read from the finished run in ``out`` (its report's figures of
-    stages 1-5 carried over; its earlier report kept as ``report.previous.json``)."""
+    stages 1-5 carried over; its earlier report kept as ``report.previous.json``, or ``report.previous.N.json``
+    when that exists). Refuses, touching nothing, when a setting of the trained stages differs or one of
+    their files is missing."""
     from nuwa_ds.tokenizer import VQTokenizer
 
     path = out / "report.json"
@@ -535,7 +537,18 @@ def _resumed_stages(s: VideoRecipeSettings, out: Path, dev, report: dict):
         diffs = ", ".join(f"{k} ({old['settings'].get(k)!r} -> {new[k]!r})" for k in changed)
         raise ValueError(f"from_stage=generate reuses the trained stages in {out}, but these settings differ from "
                          f"that run's: {diffs}; only {', '.join(DRAW_SETTINGS)} may change")
-    shutil.copyfile(path, out / "report.previous.json")
+    # everything the later stages read must be there before anything is replaced: a run whose checkpoint
+    # was pruned after export must not lose its exported model to a resume that cannot finish
+    from nuwa_ds.model_dir import find_checkpoint
+
+    find_checkpoint(out / "run")
+    for needed in ("shards/train/manifest.json", "shards/val/manifest.json", "tokenizer", "text_encoder"):
+        if not (out / needed).exists():
+            raise FileNotFoundError(f"{out / needed} not found: from_stage=generate reuses the trained stages' files")
+    # the report it replaces is kept, and one kept before is never overwritten
+    keep = next(out / name for name in ["report.previous.json", *(f"report.previous.{i}.json" for i in range(2, 10_000))]
+                if not (out / name).exists())
+    shutil.copyfile(path, keep)
     for key in ("clips", "text_encoder", "tokenizer", "shards", "train"):
         report[key] = old[key]
     report["stage_seconds"] = {k: v for k, v in old.get("stage_seconds", {}).items() if k[:1] in "12345"}
@@ -554,16 +567,17 @@ def _resumed_stages(s: VideoRecipeSettings, out: Path, dev, report: dict):
 def evaluate_continuation(s: VideoRecipeSettings, real_clips: np.ndarray, specs: list, cont: np.ndarray, LV,
                           seed: int = 0) -> dict:
     """The continuation set (clip i continues real clip i's first ``s.continuation_frames`` frames): its
-    caption attributes, and the video metrics paired with the real clips from the last given frame on
-    (that frame is real in both, so every interval scored has a drawn frame; frame 0 of the scored clips
-    must be equal), the per-clip shift error against the true pan included."""
+    caption attributes read from the drawn frames alone (sky and sun from the first drawn frame, motion
+    over them), and the video metrics paired with the real clips from the last given frame on (that frame
+    is given in both, as the real frame and as its tokens' decoding, so every interval scored has a drawn
+    frame), the per-clip shift error against the true pan included."""
     from nuwa_ds.metrics.video import video_report
 
     n, k = len(real_clips), s.continuation_frames
     attrs = [LV.true_attributes(spec) for spec in specs[:n]]
     true_dx = [-spec.true_shift for spec in specs[:n]]
     return {"given_frames": k, "scored_from_frame": k - 1,
-            "attributes": attribute_scores(LV.read_attributes, list(cont), attrs, list(LV.ATTRIBUTES)),
+            "attributes": attribute_scores(LV.read_attributes, list(cont[:, k:]), attrs, list(LV.ATTRIBUTES)),
             "video": video_report(list(real_clips[:, k - 1:]), list(cont[:, k - 1:]), paired=True, true_dx=true_dx,
                                   seed=seed)}
 
@@ -729,7 +743,8 @@ def _print_summary(report: dict):
         fake, real = cont["truth"]["fake"], cont["truth"]["real"]
         print(f"continuation from {ev['continuation']['given_frames']} given frames: clips within 10% of the true "
               f"pan {fake['within_10pct']}/{fake['clips_scored']} (real clips {real['within_10pct']}/"
-              f"{real['clips_scored']}), mean error {fake['error']:.3f}; jitter {cont['sets']['fake']['jitter']:.2f}")
+              f"{real['clips_scored']}), mean error {fake['error'] if fake['error'] is None else round(fake['error'], 3)}; "
+              f"jitter {cont['sets']['fake']['jitter']:.2f}")
     pf = ev.get("per_frame_bits")
     if pf:
         rep = {k: "none" if v is None else f"{v:.2f}" for k, v in pf["repeats_previous"].items()}

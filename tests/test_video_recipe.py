@@ -106,6 +106,11 @@ def test_video_recipe_runs_every_stage_and_reports_floors(tmp_path):
     assert resumed["eval"]["text2video_attributes"] == ev["text2video_attributes"]
     assert resumed["eval"]["animation"]["swd"]["rows"] == ev["animation"]["swd"]["rows"]
     assert not (out / "generated" / "text2video_t0.5").exists()
+    # a run whose checkpoint is gone is refused before its exported model or kept report is touched
+    (out / "run").rename(out / "run.moved")
+    gone = subprocess.run(cmd + ["--from-stage", "generate"], capture_output=True, text=True, timeout=300)
+    assert gone.returncode != 0 and "run" in gone.stderr
+    assert (out / "model" / "model.safetensors").is_file() and not (out / "report.previous.2.json").exists()
 
 
 @pytest.mark.parametrize("value, ok", [("[0.7, 0.4]", (0.7, 0.4)), ("0.7", (0.7,)), ("[]", ()), ("[0.7, 0.70]", None),
