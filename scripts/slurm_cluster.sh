@@ -19,6 +19,8 @@
 #            SLURM_CLUSTER_PORT (slurmctld port, default 6917; node K listens on PORT+K),
 #            SLURM_CLUSTER_CPUS (CPUs per node, default nproc), SLURM_CLUSTER_FIRST_JOB_ID (default 10000),
 #            SLURM_CLUSTER_SLURMD_TIMEOUT (seconds before a silent node is DOWN, default 20),
+#            SLURM_CLUSTER_MESSAGE_TIMEOUT (seconds an RPC may take, default 10: a ping of a lost node retries its
+#            connection that long, and Slurm counts two such pings before the node is DOWN),
 #            SLURM_CLUSTER_CRED_EXPIRE (seconds a requeued job waits before it starts again, default 10),
 #            SLURM_CLEAN=1 (fresh controller state). The directory must be reachable by the munge user.
 set -euo pipefail
@@ -143,8 +145,10 @@ AccountingStorageType=accounting_storage/none
 MailProg=/bin/true
 ReturnToService=2
 KillWait=10
-# a lost node is declared DOWN after SlurmdTimeout (default 300 s) without an answer
+# a lost node is declared DOWN after SlurmdTimeout (default 300 s) without an answer, at the earliest at the end of
+# the second ping that fails; a ping of a lost node fails after MessageTimeout (its connection retried every second)
 SlurmdTimeout=${SLURM_CLUSTER_SLURMD_TIMEOUT:-20}
+MessageTimeout=${SLURM_CLUSTER_MESSAGE_TIMEOUT:-10}
 StateSaveLocation=$BASE/state
 SlurmdSpoolDir=$BASE/spool/%n
 SlurmctldPidFile=$BASE/run/slurmctld.pid

@@ -46,8 +46,11 @@ def cluster(tmp_path_factory):
     base = Path("/run") / f"nuwa-slurm-test-{os.getpid()}"
     cluster = {"SLURM_CLUSTER_DIR": str(base), "SLURM_CLUSTER_NODES": "3", "SLURM_CLUSTER_PORT": str(_free_ports(4)),
                "SLURM_CLUSTER_FIRST_JOB_ID": str(10000 + os.getpid() % 500 * 4), "SLURM_CONF": str(base / "slurm.conf"),
-               # a lost node is DOWN 10 s after its last answer, a requeued job may start 5 s after its requeue
-               "SLURM_CLUSTER_SLURMD_TIMEOUT": "10", "SLURM_CLUSTER_CRED_EXPIRE": "5"}
+               # a lost node is DOWN 5 s after its last answer, at the end of the second ping that failed (each
+               # retries its connection for MessageTimeout, 5 s: Slurm's 10 made the loss known ~28 s after it,
+               # this ~13 s); a requeued job may start 5 s after its requeue
+               "SLURM_CLUSTER_SLURMD_TIMEOUT": "5", "SLURM_CLUSTER_MESSAGE_TIMEOUT": "5",
+               "SLURM_CLUSTER_CRED_EXPIRE": "5"}
     env = {**os.environ, **cluster}
     try:
         up = subprocess.run([*CLUSTER, "up"], env=env, capture_output=True, text=True, timeout=600)
