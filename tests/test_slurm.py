@@ -34,7 +34,10 @@ def slurm():
     reason = _why_no_slurm()
     if reason:
         pytest.skip(reason)
-    up = subprocess.run(["bash", str(ROOT / "scripts" / "slurm_up.sh")], capture_output=True, text=True, timeout=600)
+    # a requeued job may start again 5 s after its requeue (the script's default 10 s, Slurm's 120 s): each test's
+    # requeued job starts ~5 s sooner
+    up = subprocess.run(["bash", str(ROOT / "scripts" / "slurm_up.sh")], env={**os.environ, "SLURM_CRED_EXPIRE": "5"},
+                        capture_output=True, text=True, timeout=600)
     assert up.returncode == 0, up.stderr[-3000:]
 
 
@@ -135,7 +138,7 @@ def test_train_sbatch_stops_before_the_job_end_without_a_signal(slurm, tmp_path)
         subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=2"], check=True, timeout=30)
         shortened_at = time.time()
         wait_until(lambda: job_state(job_id).get("Restarts") == "1", "the job to requeue itself", log, timeout=120)
-        # the requeued job waits ~10 s before it may start: give it its 10 minutes back meanwhile
+        # the requeued job waits ~5 s (cred_expire) before it may start: give it its 10 minutes back meanwhile
         subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=10"], check=True, timeout=30)
         wait_until(lambda: job_state(job_id).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"),
                    "the requeued job to finish", log)
