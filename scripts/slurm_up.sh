@@ -45,6 +45,16 @@ status() {
 }
 
 install_pkgs() {
+  # one install at a time (scripts/slurm_cluster.sh installs through this script too, and two test modules may
+  # bring their clusters up at once): a second apt-get would fail on dpkg's lock; this one waits, then finds the
+  # packages there. The lock is let go before any daemon starts (a daemon would inherit it).
+  exec 9>/run/nuwa-slurm-install.lock
+  flock 9
+  install_pkgs_locked
+  exec 9>&-
+}
+
+install_pkgs_locked() {
   if command -v slurmctld >/dev/null && command -v slurmd >/dev/null \
      && command -v sbatch >/dev/null && command -v munged >/dev/null; then
     log "packages already installed: $(slurmd -V)"; return
