@@ -44,11 +44,16 @@ def one_torch_thread():
 # fixtures are made once. Work is handed out in the workers' collection order: the modules that take longest
 # start first, so that no worker is left alone with a long one at the end (docs/decisions.md, "CI under 10
 # minutes"). What several modules share (zero_runs, the trained demo tokenizer) is made once per run, by
-# whichever worker asks first (shared_dir).
-LONGEST_FIRST = ["test_data", "test_tokenizer", "test_export", "test_train_ranks", "test_validation",
-                 "test_slurm_multinode", "test_stop_stress", "test_slurm", "test_demo", "test_recipe",
-                 "test_video_recipe", "test_checkpoint_faults", "test_samples", "test_generation", "test_bench",
-                 "test_preemption", "test_text_encoder", "test_train_bench", "test_eval", "test_install"]
+# whichever worker asks first (shared_dir); the order also keeps a worker from waiting for it: test_data trains the
+# demo tokenizer while the other worker runs the video recipe, test_tokenizer comes after it, and test_export
+# makes zero_runs before test_validation and test_train_ranks ask. The two Slurm modules (mostly waiting for
+# Slurm) start far apart, beside modules that keep the cores busy. A worker that has at most 2 tests left takes
+# its next module at once (xdist's loadscope), so a one-test module starts beside the module after it in this list.
+LONGEST_FIRST = ["test_video_recipe", "test_data", "test_slurm_multinode", "test_tokenizer", "test_export",
+                 "test_stop_stress", "test_train_ranks", "test_validation", "test_slurm", "test_demo", "test_recipe",
+                 "test_kernels_model", "test_checkpoint_faults", "test_kernels_pool_decode", "test_samples",
+                 "test_preemption", "test_generation", "test_bench", "test_text_encoder", "test_train_bench",
+                 "test_eval", "test_install"]
 
 
 def shared_dir(tmp_path_factory) -> Path:
