@@ -570,7 +570,8 @@ def test_bench_parses_as_before(argv):
 def test_recipe_parses_as_before(argv):
     from nuwa_ds.recipe import RecipeCommand
 
-    same_parse(old_recipe_parser(), new_parser("nuwa_ds.recipe"), RecipeCommand, argv, {})
+    # --from-stage came later (the video recipe's resume): no old flag, None unless given
+    same_parse(old_recipe_parser(), new_parser("nuwa_ds.recipe"), RecipeCommand, argv, {"from_stage": None})
     keeps_every_flag(old_recipe_parser(), new_parser("nuwa_ds.recipe"))
 
 
