@@ -20,11 +20,12 @@ step() {  # step NAME SECONDS command...: its output in $dest/NAME.log, its exit
 }
 # most telling first: a call cut short keeps what ran (each step's log is in $dest as it goes)
 step gpu_generation ${LIMIT_TESTS:-150} python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_generation.py
-step bench_decode ${LIMIT_DECODE:-80} python3 -m nuwa_ds.cli bench decode --device cuda --set batch_invariant=true \
-  --out "$dest/bench_decode.json"
-step kernels ${LIMIT_KERNELS:-90} python3 -m pytest -q -p no:cacheprovider tests/test_kernels_batch_invariant.py \
+# with the per-kernel profile of the token step at 1 and 128 rows, both paths (issue 19)
+step bench_decode ${LIMIT_DECODE:-110} python3 -m nuwa_ds.cli bench decode --device cuda --set batch_invariant=true \
+  --set 'profile=[1,128]' --out "$dest/bench_decode.json"
+step kernels ${LIMIT_KERNELS:-80} python3 -m pytest -q -p no:cacheprovider tests/test_kernels_batch_invariant.py \
   tests/test_kernels_pool_decode.py -k "invariant or split"
-step bench_generate ${LIMIT_GENERATE:-240} python3 -m nuwa_ds.cli bench generate --device cuda --set batch_invariant=true \
+step bench_generate ${LIMIT_GENERATE:-220} python3 -m nuwa_ds.cli bench generate --device cuda --set batch_invariant=true \
   --set paper_canvas=false --out "$dest/bench_generate.json"
 [ "${KERNEL_BENCH:-0}" = 1 ] && step bench_kernels 120 python3 -m nuwa_ds.cli bench kernels --device cuda --quick \
   --set checks=false --set decode=false --set 'cases=[]' --set peers=false --out "$dest/bench_kernels.json"

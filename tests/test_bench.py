@@ -40,3 +40,25 @@ def test_report_validation_catches_problems():
     assert any("missing" in p for p in validate_report(bad))
     del bad["date"]
     assert any("date" in p for p in validate_report(bad))
+
+
+def test_step_profile_counts_the_operators_of_each_step():
+    """``bench decode --set profile=true``'s summary: per step, the launches, busy time within the span
+    and the operators by name (on CPU the top-level aten operators stand in for kernels)."""
+    import torch
+
+    from nuwa_ds.bench.decode import step_profile
+
+    a, b = torch.randn(64, 64), torch.randn(64, 64)
+
+    def three_steps():
+        for _ in range(3):
+            torch.relu(torch.mm(a, b) + a)
+
+    prof = step_profile(three_steps, 3, torch.device("cpu"))
+    assert prof["unit"] == "cpu operators" and prof["launches_per_step"] == 3 and prof["distinct"] == 3
+    assert {row["name"] for row in prof["top"]} == {"aten::mm", "aten::add", "aten::relu"}
+    assert all(row["per_step"] == 1 for row in prof["top"])
+    assert 0 < prof["busy_us_per_step"] <= prof["span_us_per_step"] and 0 < prof["busy_share"] <= 1
+    with pytest.raises(RuntimeError, match="no operators"):
+        step_profile(lambda: None, 1, torch.device("cpu"))
