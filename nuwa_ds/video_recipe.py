@@ -393,6 +393,11 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=(), f
         # what its evaluation had measured
         ev = report["eval"] = {}
         ev["per_frame_bits"] = per_frame_bits(model, tokenizer, val_clips[:, :T], val_captions, val_specs)
+        # the same over the whole held-out clips (long_factor x the training length): can the model predict
+        # a real frame past the training length as well as frame T-1? (if so, a generated video that falls
+        # apart there does so by sampling's compounding errors; if not, by the model)
+        ev["per_frame_bits_long"] = per_frame_bits(model, tokenizer, val_clips, val_captions, val_specs,
+                                                   batch=max(1, 16 // s.long_factor), contrast=False)
         # memorisation: the same bits on training and held-out clips read alike (the shards' decoded MP4s,
         # first chunks); a frame 0 far cheaper on the training clips is learnt by heart
         ev["per_frame_bits_shards"] = {
@@ -642,14 +647,16 @@ def evaluate(tokenizer, s: VideoRecipeSettings, real_clips: np.ndarray, specs: l
     return results
 
 
-def per_frame_bits(model, tokenizer, clips: np.ndarray, captions: list[str], specs: list, batch: int = 16) -> dict:
+def per_frame_bits(model, tokenizer, clips: np.ndarray, captions: list[str], specs: list, batch: int = 16,
+                   contrast: bool = True) -> dict:
     """Does the model use the frames before, and the caption? Teacher-forced bits/token of held-out clips
     (the training length, their captions) by frame index, for still and panning clips apart, and over the
     tokens that repeat the previous frame's token at the same place (a model that reads the frame before
     predicts those almost for free) vs the others; beside it how many tokens repeat. ``caption``: the same
     bits by frame with each clip's own caption, another held-out clip's (the list rolled by one) and none
-    (what guidance contrasts with): what the caption is worth, read off the likelihood, not the pictures."""
-    return bits_by_frame(model, _encode_clips(tokenizer, clips), captions, specs, batch)
+    (what guidance contrasts with): what the caption is worth, read off the likelihood, not the pictures;
+    ``contrast=False``: the own caption only."""
+    return bits_by_frame(model, _encode_clips(tokenizer, clips), captions, specs, batch, contrast)
 
 
 def shard_clip_tokens(shards: str, specs: list, count: int):
@@ -673,7 +680,7 @@ def shard_clip_tokens(shards: str, specs: list, count: int):
     return torch.stack(tokens), captions, chosen
 
 
-def bits_by_frame(model, tokens, captions: list[str], specs: list, batch: int = 16) -> dict:
+def bits_by_frame(model, tokens, captions: list[str], specs: list, batch: int = 16, contrast: bool = True) -> dict:
     """``per_frame_bits`` on clips already tokenized ([N, T, h, w])."""
     import torch
 
@@ -700,7 +707,7 @@ def bits_by_frame(model, tokens, captions: list[str], specs: list, batch: int = 
 
     everyone = torch.ones_like(still)
     caption = {"own": by_frame(everyone)}
-    if getattr(model, "text_encoder", None) is not None:
+    if contrast and getattr(model, "text_encoder", None) is not None:
         caption["other_clip"] = by_frame(everyone, bits(captions[1:] + captions[:1]))
         caption["none"] = by_frame(everyone, bits(None))
     return {"clips": len(tokens), "still_clips": int(still.sum()),
@@ -754,6 +761,10 @@ def _print_summary(report: dict):
         if shards:
             print(f"bits/token by frame, training clips {shards['train']['all']}, held-out {shards['val']['all']} "
                   "(both from the shards): a frame 0 far cheaper on the training clips is memorised")
+        long = ev.get("per_frame_bits_long")
+        if long:
+            print(f"held-out bits/token by frame over {len(long['all'])} frames (the training length "
+                  f"{len(pf['all'])}): panning {long['panning']}, still {long['still']}")
         cap = pf.get("caption", {})
         if "none" in cap:
             print(f"held-out bits/token by frame with the own caption {cap['own']}, another clip's "

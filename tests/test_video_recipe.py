@@ -68,6 +68,9 @@ def test_video_recipe_runs_every_stage_and_reports_floors(tmp_path):
     assert pf["clips"] == 6 and len(pf["all"]) == 4 and 0 <= pf["repeats_previous"]["share"] <= 1
     assert set(pf["caption"]) == {"own", "other_clip", "none"} and all(len(v) == 4 for v in pf["caption"].values())
     assert pf["caption"]["own"] == pf["all"] and pf["caption"]["none"] != pf["caption"]["own"]
+    long = ev["per_frame_bits_long"]  # the whole held-out clips: frames past the training length too
+    assert long["clips"] == 6 and len(long["all"]) == 8 and set(long["caption"]) == {"own"}
+    assert long["all"][:4] == pytest.approx(pf["all"], abs=1e-3)  # the frames before cannot see those after
     shards = ev["per_frame_bits_shards"]  # as many training and held-out clips, both read from the shards
     assert shards["train"]["clips"] == shards["val"]["clips"] == 6
     assert len(shards["train"]["all"]) == 4 and shards["train"]["all"] != shards["val"]["all"]
