@@ -11,19 +11,27 @@ from pathlib import Path
 
 def apply_assignments(settings, assignments):
     """``--set key=value`` items (values read as JSON where they parse, lists as tuples) onto a
-    settings dataclass; unknown keys are refused with the known ones named."""
+    settings dataclass; unknown keys are refused with the known ones named. ``key.sub=value`` sets one
+    entry of a dict setting (``model.context_noise=0.05``), keeping the others."""
     hints = {f.name for f in dataclasses.fields(settings)}
     for item in assignments:
         if "=" not in item:
             raise ValueError(f"--set {item!r}: expected key=value")
         key, text = item.split("=", 1)
+        key, _, sub = key.partition(".")
         if key not in hints:
             raise ValueError(f"--set {key}: unknown setting; known: {', '.join(sorted(hints))}")
         try:
             value = json.loads(text)
         except json.JSONDecodeError:
             value = text
-        setattr(settings, key, tuple(value) if isinstance(value, list) else value)
+        value = tuple(value) if isinstance(value, list) else value
+        if sub:
+            table = getattr(settings, key)
+            if not isinstance(table, dict):
+                raise ValueError(f"--set {key}.{sub}: {key} is not a table of settings")
+            value = {**table, sub: value}
+        setattr(settings, key, value)
     return settings
 
 

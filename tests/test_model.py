@@ -233,3 +233,25 @@ def test_row_embedding_equivalence_and_effect(order, wavefront):
     assert relative_error(far[0], last[0]) <= 1e-6 and relative_error(far[1], last[1]) > 1e-3
     with pytest.raises(ValueError, match="one non-negative patch row per example"):
         model(tokens, rows=torch.tensor([-1, 0]))
+
+
+def test_context_noise_reaches_only_the_context_and_only_in_training():
+    """``context_noise`` changes what the global stack reads (the context of *other* patches): a lone
+    patch's loss is untouched even in training, a video's changes, and eval mode (validation,
+    generation) reads clean tokens; bad values are refused."""
+    clean, noisy = tiny_model(3), tiny_model(3, context_noise=0.3)
+    P, K = clean.config.patch_size, clean.config.vocab_size
+    g = torch.Generator().manual_seed(5)
+    lone = torch.randint(0, K, (2, 1, P, P), generator=g)  # one patch: no context at all
+    video = torch.randint(0, K, (2, 3, P, 2 * P), generator=g)
+    for m in (clean, noisy):
+        m.train()
+    with torch.no_grad():
+        assert torch.equal(noisy(lone).loss, clean(lone).loss)
+        torch.manual_seed(0)
+        assert not torch.equal(noisy(video).loss, clean(video).loss)
+        noisy.eval(), clean.eval()
+        assert torch.equal(noisy(video).logits, clean(video).logits)
+    for bad in (-0.1, 1.0, float("nan"), True, "x"):
+        with pytest.raises(ConfigError, match="context_noise"):
+            NuwaConfig.preset("tiny", context_noise=bad)

@@ -143,3 +143,16 @@ def test_continuation_frames_are_checked_before_anything_runs(value, ok):
     else:
         with pytest.raises(ValueError, match="continuation_frames"):
             settings_for("cpu", [f"continuation_frames={value}"])
+
+
+def test_one_model_setting_is_set_and_the_others_kept():
+    """``--set model.context_noise=0.05`` changes that entry of the preset's model table only."""
+    from nuwa_ds.video_recipe import settings_for
+
+    base = settings_for("cpu", []).model
+    s = settings_for("cpu", ["model.context_noise=0.05", "model.aligned_bias_init=2"])
+    assert s.model == {**base, "context_noise": 0.05, "aligned_bias_init": 2}
+    with pytest.raises(ValueError, match="not a table"):
+        settings_for("cpu", ["train_steps.x=1"])
+    with pytest.raises(ValueError, match="unknown setting"):
+        settings_for("cpu", ["modle.context_noise=0.05"])

@@ -73,6 +73,12 @@ class NuwaConfig(ConfigBase):
     aligned_bias_prior_heads: Optional[int] = None
     """How many heads of each layer (the first ones) start with that prior; None: all of them. The
     others start at 0 and stay free for what is not a copy (the first frame, the text)."""
+    context_noise: float = 0.0
+    """Training only: each token the global stack reads is replaced by a uniformly drawn one with this
+    probability. The global states are only ever the *context* of other patches (a patch's own tokens
+    reach its decoding through the local stack, untouched), so the model learns to predict through wrong
+    tokens in the frames and patches before, as its own sampling leaves them, instead of copying them
+    forward (docs/decisions.md, "Context noise"). Validation and generation read clean tokens. 0: off."""
     norm_eps: float = 1e-5
     """RMSNorm epsilon."""
     init_std: float = 0.02
@@ -124,6 +130,9 @@ class NuwaConfig(ConfigBase):
                               f"(0: off), got {self.rope_dims}")
         if self.rope_base <= 1:
             raise ConfigError(f"model.rope_base must be > 1, got {self.rope_base}")
+        if isinstance(self.context_noise, bool) or not isinstance(self.context_noise, (int, float)) \
+                or not (0.0 <= self.context_noise < 1.0):
+            raise ConfigError(f"model.context_noise must be in [0, 1), got {self.context_noise}")
         if self.aligned_bias_init and not self.aligned_bias:
             raise ConfigError("model.aligned_bias_init needs model.aligned_bias=true")
         if not math.isfinite(self.aligned_bias_init):

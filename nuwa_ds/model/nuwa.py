@@ -340,7 +340,11 @@ class NuwaInfinity(nn.Module):
                                 *(text_ctx or (None, None)), rotation=rotation)
         top = self.patch_rows(rows, B, device)
         patch_rows = None if top is None else top[tables.batch] + tables.row  # [R] absolute patch rows
-        layout.global_states = self.global_model(patches, layout, patch_rows)
+        context = patches
+        if self.training and cfg.context_noise > 0:  # the context of other patches only, never the own decoding
+            wrong = torch.rand(patches.shape, device=device) < cfg.context_noise
+            context = torch.where(wrong, torch.randint_like(patches, cfg.vocab_size), patches)
+        layout.global_states = self.global_model(context, layout, patch_rows)
         order_id = torch.tensor([O.ORDERS.index(o) for o in orders], device=device)[tables.batch]
         h = self.local_model(patches, order_id, tables.frame, layout, patch_rows)  # [R, n, d_local]
         loss, logits = self.head(h.reshape(-1, h.shape[-1]), patches.reshape(-1) if return_loss else None,
