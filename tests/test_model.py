@@ -255,3 +255,25 @@ def test_context_noise_reaches_only_the_context_and_only_in_training():
     for bad in (-0.1, 1.0, float("nan"), True, "x"):
         with pytest.raises(ConfigError, match="context_noise"):
             NuwaConfig.preset("tiny", context_noise=bad)
+
+
+@pytest.mark.parametrize("wavefront", [False, True])
+def test_global_stack_without_earlier_frames_reaches_back_extents_frames_only(wavefront):
+    """``global_time_context=False``: the logits of frame 3 do not depend on frame 0 when the local stack
+    looks 2 frames back (they do with the default), and the pooled generation path still equals the
+    parallel forward."""
+    extents = (2, 1, 1)
+    P = NuwaConfig.preset("tiny").patch_size
+    g = torch.Generator().manual_seed(7)
+    video = torch.randint(0, 64, (1, 4, P, 2 * P), generator=g)
+    changed = video.clone()
+    changed[:, 0] = torch.randint(0, 64, changed[:, 0].shape, generator=g)
+    for looks_back, depends in ((True, True), (False, False)):
+        model = tiny_model(2, extents=extents, global_time_context=looks_back, vocab_size=64)
+        with torch.no_grad():
+            a, b = model(video).logits, model(changed).logits
+            # masked keys weigh exactly 0 (exp underflows), so "does not depend" is bitwise
+            assert (not torch.equal(a[:, 3], b[:, 3])) == depends
+            assert not torch.equal(a[:, 1], b[:, 1])  # frame 1 reads frame 0 either way
+            pooled = model.teacher_forced_decode(video, wavefront=wavefront)
+        assert relative_error(pooled, a) < 1e-5

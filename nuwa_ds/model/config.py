@@ -73,6 +73,13 @@ class NuwaConfig(ConfigBase):
     aligned_bias_prior_heads: Optional[int] = None
     """How many heads of each layer (the first ones) start with that prior; None: all of them. The
     others start at 0 and stay free for what is not a copy (the first frame, the text)."""
+    global_time_context: bool = True
+    """Whether the global stack attends to patches of earlier frames. False: a frame's global states hold
+    that frame alone (its own patches before it, and the text), so frame t is predicted from frames t,
+    t-1 .. t-extents[0] only, whatever the depth: clips of extents[0] + 2 frames then show the model every
+    context a video of any length gives it. True: each global layer looks extents[0] frames further back,
+    and with clips shorter than layers x extents[0] frames the model never sees a frame that far from a
+    clip's start (docs/decisions.md, "Context noise"). Images are unaffected."""
     context_noise: float = 0.0
     """Training only: each token the global stack reads is replaced by a uniformly drawn one with this
     probability. The global states are only ever the *context* of other patches (a patch's own tokens

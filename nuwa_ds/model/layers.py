@@ -144,8 +144,24 @@ class GlobalBlock(Block):
         qkv = linear(self.qkv, text_states).view(*text_states.shape[:2], 3, self.heads, self.head_dim)
         return qkv[:, :, 1], qkv[:, :, 2]
 
+    MASKED = -1.0e4
+    """Bias of a masked offset: exp of it is 0 in fp32 and bf16, and a block of keys all masked stays
+    finite in the kernels' online softmax (where -inf minus -inf would not)."""
+
+    def __init__(self, dim: int, head_dim: int, mlp_ratio: float, num_bias: int, eps: float,
+                 aligned_bias: bool = False, earlier_frames: int = 0):
+        super().__init__(dim, head_dim, mlp_ratio, num_bias, eps, aligned_bias)
+        # model.global_time_context=False: the first ``earlier_frames`` offsets of the bias table (those of
+        # earlier frames) masked; not saved (it follows from the config)
+        mask = None
+        if earlier_frames:
+            mask = torch.zeros(num_bias)
+            mask[:earlier_frames] = self.MASKED
+        self.register_buffer("time_mask", mask, persistent=False)
+
     def attend(self, layout, layer, q, k, v):
-        return layout.global_attend(layer, q, k, v, self.offset_bias, self.text_kv, self.aligned_bias)
+        bias = self.offset_bias if self.time_mask is None else self.offset_bias + self.time_mask
+        return layout.global_attend(layer, q, k, v, bias, self.text_kv, self.aligned_bias)
 
 
 class LocalBlock(Block):

@@ -121,8 +121,10 @@ class GlobalStack(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_global)
         self.pos = nn.Parameter(torch.zeros(cfg.tokens_per_patch, cfg.d_global))  # intra-patch position
         self.row_embed = nn.Parameter(torch.zeros(cfg.row_embedding, cfg.d_global)) if cfg.row_embedding else None
+        # offsets of earlier frames come first in the bias table (dt < 0): how many the global stack masks
+        earlier = 0 if cfg.global_time_context else O.offset_id(0, -cfg.extents[1], -cfg.extents[2], cfg.extents)
         self.blocks = nn.ModuleList(GlobalBlock(cfg.d_global, cfg.head_dim, cfg.mlp_ratio, nb, cfg.norm_eps,
-                                                cfg.aligned_bias) for _ in range(cfg.n_global_layers))
+                                                cfg.aligned_bias, earlier) for _ in range(cfg.n_global_layers))
         self.norm = RMSNorm(cfg.d_global, cfg.norm_eps)
         self.checkpointing = cfg.activation_checkpointing
 
