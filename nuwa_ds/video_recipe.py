@@ -392,12 +392,13 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=(), f
         # the report is written after each part (cheapest first), so a run cut by an outer limit keeps
         # what its evaluation had measured
         ev = report["eval"] = {}
-        ev["per_frame_bits"] = per_frame_bits(model, tokenizer, val_clips[:, :T], val_captions, val_specs)
+        val_tokens = _encode_clips(tokenizer, val_clips)  # once: the training length's bits read its first T frames
+        ev["per_frame_bits"] = bits_by_frame(model, val_tokens[:, :T], val_captions, val_specs)
         # the same over the whole held-out clips (long_factor x the training length): can the model predict
         # a real frame past the training length as well as frame T-1? (if so, a generated video that falls
         # apart there does so by sampling's compounding errors; if not, by the model)
-        ev["per_frame_bits_long"] = per_frame_bits(model, tokenizer, val_clips, val_captions, val_specs,
-                                                   batch=max(1, 16 // s.long_factor), contrast=False)
+        ev["per_frame_bits_long"] = bits_by_frame(model, val_tokens, val_captions, val_specs,
+                                                  batch=max(1, 16 // s.long_factor), contrast=False)
         # memorisation: the same bits on training and held-out clips read alike (the shards' decoded MP4s,
         # first chunks); a frame 0 far cheaper on the training clips is learnt by heart
         ev["per_frame_bits_shards"] = {
@@ -649,13 +650,8 @@ def evaluate(tokenizer, s: VideoRecipeSettings, real_clips: np.ndarray, specs: l
 
 def per_frame_bits(model, tokenizer, clips: np.ndarray, captions: list[str], specs: list, batch: int = 16,
                    contrast: bool = True) -> dict:
-    """Does the model use the frames before, and the caption? Teacher-forced bits/token of held-out clips
-    (the training length, their captions) by frame index, for still and panning clips apart, and over the
-    tokens that repeat the previous frame's token at the same place (a model that reads the frame before
-    predicts those almost for free) vs the others; beside it how many tokens repeat. ``caption``: the same
-    bits by frame with each clip's own caption, another held-out clip's (the list rolled by one) and none
-    (what guidance contrasts with): what the caption is worth, read off the likelihood, not the pictures;
-    ``contrast=False``: the own caption only."""
+    """``bits_by_frame`` of uint8 clips [N, T, H, W, 3], tokenized here (for a run's folder read back, as in
+    docs/benchmarks.md)."""
     return bits_by_frame(model, _encode_clips(tokenizer, clips), captions, specs, batch, contrast)
 
 
@@ -681,7 +677,13 @@ def shard_clip_tokens(shards: str, specs: list, count: int):
 
 
 def bits_by_frame(model, tokens, captions: list[str], specs: list, batch: int = 16, contrast: bool = True) -> dict:
-    """``per_frame_bits`` on clips already tokenized ([N, T, h, w])."""
+    """Does the model use the frames before, and the caption? Teacher-forced bits/token of tokenized clips
+    ([N, T, h, w], with their captions and specs) by frame index, for still and panning clips apart, and
+    over the tokens that repeat the previous frame's token at the same place (a model that reads the frame
+    before predicts those almost for free) vs the others; beside it how many tokens repeat. ``caption``: the
+    same bits by frame with each clip's own caption, another clip's (the list rolled by one) and none (what
+    guidance contrasts with): what the caption is worth, read off the likelihood, not the pictures;
+    ``contrast=False``: the own caption only."""
     import torch
 
     captions = list(captions[:len(tokens)])

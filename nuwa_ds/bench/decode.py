@@ -65,6 +65,7 @@ def run(opts) -> dict:
     profile = opts.extra.get("profile", False)
     if not (isinstance(profile, bool) or (isinstance(profile, list) and all(isinstance(r, int) for r in profile))):
         raise ValueError(f"profile must be true, false or a list of row counts, got {profile!r}")
+    profiled = batches if profile is True else (profile or [])
     rows, profiles = [], []
     for batch in batches:
         default = None
@@ -82,7 +83,7 @@ def run(opts) -> dict:
                 row["x_default"] = row["ms_per_step"] / default
             default = row["ms_per_step"]
             rows.append(row)
-            if profile is True or (isinstance(profile, list) and batch in profile):
+            if batch in profiled:
                 prof = {"rows": batch, "batch_invariant_asked": invariant, "batch_invariant": row["batch_invariant"],
                         **step_profile(lambda: timed_generation(model, shape, "right", False, batch=batch,
                                                                 batch_invariant=invariant), steps, device)}
