@@ -568,10 +568,12 @@ class RecipeCommand(ConfigBase):
     assignments: list[str] = field(default_factory=list, metadata=cli(flag="--set", append=True,
                                                                        metavar="KEY=VALUE"))
     """Change one setting of the preset (the recipe's settings fields), e.g. train_steps=500; repeatable."""
-    from_stage: Optional[Literal["generate"]] = None
-    """landscape-videos only: reuse the finished run in --out (clips, text encoder, tokenizer, shards,
-    training) and run export, generation and evaluation again, e.g. with other temperatures; only the
-    drawing settings (nuwa_ds.video_recipe.DRAW_SETTINGS) may differ from that run's."""
+    from_stage: Optional[Literal["train", "generate"]] = None
+    """landscape-videos only: reuse the run in --out. generate: its clips, text encoder, tokenizer, shards
+    and training; export, generation and evaluation run again, e.g. with other temperatures; only the
+    drawing settings (nuwa_ds.video_recipe.DRAW_SETTINGS) may differ. train: its clips, text encoder,
+    tokenizer and shards; training runs again too, so the training settings (TRAIN_SETTINGS, e.g.
+    model.context_noise=0.05) may differ as well."""
 
 
 def add_arguments(parser):

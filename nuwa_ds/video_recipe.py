@@ -276,13 +276,20 @@ def _sheet_gif(rows: list[np.ndarray], path: Path, fps: float) -> Path:
 # the recipe
 
 
-FROM_STAGES = (None, "generate")
-"""``from_stage``: None runs every stage; "generate" reuses a finished run's clips, text encoder, tokenizer,
-shards and training in ``out`` and runs export, generation and evaluation again."""
+FROM_STAGES = (None, "train", "generate")
+"""``from_stage``: None runs every stage; "train" reuses the clips, text encoder, tokenizer and shards in
+``out`` and trains, draws and scores again (another model on the same data: the training settings may
+change); "generate" reuses a finished run's clips, text encoder, tokenizer, shards and training in ``out``
+and runs export, generation and evaluation again."""
 DRAW_SETTINGS = ("temperature", "top_k", "video_temperatures", "continuation_frames", "cfg_scales", "video_cfg_scale",
                  "image_prompts", "videos", "gen_batch", "workers")
 """The settings only stages 6 and 7 read (and ``workers``, which changes no result): a resumed run may
 change them; any other setting must equal the run's it resumes."""
+TRAIN_SETTINGS = ("model", "freeze_text_encoder", "train_steps", "micro_batch", "lr", "warmup_steps", "eval_every",
+                  "train_seconds", "train_samples", "caption_dropout", "ds_config", "num_workers")
+"""The settings stage 5 reads besides the draw settings: a run from stage "train" may change them too,
+but not the model's ``patch_size`` and ``vocab_size``, which the shards and the tokenizer fix."""
+FIXED_MODEL_KEYS = ("patch_size", "vocab_size")
 
 
 def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=(), from_stage: Optional[str] = None) -> dict:
@@ -303,12 +310,14 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=(), f
                     "versions": {"torch": torch.__version__}}
     started = time.perf_counter()
     if from_stage is None:
-        train_specs, val_specs, tokenizer, shards = _train_stages(s, out, dev, report)
+        train_specs, val_specs, tokenizer, shards = _prepare_stages(s, out, dev, report)
     else:
-        train_specs, val_specs, tokenizer, shards = _resumed_stages(s, out, dev, report)
+        train_specs, val_specs, tokenizer, shards = _resumed_stages(s, out, dev, report, from_stage)
     T, long_T = s.clip_frames, s.clip_frames * s.long_factor
     f = tokenizer.downsample
     canvas = [T, s.size[1] // f, s.size[0] // f]
+    if from_stage != "generate":
+        _train_stage(s, out, report, shards, canvas)
     run_dir = out / "run"
     val_clips = np.stack([LV.render_clip(spec) for spec in val_specs])  # lossless, as the frames folders
     val_attrs = [LV.true_attributes(spec) for spec in val_specs]
@@ -421,13 +430,12 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=(), f
     return report
 
 
-def _train_stages(s: VideoRecipeSettings, out: Path, dev, report: dict):
-    """Stages 1-5 (clips, text encoder, tokenizer, shards, training) into ``out`` and ``report``;
-    returns the clips' specs, the tokenizer and the shards' paths that the later stages read."""
+def _prepare_stages(s: VideoRecipeSettings, out: Path, dev, report: dict):
+    """Stages 1-4 (clips, text encoder, tokenizer, shards) into ``out`` and ``report``; returns the
+    clips' specs, the tokenizer and the shards' paths that the later stages read."""
     from data_pipelines.prepare import prepare_shards
     from nuwa_ds.text_encoder import make_text_encoder
     from nuwa_ds.tokenizer import train_tokenizer
-    from nuwa_ds.train import train
 
     workers = s.workers or min(16, os.cpu_count() or 1)
     for folder in ("real", "generated", "recon", "random_tokens", "run", "shards", "model", "text_encoder"):
@@ -479,8 +487,14 @@ def _train_stages(s: VideoRecipeSettings, out: Path, dev, report: dict):
             shards[split] = str(out / "shards" / split / manifest["shards"])
             report.setdefault("shards", {})[split] = manifest["num_samples"]
     _write_report(out, report)
+    return train_specs, val_specs, tokenizer, shards
 
-    canvas = [T, h_px // f, w_px // f]
+
+def _train_stage(s: VideoRecipeSettings, out: Path, report: dict, shards: dict, canvas: list):
+    """Stage 5: DeepSpeed training on the shards in ``out`` with the text encoder in ``out``."""
+    from nuwa_ds.train import train
+
+    text_dir = out / "text_encoder"
     with Stage(report, "5 train"):
         run_dir = out / "run"
         overrides = [f"model.{k}={json.dumps(v)}" for k, v in s.model.items()] + [
@@ -513,7 +527,6 @@ def _train_stages(s: VideoRecipeSettings, out: Path, dev, report: dict):
         if evals:
             report["train"]["final_val_bits_per_token"] = evals[-1].get("val_bits_per_token")
     _write_report(out, report)
-    return train_specs, val_specs, tokenizer, shards
 
 
 def _specs(s: VideoRecipeSettings) -> tuple[list, list]:
@@ -524,43 +537,52 @@ def _specs(s: VideoRecipeSettings) -> tuple[list, list]:
                                  seed=s.seed))
 
 
-def _resumed_stages(s: VideoRecipeSettings, out: Path, dev, report: dict):
-    """What :func:`_train_stages` returns, read from the finished run in ``out`` (its report's figures of
-    stages 1-5 carried over; its earlier report kept as ``report.previous.json``, or ``report.previous.N.json``
-    when that exists). Refuses, touching nothing, when a setting of the trained stages differs or one of
-    their files is missing."""
+def _resumed_stages(s: VideoRecipeSettings, out: Path, dev, report: dict, from_stage: str):
+    """What :func:`_prepare_stages` returns, read from the run in ``out`` whose stages before
+    ``from_stage`` finished (their report figures carried over; the earlier report kept as
+    ``report.previous.json``, or ``report.previous.N.json`` when that exists). Refuses, touching nothing,
+    when a setting of the reused stages differs or one of their files is missing."""
     from nuwa_ds.tokenizer import VQTokenizer
 
+    generate = from_stage == "generate"
     path = out / "report.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: from_stage=generate needs a run of this recipe in {out}")
+        raise FileNotFoundError(f"{path} not found: from_stage={from_stage} needs a run of this recipe in {out}")
     old = json.loads(path.read_text())
-    if old.get("recipe") != "landscape-videos" or "train" not in old:
-        raise ValueError(f"{path}: not a landscape-videos run whose training finished; run every stage instead")
+    done = "train" if generate else "shards"
+    if old.get("recipe") != "landscape-videos" or done not in old:
+        raise ValueError(f"{path}: not a landscape-videos run whose {done} stage finished; run every stage instead")
     new = json.loads(json.dumps(dataclasses.asdict(s), default=str))
-    changed = sorted(k for k in new if k not in DRAW_SETTINGS and old["settings"].get(k) != new[k])
+    free = DRAW_SETTINGS if generate else DRAW_SETTINGS + TRAIN_SETTINGS
+    changed = sorted(k for k in new if k not in free and old["settings"].get(k) != new[k])
+    if not generate:  # the model table may change, but not what the shards and the tokenizer fix
+        changed += [f"model.{k}" for k in FIXED_MODEL_KEYS if old["settings"]["model"].get(k) != s.model.get(k)]
     if changed:
-        diffs = ", ".join(f"{k} ({old['settings'].get(k)!r} -> {new[k]!r})" for k in changed)
-        raise ValueError(f"from_stage=generate reuses the trained stages in {out}, but these settings differ from "
-                         f"that run's: {diffs}; only {', '.join(DRAW_SETTINGS)} may change")
+        before = {**old["settings"], **{f"model.{k}": old["settings"]["model"].get(k) for k in FIXED_MODEL_KEYS}}
+        after = {**new, **{f"model.{k}": s.model.get(k) for k in FIXED_MODEL_KEYS}}
+        diffs = ", ".join(f"{k} ({before.get(k)!r} -> {after[k]!r})" for k in changed)
+        raise ValueError(f"from_stage={from_stage} reuses the stages in {out}, but these settings differ from that "
+                         f"run's: {diffs}; only {', '.join(free)} may change")
     # everything the later stages read must be there before anything is replaced: a run whose checkpoint
     # was pruned after export must not lose its exported model to a resume that cannot finish
-    from nuwa_ds.model_dir import find_checkpoint
+    if generate:
+        from nuwa_ds.model_dir import find_checkpoint
 
-    find_checkpoint(out / "run")
+        find_checkpoint(out / "run")
     for needed in ("shards/train/manifest.json", "shards/val/manifest.json", "tokenizer", "text_encoder"):
         if not (out / needed).exists():
-            raise FileNotFoundError(f"{out / needed} not found: from_stage=generate reuses the trained stages' files")
+            raise FileNotFoundError(f"{out / needed} not found: from_stage={from_stage} reuses the earlier stages' files")
     # the report it replaces is kept, and one kept before is never overwritten
     keep = next(out / name for name in ["report.previous.json", *(f"report.previous.{i}.json" for i in range(2, 10_000))]
                 if not (out / name).exists())
     shutil.copyfile(path, keep)
-    for key in ("clips", "text_encoder", "tokenizer", "shards", "train"):
+    reused = "12345" if generate else "1234"
+    for key in ("clips", "text_encoder", "tokenizer", "shards", "train")[:len(reused)]:
         report[key] = old[key]
-    report["stage_seconds"] = {k: v for k, v in old.get("stage_seconds", {}).items() if k[:1] in "12345"}
-    report["resumed_from"] = {"stage": "6 export + generate",
-                              "earlier_settings": {k: old["settings"].get(k) for k in DRAW_SETTINGS}}
-    for folder in ("generated", "model"):
+    report["stage_seconds"] = {k: v for k, v in old.get("stage_seconds", {}).items() if k[:1] in reused}
+    report["resumed_from"] = {"stage": "6 export + generate" if generate else "5 train",
+                              "earlier_settings": {k: old["settings"].get(k) for k in free}}
+    for folder in ("generated", "model") + (() if generate else ("run",)):
         shutil.rmtree(out / folder, ignore_errors=True)
     train_specs, val_specs = _specs(s)
     shards = {}

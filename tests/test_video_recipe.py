@@ -3,6 +3,7 @@ shards, training with the text encoder, export, text-to-image / text-to-video / 
 report's scores beside their floors and ceilings."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -116,6 +117,33 @@ def test_video_recipe_runs_every_stage_and_reports_floors(tmp_path):
     gone = subprocess.run(cmd + ["--from-stage", "generate"], capture_output=True, text=True, timeout=300)
     assert gone.returncode != 0 and "run" in gone.stderr
     assert (out / "model" / "model.safetensors").is_file() and not (out / "report.previous.2.json").exists()
+
+    # --from-stage train in another folder that links this run's prepared stages (as
+    # scripts/gpu_video_variants.sh does): another model trained on the same shards with the same tokenizer
+    # and text encoder; a setting the shards or the tokenizer fix is refused before anything runs
+    (out / "run.moved").rename(out / "run")
+    variant = tmp_path / "variant"
+    variant.mkdir()
+    for name in ("shards", "tokenizer", "text_encoder"):
+        (variant / name).symlink_to(out / name)
+    shutil.copyfile(out / "report.json", variant / "report.json")
+    vcmd = [variant if part == str(out) else part for part in cmd] + ["--from-stage", "train"]
+    vcmd = [str(part) for part in vcmd]
+    for setting, named in (("model.patch_size=2", "model.patch_size (4 -> 2)"), ("val_clips=5", "val_clips (6 -> 5)")):
+        refused = subprocess.run(vcmd + ["--set", setting], capture_output=True, text=True, timeout=300)
+        assert refused.returncode != 0 and named in refused.stderr, refused.stderr[-2000:]
+    assert not (variant / "report.previous.json").exists()
+    cheap = ["train_steps=4", "eval_every=4", "model.context_noise=0.1", "image_prompts=2", "cfg_scales=[1]",
+             "video_temperatures=[]", "continuation_frames=0"]
+    trained = subprocess.run(vcmd + [a for s in cheap for a in ("--set", s)], capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-3000:]
+    vr = json.loads((variant / "report.json").read_text())
+    assert vr["resumed_from"]["stage"] == "5 train" and vr["settings"]["model"]["context_noise"] == 0.1
+    assert vr["train"]["steps"] == 4 and vr["clips"] == resumed["clips"] and vr["tokenizer"] == resumed["tokenizer"]
+    assert set(vr["stage_seconds"]) == set(report["stage_seconds"])
+    assert len(vr["eval"]["per_frame_bits_long"]["all"]) == 8
+    assert (variant / "model" / "model.safetensors").is_file() and (variant / "run").is_dir()
+    assert json.loads((out / "report.json").read_text()) == resumed  # the run it reused is untouched
 
 
 @pytest.mark.parametrize("value, ok", [("[0.7, 0.4]", (0.7, 0.4)), ("0.7", (0.7,)), ("[]", ()), ("[0.7, 0.70]", None),
