@@ -191,6 +191,19 @@ def settings_for(preset: str, assignments) -> VideoRecipeSettings:
 # helpers
 
 
+class _PartClock:
+    """The seconds of each part of the evaluation, into ``table`` (the report's ``eval.seconds``): where a
+    run cut by its limit spent its time."""
+
+    def __init__(self, table: dict):
+        self.table, self.last = table, time.perf_counter()
+
+    def __call__(self, part: str) -> None:
+        now = time.perf_counter()
+        self.table[part] = round(now - self.last, 2)
+        self.last = now
+
+
 def _cycled(items: list, count: int) -> list:
     """``count`` items, going round ``items``: the held-out captions the text-to-image prompts take, and
     the clips whose attributes score them (one function for both, so prompt i is scored against its own
@@ -401,29 +414,35 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=(), f
         # the report is written after each part (cheapest first), so a run cut by an outer limit keeps
         # what its evaluation had measured
         ev = report["eval"] = {}
+        clock = _PartClock(ev.setdefault("seconds", {}))
         val_tokens = _encode_clips(tokenizer, val_clips)  # once: the training length's bits read its first T frames
         ev["per_frame_bits"] = bits_by_frame(model, val_tokens[:, :T], val_captions, val_specs)
+        clock("per_frame_bits")
         # the same over the whole held-out clips (long_factor x the training length): can the model predict
         # a real frame past the training length as well as frame T-1? (if so, a generated video that falls
         # apart there does so by sampling's compounding errors; if not, by the model)
         ev["per_frame_bits_long"] = bits_by_frame(model, val_tokens, val_captions, val_specs,
                                                   batch=max(1, 16 // s.long_factor), contrast=False)
+        clock("per_frame_bits_long")
         # memorisation: the same bits on training and held-out clips read alike (the shards' decoded MP4s,
         # first chunks); a frame 0 far cheaper on the training clips is learnt by heart
         ev["per_frame_bits_shards"] = {
             split: bits_by_frame(model, *shard_clip_tokens(shards[split], specs, len(val_specs)))
             for split, specs in (("train", train_specs), ("val", val_specs))}
+        clock("per_frame_bits_shards")
         _write_report(out, report)
         evaluate(tokenizer, s, val_clips[: s.videos], val_specs, image_sets, t2v, anim, LV,
-                 results=ev, save=lambda: _write_report(out, report))
+                 results=ev, save=lambda part: (clock(part), _write_report(out, report)))
         if cont is not None:
             ev["continuation"] = evaluate_continuation(s, val_clips[: s.videos], val_specs, cont, LV, seed=s.seed)
+            clock("continuation")
             _write_report(out, report)
         _sheet_gif([val_clips[0], t2v[0], anim[0], val_clips[1], t2v[1], anim[1]], out / "overview.gif", s.fps)
         for temperature, (t2v_t, anim_t) in video_sets.items():
             by_t = ev.setdefault("by_temperature", {})[f"{temperature:g}"] = {}
             evaluate(tokenizer, s, val_clips[: s.videos], val_specs, None, t2v_t, anim_t, LV,
-                     results=by_t, save=lambda: _write_report(out, report), floors=False)
+                     results=by_t, save=lambda part, t=temperature: (clock(f"t{t:g}_{part}"), _write_report(out, report)),
+                     floors=False)
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     _write_report(out, report)
     _print_summary(report)
@@ -611,11 +630,12 @@ def evaluate_continuation(s: VideoRecipeSettings, real_clips: np.ndarray, specs:
 
 
 def evaluate(tokenizer, s: VideoRecipeSettings, real_clips: np.ndarray, specs: list, image_sets: Optional[dict],
-             t2v: np.ndarray, anim: np.ndarray, LV, results: Optional[dict] = None, save=lambda: None,
+             t2v: np.ndarray, anim: np.ndarray, LV, results: Optional[dict] = None, save=lambda part: None,
              floors: bool = True) -> dict:
     """Caption attributes and the video metrics of the generated sets, beside chance, real clips, their
     VQ reconstructions and decoded random tokens (all through the same reader and the same code). Each
-    part goes into ``results`` (a new dict if None) as it is measured, and ``save()`` is called after it.
+    part goes into ``results`` (a new dict if None) as it is measured, and ``save(part)`` is called after it
+    ("attributes", "text2video", "animation").
     ``specs``: every held-out clip's spec (text-to-image prompt i is held-out caption i % len(specs));
     ``real_clips`` the first of them. ``floors=False`` (a further temperature's sets): the generated sets
     only, beside real clips (the SWD and motion references), without VQ reconstructions, random tokens and
@@ -657,16 +677,16 @@ def evaluate(tokenizer, s: VideoRecipeSettings, real_clips: np.ndarray, specs: l
                            random_tokens=attribute_scores(read, list(noise), attrs, video_keys))
     video_attrs.update(text2video=attribute_scores(read, list(t2v), attrs, video_keys),
                        animation=attribute_scores(read, list(anim), attrs, video_keys))
-    save()
+    save("attributes")
 
     # per-frame SWD by frame index and motion (unpaired for text-to-video, paired for animation: clip i
     # continues real clip i's first frame); the real clips' true content shift is -(camera pan)
     true_dx = [-spec.true_shift for spec in specs[:n]]
     kwargs = dict(recon=list(recon), random_tokens=list(noise), seed=s.seed) if floors else dict(seed=s.seed)
     results["text2video"] = video_report(list(real_clips), list(t2v), **kwargs)
-    save()
+    save("text2video")
     results["animation"] = video_report(list(real_clips), list(anim), paired=True, true_dx=true_dx, **kwargs)
-    save()
+    save("animation")
     return results
 
 

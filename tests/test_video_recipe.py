@@ -47,6 +47,10 @@ def test_video_recipe_runs_every_stage_and_reports_floors(tmp_path):
         assert torch.equal(exported[f"text_encoder.{name}"], value), name
 
     ev = report["eval"]
+    # where the evaluation's time goes, part by part (a run cut by its limit says what it was doing)
+    assert set(ev["seconds"]) == {"per_frame_bits", "per_frame_bits_long", "per_frame_bits_shards", "attributes",
+                                  "text2video", "animation", "continuation", "t0.5_attributes", "t0.5_text2video",
+                                  "t0.5_animation"} and all(v >= 0 for v in ev["seconds"].values())
     ti = ev["text2image_attributes"]
     assert set(ti["by_cfg_scale"]) == {"1", "3"} and ti["by_cfg_scale"]["3"]["count"] == 6
     assert set(ti["real"]["per_attribute"]) == {"sky", "sun"}
