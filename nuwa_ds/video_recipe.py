@@ -88,14 +88,16 @@ class VideoRecipeSettings:
     model: dict = field(default_factory=lambda: dict(
         vocab_size=1024, patch_size=8, d_global=384, n_global_layers=6, d_local=384, n_local_layers=6,
         head_dim=64, max_frames=4, extents=(2, 1, 1), row_embedding=2, rope_dims=32, max_text_len=32,
-        loss_chunk_tokens=8192, aligned_bias=True, aligned_bias_init=4.0))
+        loss_chunk_tokens=8192, aligned_bias=True, aligned_bias_init=4.0, context_noise=0.05))
     """``max_frames`` = ``clip_frames``: frames past the training length share the last frame embedding
     (the one trained for "a frame that follows another") instead of untrained ones. ``extents`` look two
     frames back: the pan speed is drawn per clip and is not in the caption, so one frame back shows
     where the camera is but not how fast it moves, and every frame would draw a speed anew
     (docs/decisions.md, "Two frames back"). ``aligned_bias`` with its prior on the frames before: without
     it the CPU run never learned to read the frame before in 1,000 steps (docs/decisions.md,
-    "Aligned-token bias")."""
+    "Aligned-token bias"). ``context_noise`` 0.05: trained without it, the H100 model's videos fell
+    apart into token soup from frame 4 (its wrong tokens copied forward); with it they hold their
+    landscape over 16 frames, for 0.05 bits/token of validation (docs/decisions.md, "Context noise")."""
     train_steps: int = 1100
     micro_batch: int = 32
     """Clips per step: 1,100 x 32 / 3,600 clips = 9.8 passes (64, as first planned, made 29 over 2,400)."""
