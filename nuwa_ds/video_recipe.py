@@ -573,14 +573,15 @@ def _resumed_stages(s: VideoRecipeSettings, out: Path, dev, report: dict, from_s
     done = "train" if generate else "shards"
     if old.get("recipe") != "landscape-videos" or done not in old:
         raise ValueError(f"{path}: not a landscape-videos run whose {done} stage finished; run every stage instead")
-    new = json.loads(json.dumps(dataclasses.asdict(s), default=str))
     free = DRAW_SETTINGS if generate else DRAW_SETTINGS + TRAIN_SETTINGS
-    changed = sorted(k for k in new if k not in free and old["settings"].get(k) != new[k])
-    if not generate:  # the model table may change, but not what the shards and the tokenizer fix
-        changed += [f"model.{k}" for k in FIXED_MODEL_KEYS if old["settings"]["model"].get(k) != s.model.get(k)]
+
+    def compared(settings: dict) -> dict:  # from stage train the model table may change, but not what the
+        return settings if generate else {  # shards and the tokenizer fix: those entries compared on their own
+            **settings, **{f"model.{k}": settings["model"].get(k) for k in FIXED_MODEL_KEYS}}
+
+    before, after = compared(old["settings"]), compared(json.loads(json.dumps(dataclasses.asdict(s), default=str)))
+    changed = sorted(k for k in after if k not in free and before.get(k) != after[k])
     if changed:
-        before = {**old["settings"], **{f"model.{k}": old["settings"]["model"].get(k) for k in FIXED_MODEL_KEYS}}
-        after = {**new, **{f"model.{k}": s.model.get(k) for k in FIXED_MODEL_KEYS}}
         diffs = ", ".join(f"{k} ({before.get(k)!r} -> {after[k]!r})" for k in changed)
         raise ValueError(f"from_stage={from_stage} reuses the stages in {out}, but these settings differ from that "
                          f"run's: {diffs}; only {', '.join(free)} may change")

@@ -59,6 +59,13 @@ def quarter_swd(clips: list[np.ndarray], reference: list[np.ndarray], levels: in
     return values
 
 
+def scores(clips: list[np.ndarray], reference: list[np.ndarray]) -> dict:
+    """Per-quarter SWD of ``clips`` against ``reference``, and each clip's jitter and velocity (px/frame)."""
+    motions = [clip_motion(c) for c in clips]
+    return {"swd_by_quarter": quarter_swd(clips, reference),
+            "jitter": [round(m["jitter"], 2) for m in motions], "velocity": [round(m["velocity"], 2) for m in motions]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sheet")
@@ -72,16 +79,10 @@ def main() -> None:
     # floors by the same code: real clips as many as a run's rows are (clip 0, the clip the animation and the
     # continuation start from, and clip 1), and the first half of the real clips
     floor = [real[0], real[0], real[1]][:len(SETS)]
-    result = {"real_clips_0_1": {"swd_by_quarter": quarter_swd(floor, real[half:]),
-                                 "jitter": [round(clip_motion(c)["jitter"], 2) for c in floor],
-                                 "velocity": [round(clip_motion(c)["velocity"], 2) for c in floor]},
+    result = {"real_clips_0_1": scores(floor, real[half:]),
               "real_half_a": {"swd_by_quarter": quarter_swd(real[:half], real[half:])}}
-    clips = sheet_clips(args.sheet, args.runs, s.size[1])
-    for run, rows in clips.items():
-        result[run] = {"swd_by_quarter": quarter_swd(rows, real[half:]),
-                       "jitter": [round(clip_motion(c)["jitter"], 2) for c in rows],
-                       "true_velocity": [round(-val_specs[0].true_shift, 3)],
-                       "velocity": [round(clip_motion(c)["velocity"], 2) for c in rows]}
+    for run, rows in sheet_clips(args.sheet, args.runs, s.size[1]).items():
+        result[run] = {**scores(rows, real[half:]), "true_velocity": [round(-val_specs[0].true_shift, 3)]}
     print(json.dumps(result, indent=1))
 
 
