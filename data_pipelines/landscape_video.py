@@ -481,6 +481,15 @@ def read_attributes(frames) -> dict[str, str]:
     return attrs
 
 
+def confusion_table(pairs) -> dict[str, dict[str, int]]:
+    """``{true class: {read class: count}}`` of (true, read) pairs (a read of None counts as "None")."""
+    table: dict[str, dict[str, int]] = {}
+    for t, r in pairs:
+        row = table.setdefault(str(t), {})
+        row[str(r)] = row.get(str(r), 0) + 1
+    return table
+
+
 def reader_accuracy(specs: Sequence[ClipSpec], clips: Optional[Sequence[np.ndarray]] = None) -> dict:
     """Per attribute: ``{"accuracy", "chance" (majority class share), "count", "confusion"}`` of
     :func:`read_attributes` on the clips of ``specs`` (rendered unless ``clips`` are given), plus
@@ -497,13 +506,9 @@ def reader_accuracy(specs: Sequence[ClipSpec], clips: Optional[Sequence[np.ndarr
         if not pairs:
             continue
         labels = [t for t, _ in pairs]
-        confusion = {}
-        for t, r in pairs:
-            confusion.setdefault(t, {}).setdefault(r, 0)
-            confusion[t][r] += 1
         out[key] = {"accuracy": sum(t == r for t, r in pairs) / len(pairs),
                     "chance": max(labels.count(c) for c in set(labels)) / len(labels),
-                    "count": len(pairs), "confusion": confusion}
+                    "count": len(pairs), "confusion": confusion_table(pairs)}
     out["all"] = {"accuracy": sum(all(r.get(k) == v for k, v in t.items()) for t, r in zip(truth, read)) / len(truth),
                   "count": len(truth)}
     return out

@@ -257,11 +257,14 @@ def _encode_clips(tokenizer, clips: np.ndarray, batch: int = 64):
 
 def attribute_scores(read, frames_of: list, expected: list[dict], keys) -> dict:
     """Share of clips whose read-back attribute equals the expected one, per attribute and for all
-    of ``keys`` at once."""
+    of ``keys`` at once, and each attribute's confusion table ``{asked: {read: count}}`` (is a missed sun
+    not drawn, or drawn in the wrong place?)."""
     got = [read(frames) for frames in frames_of]
     per = {k: float(np.mean([g.get(k) == e[k] for g, e in zip(got, expected)])) for k in keys}
     every = float(np.mean([all(g.get(k) == e[k] for k in keys) for g, e in zip(got, expected)]))
-    return {"per_attribute": per, "all": every, "mean": float(np.mean(list(per.values()))), "count": len(got)}
+    confusion = {k: LV.confusion_table([(e[k], g.get(k)) for g, e in zip(got, expected)]) for k in keys}
+    return {"per_attribute": per, "all": every, "mean": float(np.mean(list(per.values()))), "count": len(got),
+            "confusion": confusion}
 
 
 def chance_scores(expected: list[dict], keys) -> dict:

@@ -150,6 +150,9 @@ def write_token_shards(directory: Path, shards: int = 2, per_shard: int = 16, sh
 
 # The 2-rank runs shared by the training and export tests (``zero_runs`` in conftest.py): 12 steps of one
 # micro-batch per rank accumulated twice, checkpoints at 4, 8, 12. ZeRO-1 runs under the deepspeed
-# launcher (which passes --local_rank), the others under torchrun.
-TWO_RANK_STEPS = ["train.steps=12", "train.save_every=4", "train.micro_batch_size=1", "train.grad_accum_steps=2"]
+# launcher (which passes --local_rank), the others under torchrun. With context noise (a draw from the torch
+# RNG every micro-batch, as the video recipe trains): the exact-resume tests then show that a resumed run
+# draws the same noise as the uninterrupted one (the RNG state in the checkpoint).
+TWO_RANK_STEPS = ["train.steps=12", "train.save_every=4", "train.micro_batch_size=1", "train.grad_accum_steps=2",
+                  "model.context_noise=0.1"]
 TWO_RANK_LAUNCHERS = {1: "deepspeed", 2: "torchrun", 3: "torchrun"}

@@ -54,6 +54,11 @@ def test_video_recipe_runs_every_stage_and_reports_floors(tmp_path):
     ti = ev["text2image_attributes"]
     assert set(ti["by_cfg_scale"]) == {"1", "3"} and ti["by_cfg_scale"]["3"]["count"] == 6
     assert set(ti["real"]["per_attribute"]) == {"sky", "sun"}
+    for scores in (ti["by_cfg_scale"]["3"], ti["real"]):  # the confusion tables add up to the accuracies
+        for key, table in scores["confusion"].items():
+            assert sum(sum(row.values()) for row in table.values()) == scores["count"]
+            right = sum(row.get(asked, 0) for asked, row in table.items())
+            assert right / scores["count"] == pytest.approx(scores["per_attribute"][key])
     tv = ev["text2video_attributes"]
     assert set(tv["text2video"]["per_attribute"]) == {"sky", "sun", "motion"}
     assert 0 < tv["chance"]["mean"] <= 1
