@@ -207,6 +207,13 @@ def visible_sun(spec: ClipSpec) -> Optional[tuple[float, float]]:
     return None
 
 
+def sun_disc(spec: ClipSpec) -> Optional[tuple[float, float, float]]:
+    """(u, v, r): the visible sun of frame 0 (:func:`visible_sun`) with its radius r as a share of the
+    window's width, or None."""
+    centre = visible_sun(spec)
+    return None if centre is None else (*centre, _world(spec.world_seed).sun_radius / spec.width)
+
+
 def _third(u: float) -> str:
     return "left" if u < 1 / 3 else ("centre" if u < 2 / 3 else "right")
 

@@ -435,6 +435,10 @@ def run_recipe(out, preset: str = "gpu", device: str = "auto", assignments=(), f
             split: bits_by_frame(model, *shard_clip_tokens(shards[split], specs, len(val_specs)))
             for split, specs in (("train", train_specs), ("val", val_specs))}
         clock("per_frame_bits_shards")
+        # what the model has learnt of each caption word, read off the likelihood (not the pictures): does a
+        # missed sun come from the model or from sampling?
+        ev["caption_likelihood"] = caption_likelihood(model, val_tokens[:, :T], val_specs)
+        clock("caption_likelihood")
         _write_report(out, report)
         evaluate(tokenizer, s, val_clips[: s.videos], val_specs, image_sets, t2v, anim, LV,
                  results=ev, save=lambda part: (clock(part), _write_report(out, report)))
@@ -724,6 +728,95 @@ def shard_clip_tokens(shards: str, specs: list, count: int):
     return torch.stack(tokens), captions, chosen
 
 
+def token_bits(model, tokens, texts: Optional[list[str]], batch: int = 16):
+    """Teacher-forced bits of every token of ``tokens`` [N, T, h, w] (order down) given captions ``texts``
+    (one per clip; None: no caption), as a float tensor of the same shape on the CPU."""
+    import torch
+
+    device = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(tokens), batch):
+            part = tokens[i:i + batch].to(device)
+            text = None if texts is None else texts[i:i + len(part)]
+            logits = model(part, order="down", text=text, return_loss=False).logits.float()
+            out.append(torch.nn.functional.cross_entropy(logits.flatten(0, -2), part.flatten(), reduction="none")
+                       .view(part.shape).cpu() / math.log(2))
+    return torch.cat(out)
+
+
+def sun_token_mask(spec, grid: tuple[int, int]) -> Optional[np.ndarray]:
+    """Frame 0's tokens ([h, w] bool, ``grid`` = (h, w)) whose cell overlaps the visible sun's disc, or None
+    when no sun is in view. The window spans the frame's width, and frames keep the window's aspect."""
+    disc = LV.sun_disc(spec)
+    if disc is None:
+        return None
+    u, v, r = disc
+    h, w = grid
+    cx, cy, radius = u * w, v * w * spec.height / spec.width, r * w  # in token cells
+    ys, xs = np.arange(h)[:, None], np.arange(w)[None, :]
+    nearest_x, nearest_y = np.clip(cx, xs, xs + 1), np.clip(cy, ys, ys + 1)  # the cell's point nearest the centre
+    return (nearest_x - cx) ** 2 + (nearest_y - cy) ** 2 < radius ** 2
+
+
+def caption_likelihood(model, tokens, specs: list, batch: int = 16) -> dict:
+    """Has the model learnt what each caption word means, whatever sampling then draws? For every held-out
+    clip ([N, T, h, w] tokens, their specs) and attribute, its caption is rewritten with each class of that
+    attribute ("the sun on the left" -> "... in the middle", "no sun in view", ...), and the class whose
+    caption gives the clip's tokens the fewest teacher-forced bits is the model's reading (a Bayes
+    classifier with equal priors): ``accuracy`` against the true class beside ``chance`` (the majority
+    class), the confusion table, and ``gap_bits``: the mean over clips of (fewest bits of a wrong class's
+    caption - bits of the true one), > 0 when the true caption is preferred. ``sun_tokens``: on the clips
+    with a sun in view, frame 0's bits/token on the tokens over the sun's disc and on the others, with the
+    true caption and with "no sun in view": the sun words' worth, where they should act."""
+    import torch
+
+    if getattr(model, "text_encoder", None) is None:
+        return {}
+    n = len(tokens)
+    specs = list(specs[:n])
+    attrs = [LV.true_attributes(spec) for spec in specs]
+    keys = [key for key in LV.ATTRIBUTES if key in attrs[0]]
+    # every clip with its own caption, then with each rewrite, all in one list of passes
+    jobs = [(i, None, None) for i in range(n)] + [(i, key, value) for key in keys for value in LV.ATTRIBUTES[key]
+                                                 for i in range(n) if attrs[i][key] != value]
+    texts = [LV.caption(attrs[i] if key is None else {**attrs[i], key: value}) for i, key, value in jobs]
+    bits = token_bits(model, tokens[torch.tensor([i for i, _, _ in jobs])], texts, batch)
+    own, own_total = bits[:n], bits[:n].sum((1, 2, 3))
+    out: dict = {"clips": n}
+    for key in keys:
+        classes = LV.ATTRIBUTES[key]
+        totals = own_total[:, None].repeat(1, len(classes))
+        for j, (i, k, value) in enumerate(jobs):
+            if k == key:
+                totals[i, classes.index(value)] = bits[j].sum()
+        truth = [a[key] for a in attrs]
+        true_index = torch.tensor([classes.index(t) for t in truth])
+        read = [classes[int(i)] for i in totals.argmin(1)]
+        wrong = totals.clone()
+        wrong[torch.arange(n), true_index] = float("inf")
+        out[key] = {"accuracy": float(np.mean([t == r for t, r in zip(truth, read)])),
+                    "chance": max(truth.count(v) for v in set(truth)) / n,
+                    "gap_bits": float((wrong.min(1).values - own_total).mean()),
+                    "confusion": LV.confusion_table(list(zip(truth, read)))}
+    if "sun" in keys:
+        on, off = {"true_caption": [], "no_sun_caption": []}, {"true_caption": [], "no_sun_caption": []}
+        for j, (i, k, value) in enumerate(jobs):
+            mask = sun_token_mask(specs[i], tuple(tokens.shape[2:])) if (k, value) == ("sun", "none") else None
+            if mask is None or not mask.any():
+                continue
+            m = torch.from_numpy(mask)
+            for name, frame in (("true_caption", own[i, 0]), ("no_sun_caption", bits[j, 0])):
+                on[name].append(frame[m])
+                off[name].append(frame[~m])
+        if on["true_caption"]:
+            out["sun_tokens"] = {
+                "clips": len(on["true_caption"]), "tokens_per_clip": float(np.mean([len(x) for x in on["true_caption"]])),
+                "over_the_sun": {name: round(float(torch.cat(v).mean()), 4) for name, v in on.items()},
+                "elsewhere_in_frame_0": {name: round(float(torch.cat(v).mean()), 4) for name, v in off.items()}}
+    return out
+
+
 def bits_by_frame(model, tokens, captions: list[str], specs: list, batch: int = 16, contrast: bool = True) -> dict:
     """Does the model use the frames before, and the caption? Teacher-forced bits/token of tokenized clips
     ([N, T, h, w], with their captions and specs) by frame index, for still and panning clips apart, and
@@ -735,18 +828,9 @@ def bits_by_frame(model, tokens, captions: list[str], specs: list, batch: int = 
     import torch
 
     captions = list(captions[:len(tokens)])
-    device = next(model.parameters()).device
 
     def bits(texts) -> torch.Tensor:
-        out = []
-        with torch.no_grad():
-            for i in range(0, len(tokens), batch):
-                part = tokens[i:i + batch].to(device)
-                text = None if texts is None else texts[i:i + len(part)]
-                logits = model(part, order="down", text=text, return_loss=False).logits.float()
-                out.append(torch.nn.functional.cross_entropy(logits.flatten(0, -2), part.flatten(), reduction="none")
-                           .view(part.shape).cpu() / math.log(2))
-        return torch.cat(out)
+        return token_bits(model, tokens, texts, batch)
 
     nll = bits(captions)
     still = torch.tensor([spec.pan == 0 for spec in specs[:len(tokens)]])
@@ -778,6 +862,10 @@ def _print_summary(report: dict):
         curve = {k: round(v["mean"], 3) for k, v in ti["by_cfg_scale"].items()}
         print(f"text2image caption attributes (mean accuracy) by cfg scale {curve}; chance "
               f"{ti['chance']['mean']:.3f}, real {ti['real']['mean']:.3f}, random tokens {ti['random_tokens']['mean']:.3f}")
+    cl = ev.get("caption_likelihood", {})
+    if cl:
+        print("caption words read by the likelihood (teacher-forced): " + ", ".join(
+            f"{k} {cl[k]['accuracy']:.2f} (chance {cl[k]['chance']:.2f})" for k in LV.ATTRIBUTES if k in cl))
     tv = ev.get("text2video_attributes", {})
     if tv:
         print(f"video caption attributes: text2video {tv['text2video']['per_attribute']}, "

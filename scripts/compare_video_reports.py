@@ -54,6 +54,13 @@ def figures(report: dict) -> dict[str, str]:
         rows[f"{name} clips within 10% of own pan"] = f"{t['within_10pct']} / {t['clips_scored']}" if t else "-"
     for attr in ("sky", "sun", "motion"):
         rows[f"text2video {attr}"] = _fmt(_get(ev, "text2video_attributes", "text2video", "per_attribute", attr))
+    for attr in ("sky", "sun", "motion"):  # the model's reading by likelihood (teacher-forced, no sampling)
+        rows[f"caption likelihood {attr} (chance)"] = (
+            f"{_fmt(_get(ev, 'caption_likelihood', attr, 'accuracy'))} "
+            f"({_fmt(_get(ev, 'caption_likelihood', attr, 'chance'))})")
+    sun = _get(ev, "caption_likelihood", "sun_tokens", "over_the_sun")
+    rows["bits over the sun, true / no-sun caption"] = (f"{_fmt(sun['true_caption'])} / {_fmt(sun['no_sun_caption'])}"
+                                                        if sun else "-")
     for scale, accs in (_get(ev, "text2image_attributes", "by_cfg_scale") or {}).items():
         rows[f"text2image sky / sun, cfg {scale}"] = (f"{_fmt(_get(accs, 'per_attribute', 'sky'))} / "
                                                       f"{_fmt(_get(accs, 'per_attribute', 'sun'))}")

@@ -48,9 +48,20 @@ def test_video_recipe_runs_every_stage_and_reports_floors(tmp_path):
 
     ev = report["eval"]
     # where the evaluation's time goes, part by part (a run cut by its limit says what it was doing)
-    assert set(ev["seconds"]) == {"per_frame_bits", "per_frame_bits_long", "per_frame_bits_shards", "attributes",
+    assert set(ev["seconds"]) == {"per_frame_bits", "per_frame_bits_long", "per_frame_bits_shards",
+                                  "caption_likelihood", "attributes",
                                   "text2video", "animation", "continuation", "t0.5_attributes", "t0.5_text2video",
                                   "t0.5_animation"} and all(v >= 0 for v in ev["seconds"].values())
+    # the model's own reading of each caption word (the class whose caption makes the clip likeliest)
+    cl = ev["caption_likelihood"]
+    assert cl["clips"] == 6 and {"sky", "sun", "motion"} <= set(cl)
+    for key in ("sky", "sun", "motion"):
+        table = cl[key]["confusion"]
+        assert sum(sum(row.values()) for row in table.values()) == 6 and 0 < cl[key]["chance"] <= 1
+        assert cl[key]["accuracy"] == pytest.approx(sum(row.get(t, 0) for t, row in table.items()) / 6)
+    sun = cl["sun_tokens"]  # held-out clips 3-5 ask for the sun on the left
+    assert sun["clips"] >= 1 and sun["tokens_per_clip"] >= 1
+    assert set(sun["over_the_sun"]) == set(sun["elsewhere_in_frame_0"]) == {"true_caption", "no_sun_caption"}
     ti = ev["text2image_attributes"]
     assert set(ti["by_cfg_scale"]) == {"1", "3"} and ti["by_cfg_scale"]["3"]["count"] == 6
     assert set(ti["real"]["per_attribute"]) == {"sky", "sun"}
@@ -193,3 +204,37 @@ def test_one_model_setting_is_set_and_the_others_kept():
         settings_for("cpu", ["train_steps.x=1"])
     with pytest.raises(ValueError, match="unknown setting"):
         settings_for("cpu", ["modle.context_noise=0.05"])
+
+
+def test_caption_likelihood_reads_each_attribute_by_the_likeliest_caption(tmp_path):
+    """The model's reading of an attribute is the class whose rewritten caption gives the clip's tokens the
+    fewest bits: checked against the bits of each caption computed one by one (a tiny model with random
+    weights and a real text encoder, 4-frame clips of real held-out specs), and the sun's tokens cover the
+    sun's disc."""
+    import numpy as np
+
+    from data_pipelines import landscape_video as LV
+    from model_helpers import tiny_model, write_tiny_text_encoder
+    from nuwa_ds.video_recipe import caption_likelihood, sun_token_mask, token_bits
+
+    model = tiny_model(max_text_len=96).attach_text_encoder(write_tiny_text_encoder(tmp_path / "t5"))
+    specs = LV.sample_clip_specs(8, split="val", frames=4, size=(64, 64), window=(512, 512), seed=3)
+    tokens = torch.randint(0, model.config.vocab_size, (8, 2, 8, 8), generator=torch.Generator().manual_seed(0))
+    got = caption_likelihood(model, tokens, specs, batch=3)  # batches that straddle the rewrites
+    attrs = [LV.true_attributes(spec) for spec in specs]
+    for key, classes in LV.ATTRIBUTES.items():
+        totals = np.array([[float(token_bits(model, tokens[i:i + 1], [LV.caption({**a, key: c})]).sum())
+                            for c in classes] for i, a in enumerate(attrs)])
+        truth = np.array([classes.index(a[key]) for a in attrs])
+        read = totals.argmin(1)
+        assert got[key]["accuracy"] == pytest.approx(float(np.mean(read == truth)))
+        wrong = totals.copy()
+        wrong[np.arange(8), truth] = np.inf
+        assert got[key]["gap_bits"] == pytest.approx(float(np.mean(wrong.min(1) - totals[np.arange(8), truth])),
+                                                     abs=1e-3)
+        assert got[key]["confusion"] == LV.confusion_table([(a[key], classes[r]) for a, r in zip(attrs, read)])
+    suns = [i for i, spec in enumerate(specs) if LV.sun_disc(spec) is not None]
+    assert suns and got["sun_tokens"]["clips"] == len(suns)
+    for i in suns:  # the brightest disc the pixel reader finds lies in a masked cell
+        u, v, _ = LV.find_sun(LV.render_frame(specs[i], 0))
+        assert sun_token_mask(specs[i], (8, 8))[int(v * 8), int(u * 8)]
