@@ -24,7 +24,7 @@ def test_video_recipe_runs_every_stage_and_reports_floors(tmp_path):
     # still scores frames the model never saw in one clip
     sets = ["train_clips=24", "val_clips=6", "videos=4", "image_prompts=6", "tokenizer_clips=8",
             "tokenizer_steps=2", "text_mlm_steps=2", "train_steps=10", "eval_every=5", "micro_batch=2", "workers=2",
-            "cfg_scales=[1, 3]", "video_temperatures=[0.5]", "long_factor=2"]
+            "cfg_scales=[1, 3]", "video_temperatures=[0.5]", "long_factor=2", "freeze_text_encoder=true"]
     cmd = [sys.executable, "-m", "nuwa_ds.cli", "recipe", "landscape-videos", "--preset", "cpu", "--out", str(out),
            "--device", "cpu"] + [a for s in sets for a in ("--set", s)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -154,7 +154,7 @@ def test_video_recipe_runs_every_stage_and_reports_floors(tmp_path):
         assert refused.returncode != 0 and named in refused.stderr, refused.stderr[-2000:]
     assert not (variant / "report.previous.json").exists()
     cheap = ["train_steps=4", "eval_every=4", "model.context_noise=0.1", "image_prompts=2", "cfg_scales=[1]",
-             "video_temperatures=[]", "continuation_frames=0"]
+             "video_temperatures=[]", "continuation_frames=0", "freeze_text_encoder=false"]
     trained = subprocess.run(vcmd + [a for s in cheap for a in ("--set", s)], capture_output=True, text=True, timeout=600)
     assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-3000:]
     vr = json.loads((variant / "report.json").read_text())
@@ -163,6 +163,9 @@ def test_video_recipe_runs_every_stage_and_reports_floors(tmp_path):
     assert set(vr["stage_seconds"]) == set(report["stage_seconds"])
     assert len(vr["eval"]["per_frame_bits_long"]["all"]) == 8
     assert (variant / "model" / "model.safetensors").is_file() and (variant / "run").is_dir()
+    # this one trained the encoder it was given (the presets' default): its export carries the trained weights
+    trained_encoder = load_file(str(variant / "model" / "model.safetensors"))
+    assert any(not torch.equal(trained_encoder[f"text_encoder.{name}"], value) for name, value in encoder.items())
     assert json.loads((out / "report.json").read_text()) == resumed  # the run it reused is untouched
 
 
