@@ -426,7 +426,10 @@ class Trainer:
                 path = info.path if info else self.run_dir / "checkpoints" / C.tag_for(step)
                 cause = stop.signal_name or ("train.time_limit" if timed_out else
                                              "the Slurm job's end (train.deadline_margin)" if slurm and slurm.triggered
-                                             else "a stop on another rank")
+                                             else None)
+                if cause is None:  # another rank's vote: a signal to the whole group can reach this rank
+                    stop.poll()  # a moment after it voted; by now it is pending here, and it is the cause
+                    cause = stop.signal_name or "a stop on another rank"
                 logger.event("preempted", f"stopped by {cause} after step {step}; resume with --resume auto",
                              step=step, checkpoint=str(path), cause=cause)
                 return TrainResult("preempted", step, path, self.run_dir)

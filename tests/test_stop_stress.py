@@ -309,3 +309,26 @@ def test_stop_signals_at_random_moments_of_two_ranks_with_workers(tmp_path, zygo
         for s, loss in segment.items():
             assert loss == expected[s], f"launch {n}, step {s}: loss {loss}, uninterrupted run {expected[s]}"
     assert max(history[-1]) == STEPS
+
+
+def test_a_signal_to_one_rank_stops_both_and_names_the_other_rank(tmp_path, zygote):
+    """Slurm may signal one node's ranks and not yet the other's: the rank that got nothing stops after the
+    same step (the vote is in the step's all-reduce) and rank 0, which logs the event, names the cause as
+    a stop on another rank; only the signalled rank prints a "received" line. (The other order, a group
+    signal that lands on rank 0 just after its vote, names the signal: rank 0 collects it before naming.)"""
+    shards = write_token_shards(tmp_path / "shards", shards=4, per_shard=4)
+    run_dir = tmp_path / "run"
+    run = launch(run_dir, shards, tmp_path, "one", resume=False, zygote=zygote)
+    try:
+        metrics = Metrics(run_dir)
+        wait_until(lambda: metrics.steps() >= 2, run, "two steps")
+        os.kill(run.procs[1].pid, signal.SIGUSR1)
+        codes = [p.wait(timeout=120) for p in run.procs]
+        assert codes == [REQUEUE_EXIT_CODE] * 2, run.tails()
+    finally:
+        if run.running():
+            run.kill()
+    (stopped,) = events(run_dir, "preempted")
+    assert stopped["cause"] == "a stop on another rank", stopped
+    assert [RECEIVED.findall(log.read_text()) for log in run.logs] == [[], [("SIGUSR1", str(run.procs[1].pid))]]
+    assert C.find_latest(run_dir / "checkpoints").step == stopped["step"]

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -167,6 +168,14 @@ def test_video_recipe_runs_every_stage_and_reports_floors(tmp_path):
     trained_encoder = load_file(str(variant / "model" / "model.safetensors"))
     assert any(not torch.equal(trained_encoder[f"text_encoder.{name}"], value) for name, value in encoder.items())
     assert json.loads((out / "report.json").read_text()) == resumed  # the run it reused is untouched
+
+    # the probe on a finished folder, over the run's own held-out clips, repeats the recipe's evaluation
+    script = Path(__file__).resolve().parents[1] / "scripts" / "caption_likelihood_of_run.py"
+    probe = subprocess.run([sys.executable, str(script), str(out), "--clips", "6"], capture_output=True, text=True,
+                           timeout=300)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    read = json.loads(probe.stdout)
+    assert read.pop("run") == "video-recipe" and read == resumed["eval"]["caption_likelihood"]
 
 
 @pytest.mark.parametrize("value, ok", [("[0.7, 0.4]", (0.7, 0.4)), ("0.7", (0.7,)), ("[]", ()), ("[0.7, 0.70]", None),
